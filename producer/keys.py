@@ -1,0 +1,47 @@
+"""Every Redis key and Celery name, defined once for producers and workers.
+
+Job ids derive from their batch (`{batch_id}-{index}`), so a batch's jobs can
+be listed from its total alone and a job's batch is read from its id.
+"""
+
+from __future__ import annotations
+
+TASK_NAME = "kandinsky_batch.run_jobs"
+MESSAGE_VERSION = 1
+
+
+def job_id(batch_id: str, index: int) -> str:
+    return f"{batch_id}-{index}"
+
+
+def split_job_id(job: str) -> tuple[str, int] | None:
+    """`(batch_id, index)` for a job id, or None if it is not one."""
+    batch, sep, index = job.rpartition("-")
+    if not sep or not batch or not index.isdigit():
+        return None
+    return batch, int(index)
+
+
+class Keys:
+    """Redis key names under one prefix (so tests and tenants can share a Redis)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def job(self, job: str) -> str:
+        return f"{self.prefix}:job:{job}"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def lease(self, job: str) -> str:
+        return f"{self.prefix}:lease:{job}"
+
+    def events(self) -> str:
+        return f"{self.prefix}:events"
+
+    def worker(self, name: str) -> str:
+        return f"{self.prefix}:worker:{name}"
+
+    def dead_letters(self) -> str:
+        return f"{self.prefix}:dead"

@@ -1,0 +1,179 @@
+"""The job contract shared by producers and workers: modes, the job spec, states.
+
+A spec is validated twice: at submit (the caller sees which field is wrong) and
+again at the worker (a bad message fails that job, never the worker).
+"""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 2000
+MAX_URI_CHARS = 16 * 1024 * 1024  # a data: URL carries the image inline
+
+
+class Mode(StrEnum):
+    TEXT2IMG = "text2img"
+    IMG2IMG = "img2img"
+    INPAINT = "inpaint"
+    INTERPOLATE = "interpolate"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED})
+
+Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+Uri = Annotated[str, Field(min_length=1, max_length=MAX_URI_CHARS)]
+Side = Annotated[int, Field(ge=64, le=4096, multiple_of=64)]
+Rect = tuple[int, int, int, int]
+
+
+class Condition(BaseModel):
+    """One interpolation condition: a text or an image, with its weight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: Prompt | None = None
+    image: Uri | None = None
+    weight: float = Field(ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _one_of_text_or_image(self) -> Condition:
+        if (self.text is None) == (self.image is None):
+            raise ValueError("a condition has exactly one of 'text' or 'image'")
+        if self.text is not None and not self.text.strip():
+            raise ValueError("a text condition must not be empty")
+        return self
+
+
+class JobSpec(BaseModel):
+    """One generation job. Field names follow diffusers' parameter names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    mode: Mode = Mode.TEXT2IMG
+    prompt: Prompt = ""
+    negative_prompt: Prompt | None = None
+    height: Side = 512
+    width: Side = 512
+    num_inference_steps: int = Field(100, ge=1, le=500)
+    prior_num_inference_steps: int = Field(25, ge=1, le=500)
+    guidance_scale: float = Field(4.0, ge=0, le=50)
+    prior_guidance_scale: float = Field(4.0, ge=0, le=50)
+    num_images: int = Field(1, ge=1, le=8)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    image: Uri | None = None
+    mask: Uri | list[Rect] | None = None
+    strength: float = Field(0.3, gt=0, le=1)
+    conditions: list[Condition] | None = Field(None, min_length=2, max_length=8)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+
+    @field_validator("height", "width")
+    @classmethod
+    def _within_max_side(cls, value: int, info: ValidationInfo) -> int:
+        # The operator's limit arrives as validation context; 4096 is the hard cap.
+        max_side = (info.context or {}).get("max_side")
+        if max_side is not None and value > max_side:
+            raise ValueError(f"must be at most {max_side} (the configured max_side)")
+        return value
+
+    @field_validator("mask")
+    @classmethod
+    def _rects_are_boxes(cls, value: object) -> object:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("a rectangle mask needs at least one rectangle")
+            for x0, y0, x1, y1 in value:
+                if min(x0, y0) < 0 or x1 <= x0 or y1 <= y0:
+                    raise ValueError("each rectangle is [x0, y0, x1, y1] with 0 <= x0 < x1, 0 <= y0 < y1")
+        return value
+
+    @model_validator(mode="after")
+    def _inputs_match_mode(self) -> JobSpec:
+        needs_prompt = self.mode is not Mode.INTERPOLATE
+        if needs_prompt and not self.prompt.strip():
+            raise ValueError(f"mode {self.mode.value} needs a non-empty 'prompt'")
+        wants_image = self.mode in (Mode.IMG2IMG, Mode.INPAINT)
+        if wants_image and self.image is None:
+            raise ValueError(f"mode {self.mode.value} needs 'image'")
+        if not wants_image and self.image is not None:
+            raise ValueError(f"mode {self.mode.value} takes no 'image'")
+        if self.mode is Mode.INPAINT and self.mask is None:
+            raise ValueError("mode inpaint needs 'mask'")
+        if self.mode is not Mode.INPAINT and self.mask is not None:
+            raise ValueError(f"mode {self.mode.value} takes no 'mask'")
+        if self.mode is Mode.INTERPOLATE:
+            if self.conditions is None:
+                raise ValueError("mode interpolate needs 'conditions' (2 to 8)")
+            if sum(c.weight for c in self.conditions) <= 0:
+                raise ValueError("interpolation weights must not all be zero")
+        elif self.conditions is not None:
+            raise ValueError(f"mode {self.mode.value} takes no 'conditions'")
+        return self
+
+    def with_seed(self) -> JobSpec:
+        """Fix the seed now if the caller gave none, so the job is reproducible."""
+        if self.seed is not None:
+            return self
+        return self.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
+
+    def wire(self) -> dict[str, Any]:
+        """The compact JSON form: only fields that differ from the defaults."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total: int = 0
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobStatus(BaseModel):
+    """What a caller reads about one job."""
+
+    job_id: str
+    batch_id: str
+    state: JobState
+    attempts: int = 0
+    seed: int | None = None
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: Progress = Field(default_factory=Progress)
+    worker: str | None = None
+    outputs: list[str] = Field(default_factory=list)
+    metadata: str | None = None
+    error: JobError | None = None
+
+
+class BatchStatus(BaseModel):
+    """Counts by state for one batch; their sum is always `total`."""
+
+    batch_id: str
+    total: int
+    counts: dict[JobState, int]
+    created_at: float | None = None
+    finished_at: float | None = None
+    manifest: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return sum(self.counts.get(s, 0) for s in TERMINAL_STATES) == self.total

@@ -1,0 +1,85 @@
+"""The one settings object, read from `KANDINSKY_BATCH_*` environment variables.
+
+It is built once at the edge (CLI, Celery app, tests) and passed down; no other
+module reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from producer.schema import Mode
+
+DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-1-prior"
+DEFAULT_DECODER = "kandinsky-community/kandinsky-2-1"
+DEFAULT_INPAINT = "kandinsky-community/kandinsky-2-1-inpaint"
+
+
+def _split_csv(value: object) -> object:
+    """Accept `a,b,c` from the environment as well as a real list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set; each field is `KANDINSKY_BATCH_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="KANDINSKY_BATCH_", extra="ignore", frozen=True)
+
+    # Where things live.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    storage_url: str = "file:///tmp/kandinsky-batch"
+    key_prefix: str = Field("kb", pattern=r"^[A-Za-z0-9_.-]+$")
+    queue_prefix: str = Field("kandinsky_batch", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    # S3-compatible storage (used when storage_url is s3://bucket/prefix).
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_max_attempts: int = Field(5, ge=1, le=20)
+    presign_expiry_s: int = Field(7 * 24 * 3600, ge=1, le=7 * 24 * 3600)
+
+    # Models: a Hugging Face hub id or a local diffusers folder.
+    prior_model: str = DEFAULT_PRIOR
+    decoder_model: str = DEFAULT_DECODER
+    inpaint_model: str = DEFAULT_INPAINT
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    cpu_offload: bool = False
+
+    # What a worker serves and how it batches.
+    modes: Annotated[list[Mode], NoDecode] = Field(default_factory=lambda: list(Mode))
+    max_batch_size: int = Field(8, ge=1, le=64)
+    max_side: int = Field(1024, ge=64, multiple_of=64)
+    worker_name: str = ""
+    ready_file: Path = Path("/tmp/kandinsky-batch-worker.ready")
+    progress_interval_s: float = Field(0.5, ge=0)
+    shutdown_grace_s: float = Field(120.0, ge=0)
+
+    # Delivery.
+    chunk_size: int = Field(64, ge=1, le=10_000)
+    max_attempts: int = Field(3, ge=1)
+    retry_backoff_s: float = Field(2.0, gt=0)
+    retry_backoff_max_s: float = Field(300.0, gt=0)
+    job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    visibility_timeout_s: int = Field(4 * 3600, ge=60)
+
+    # Outputs.
+    output_format: Literal["png", "webp", "jpeg"] = "png"
+    output_quality: int = Field(95, ge=1, le=100)
+
+    @field_validator("modes", mode="before")
+    @classmethod
+    def _modes_from_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    def queue_for(self, mode: Mode) -> str:
+        """The Celery queue (a Redis list) that carries jobs of one mode."""
+        return f"{self.queue_prefix}.{mode.value}"
