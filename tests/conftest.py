@@ -1,0 +1,150 @@
+"""Shared fixtures: a real Redis, tiny models built once, real worker processes.
+
+A test that cannot reach Redis skips locally but fails in CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from producer.client import Client
+from producer.settings import Settings
+
+REDIS_URL = os.environ.get("KANDINSKY_BATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        message = f"Redis is not reachable at {REDIS_URL}: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from worker.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny") / "models")
+
+
+def make_settings(redis_url: str, tiny_models: Path, root: Path, **overrides: Any) -> Settings:
+    """Settings isolated by a fresh key and queue prefix, so tests share one Redis safely."""
+    tag = uuid.uuid4().hex[:8]
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "storage_url": (root / "store").as_uri(),
+        "key_prefix": f"kbt-{tag}",
+        "queue_prefix": f"kbt-{tag}",
+        "prior_model": str(tiny_models / "prior"),
+        "decoder_model": str(tiny_models / "decoder"),
+        "inpaint_model": str(tiny_models / "inpaint"),
+        "device": "cpu",
+        "dtype": "float32",
+        "ready_file": root / f"ready-{tag}",
+        "progress_interval_s": 0.0,
+        "retry_backoff_s": 0.2,
+        "retry_backoff_max_s": 1.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KANDINSKY_BATCH_")}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is not None:
+            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            env[f"KANDINSKY_BATCH_{name.upper()}"] = text
+    return env
+
+
+class WorkerProcess:
+    """A real `kandinsky-batch worker` process, started and stopped by tests."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120) -> WorkerProcess:
+        self.settings.ready_file.unlink(missing_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "producer.cli", "worker"],
+            env=settings_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not self.settings.ready_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker not ready after {timeout} s:\n{self.log()}")
+            time.sleep(0.1)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 60) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def settings(redis_url: str, tiny_models: Path, tmp_path: Path) -> Settings:
+    return make_settings(redis_url, tiny_models, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_settings(redis_url: str, tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return make_settings(redis_url, tiny_models, tmp_path_factory.mktemp("worker"))
+
+
+@pytest.fixture(scope="module")
+def worker(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """One real worker for a test module; tests use their own batches."""
+    proc = WorkerProcess(module_settings, tmp_path_factory.mktemp("logs") / "worker.log").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def client(module_settings: Settings) -> Iterator[Client]:
+    with Client(module_settings) as c:
+        yield c
