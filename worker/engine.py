@@ -246,7 +246,7 @@ class Engine:
                 mode="json", exclude={"image", "mask"} if _inline(job.spec) else None
             ),
             "seed": job.spec.seed,
-            "models": self.cache.models(),
+            "models": self.cache.models(job.spec.mode),
             "device": str(self.cache.device),
             "dtype": str(self.cache.dtype).removeprefix("torch."),
             "versions": versions(),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Any
 
 import torch
@@ -54,11 +54,10 @@ class PipelineCache:
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self.loads: Counter[str] = Counter()
-        self._prior: Any = None
         # diffusers pipelines are untyped where we use them (components, __call__).
-        self._decoder: Any = None
+        self._prior: Any = None
         self._img2img: Any = None
-        self._inpaint: Any = None
+        self._decoders: OrderedDict[str, Any] = OrderedDict()  # least recently used first
 
     def _load(self, name: str, cls: Any, source: str) -> Any:
         log.info("loading %s from %s (%s, %s)", name, source, self.device, self.dtype)
@@ -76,22 +75,57 @@ class PipelineCache:
             self._prior = self._load("prior", KandinskyPriorPipeline, self.settings.prior_model)
         return self._prior
 
+    def _decoder(self, name: str) -> Any:
+        """A decoder, loaded on first need; others are evicted (LRU) to stay in the budget."""
+        if name in self._decoders:
+            self._decoders.move_to_end(name)
+            return self._decoders[name]
+        cls, source = {
+            "decoder": (KandinskyPipeline, self.settings.decoder_model),
+            "inpaint": (KandinskyInpaintPipeline, self.settings.inpaint_model),
+        }[name]
+        pipe = self._load(name, cls, source)
+        self._decoders[name] = pipe
+        self._evict_over_budget()
+        return pipe
+
+    def _evict_over_budget(self) -> None:
+        budget = self.settings.memory_budget_mb * 2**20
+        while budget and len(self._decoders) > 1 and self.resident_bytes() > budget:
+            name, _ = self._decoders.popitem(last=False)
+            if name == "decoder":
+                self._img2img = None
+            log.info("evicted %s to stay within %d MiB", name, self.settings.memory_budget_mb)
+            free = getattr(torch, self.device.type, None)
+            if free is not None and hasattr(free, "empty_cache"):
+                free.empty_cache()
+
+    def resident_bytes(self) -> int:
+        """Bytes of weights held by the loaded pipelines (shared modules counted once)."""
+        seen: set[int] = set()
+        total = 0
+        for pipe in [self._prior, *self._decoders.values()]:
+            for module in (pipe.components.values() if pipe is not None else ()):
+                if isinstance(module, torch.nn.Module):
+                    for param in module.parameters():
+                        if id(param) not in seen:
+                            seen.add(id(param))
+                            total += param.numel() * param.element_size()
+        return total
+
     def text2img(self) -> Any:
-        if self._decoder is None:
-            self._decoder = self._load("decoder", KandinskyPipeline, self.settings.decoder_model)
-        return self._decoder
+        return self._decoder("decoder")
 
     def img2img(self) -> Any:
+        decoder = self.text2img()
         if self._img2img is None:
             # Same modules as text2img: a view, not a second copy of the weights.
-            self._img2img = KandinskyImg2ImgPipeline(**self.text2img().components)
+            self._img2img = KandinskyImg2ImgPipeline(**decoder.components)
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
 
     def inpaint(self) -> Any:
-        if self._inpaint is None:
-            self._inpaint = self._load("inpaint", KandinskyInpaintPipeline, self.settings.inpaint_model)
-        return self._inpaint
+        return self._decoder("inpaint")
 
     def warm(self, modes: list[Mode]) -> None:
         """Load everything the served modes need, before the worker reports ready."""
@@ -103,17 +137,12 @@ class PipelineCache:
         if Mode.INPAINT in modes:
             self.inpaint()
 
-    def models(self) -> dict[str, dict[str, str | None]]:
-        """Model ids and revisions, for the metadata stored beside each image."""
+    def models(self, mode: Mode) -> dict[str, dict[str, str | None]]:
+        """Ids and revisions of the models a mode uses, for the metadata beside each image."""
+        decoder = "inpaint" if mode is Mode.INPAINT else "decoder"
         out: dict[str, dict[str, str | None]] = {}
-        loaded: list[tuple[str, Any]] = [
-            ("prior", self._prior),
-            ("decoder", self._decoder),
-            ("inpaint", self._inpaint),
-        ]
-        for name, pipe in loaded:
-            if pipe is not None:
-                path = str(pipe.config.get("_name_or_path", ""))
-                source = getattr(self.settings, f"{name}_model")
-                out[name] = {"id": source, "revision": model_revision(path)}
+        for name, pipe in (("prior", self._prior), (decoder, self._decoders.get(decoder))):
+            path = str(pipe.config.get("_name_or_path", "")) if pipe is not None else ""
+            source = getattr(self.settings, f"{name}_model")
+            out[name] = {"id": source, "revision": model_revision(path)}
         return out
