@@ -1,4 +1,4 @@
-"""Fetch and check input images: inline `data:` URLs, `file://` under allowed roots, storage URIs.
+"""Fetch and check input images: `data:` URLs, `file://` under allowed roots, storage URIs, https (opt-in).
 
 Only PNG, JPEG and WebP are read; byte and pixel caps apply before decoding,
 and Pillow's decompression-bomb warning is a refusal, not a log line. Every
@@ -22,6 +22,7 @@ from producer.schema import JobSpec, Mode
 from producer.settings import Settings
 from producer.storage import Storage, file_root
 from worker.generate import Inputs
+from worker.remote import fetch_https
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
 
@@ -73,9 +74,11 @@ class InputLoader:
             data = self._read_file(uri, what)
         elif scheme == "s3":
             data = self._read_storage(uri, what)
+        elif scheme == "https":
+            data = fetch_https(uri, self.settings, what)
         else:
             raise BadInput(
-                f"{what}: unsupported URI scheme {scheme or '(none)'!r}; use data:, file:// or s3://"
+                f"{what}: unsupported URI scheme {scheme or '(none)'!r}; use data:, file://, s3:// or https://"
             )
         if len(data) > self.settings.max_input_bytes:
             raise BadInput(

@@ -9,7 +9,7 @@ import sys
 def test_importing_the_producer_package_leaves_torch_unimported():
     code = (
         "import sys, producer, producer.cli, producer.client, producer.submit, producer.status, "
-        "producer.storage, producer.demo, producer.queue\n"
+        "producer.storage, producer.s3, producer.demo, producer.queue\n"
         "print('torch' in sys.modules, 'diffusers' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
