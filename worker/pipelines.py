@@ -19,11 +19,13 @@ from diffusers import (
     KandinskyPipeline,
     KandinskyPriorPipeline,
 )
+from diffusers.utils import logging as diffusers_logging
 
 from producer.schema import Mode
 from producer.settings import Settings
 
 log = logging.getLogger(__name__)
+diffusers_logging.disable_progress_bar()  # one bar per load is noise in a worker's log
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -105,7 +107,7 @@ class PipelineCache:
         seen: set[int] = set()
         total = 0
         for pipe in [self._prior, *self._decoders.values()]:
-            for module in (pipe.components.values() if pipe is not None else ()):
+            for module in pipe.components.values() if pipe is not None else ():
                 if isinstance(module, torch.nn.Module):
                     for param in module.parameters():
                         if id(param) not in seen:
