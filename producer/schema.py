@@ -162,6 +162,7 @@ class JobStatus(BaseModel):
     outputs: list[str] = Field(default_factory=list)
     metadata: str | None = None
     error: JobError | None = None
+    spec: dict[str, Any] | None = None  # wire form, once a worker has started the job
 
 
 class BatchStatus(BaseModel):

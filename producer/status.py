@@ -193,9 +193,14 @@ class StatusStore:
             return False, None
         return outcome == b"ok", JobState(state.decode())
 
-    def start(self, job: str, worker: str, total_steps: int) -> tuple[bool, JobState | None]:
-        """Claim a queued job (or one redelivered while marked running) for `worker`."""
-        fields = {"w": worker, "t0": _now(), "ps": 0, "pt": total_steps}
+    def start(
+        self, job: str, worker: str, total_steps: int, spec: dict[str, Any]
+    ) -> tuple[bool, JobState | None]:
+        """Claim a queued job (or one redelivered while marked running) for `worker`.
+
+        The spec (wire form) is kept with the job from here on, for manifests and retries.
+        """
+        fields = {"w": worker, "t0": _now(), "ps": 0, "pt": total_steps, "sp": json.dumps(spec)}
         return self.transition(
             job, JobState.RUNNING, (JobState.QUEUED, JobState.RUNNING), fields, bump_attempts=True
         )
@@ -257,4 +262,5 @@ def _job_status(job: str, batch_id: str, raw: dict[bytes, bytes]) -> JobStatus:
         outputs=json.loads(f["o"]) if "o" in f else [],
         metadata=f.get("m"),
         error=error,
+        spec=json.loads(f["sp"]) if "sp" in f else None,
     )

@@ -132,7 +132,9 @@ class Engine:
     def run_micro_batch(self, jobs: list[Job]) -> None:
         claimed: list[tuple[Job, Inputs]] = []
         for job in jobs:
-            moved, before = self.status.start(job.job_id, self.worker_name, decoder_steps(job.spec))
+            moved, before = self.status.start(
+                job.job_id, self.worker_name, decoder_steps(job.spec), job.spec.wire()
+            )
             if not moved:
                 log.info("skipping %s: it is %s", job.job_id, before.value if before else "unknown")
                 continue

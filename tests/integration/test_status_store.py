@@ -40,8 +40,8 @@ def test_creating_jobs_twice_counts_them_once(store: StatusStore):
 
 def test_counters_follow_every_transition(store: StatusStore):
     store.create_jobs("b2", [(i, i) for i in range(4)])
-    assert store.start(job_id("b2", 0), "w1", 10) == (True, JobState.QUEUED)
-    assert store.start(job_id("b2", 1), "w1", 10)[0]
+    assert store.start(job_id("b2", 0), "w1", 10, {}) == (True, JobState.QUEUED)
+    assert store.start(job_id("b2", 1), "w1", 10, {})[0]
     assert store.succeed(job_id("b2", 0), ["file:///x.png"], "file:///x.json")
     assert store.fail(job_id("b2", 1), "bad_input", "broken image")
     assert store.cancel(job_id("b2", 2))
@@ -60,9 +60,9 @@ def test_counters_follow_every_transition(store: StatusStore):
 def test_terminal_jobs_do_not_move_again(store: StatusStore):
     store.create_jobs("b3", [(0, 1)])
     jid = job_id("b3", 0)
-    store.start(jid, "w", 1)
+    store.start(jid, "w", 1, {})
     store.succeed(jid, [], "m")
-    assert store.start(jid, "w2", 1) == (False, JobState.SUCCEEDED)
+    assert store.start(jid, "w2", 1, {}) == (False, JobState.SUCCEEDED)
     assert not store.fail(jid, "x", "y")
     assert not store.cancel(jid)
     assert store.job(jid).attempts == 1
@@ -71,7 +71,7 @@ def test_terminal_jobs_do_not_move_again(store: StatusStore):
 def test_a_finished_batch_is_done_and_expires(store: StatusStore):
     store.create_jobs("b4", [(0, 1), (1, 2)])
     for i in range(2):
-        store.start(job_id("b4", i), "w", 1)
+        store.start(job_id("b4", i), "w", 1, {})
         store.succeed(job_id("b4", i), [f"file:///{i}.png"], "m")
     batch = store.batch("b4")
     assert batch.done and batch.finished_at is not None
@@ -82,7 +82,7 @@ def test_a_finished_batch_is_done_and_expires(store: StatusStore):
 def test_job_status_has_what_callers_read(store: StatusStore):
     store.create_jobs("b5", [(0, 42)])
     jid = job_id("b5", 0)
-    store.start(jid, "worker-a", 20)
+    store.start(jid, "worker-a", 20, {"prompt": "p"})
     store.progress(jid, 5, 20)
     running = store.job(jid)
     assert (running.state, running.attempts, running.seed, running.worker) == (
@@ -92,6 +92,7 @@ def test_job_status_has_what_callers_read(store: StatusStore):
         "worker-a",
     )
     assert (running.progress.step, running.progress.total) == (5, 20)
+    assert running.spec == {"prompt": "p"}
     store.fail(jid, "out_of_memory", "too big")
     failed = store.job(jid)
     assert failed.error is not None and failed.error.code == "out_of_memory"
