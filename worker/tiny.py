@@ -68,7 +68,8 @@ def make_tiny(root: pathlib.Path, seed: int = 0) -> pathlib.Path:
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be read by others
-        with _quiet_progress_bars():
+        # fork_rng: seeding per component must not reset the caller's global torch RNG.
+        with _quiet_progress_bars(), torch.random.fork_rng(devices=[]):
             _prior(seed).save_pretrained(staging / "prior")
             _decoder(seed).save_pretrained(staging / "decoder")
             _inpaint(seed).save_pretrained(staging / "inpaint")

@@ -2,17 +2,16 @@
 
 import json
 import pathlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
-from diffusers import (
-    KandinskyImg2ImgPipeline,
-    KandinskyInpaintPipeline,
-    KandinskyPipeline,
-    KandinskyPriorPipeline,
-)
+from diffusers.pipelines.kandinsky.pipeline_kandinsky import KandinskyPipeline
+from diffusers.pipelines.kandinsky.pipeline_kandinsky_img2img import KandinskyImg2ImgPipeline
+from diffusers.pipelines.kandinsky.pipeline_kandinsky_inpaint import KandinskyInpaintPipeline
+from diffusers.pipelines.kandinsky.pipeline_kandinsky_prior import KandinskyPriorPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -28,6 +27,15 @@ class Pipes:
     prior: KandinskyPriorPipeline
     decoder: KandinskyPipeline
     inpaint: KandinskyInpaintPipeline
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Two intra-op threads on a busy 2-core runner were seen 10x slower than one; one is steady."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +83,10 @@ def _text2img(pipes: Pipes, prompt: str, seed: int = 0) -> Image.Image:
 
 def _weights(root: pathlib.Path) -> dict[str, torch.Tensor]:
     return load_file(root / "decoder" / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def _files(root: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_folders_load_with_plain_from_pretrained(tiny_root: pathlib.Path, pipes: Pipes) -> None:
@@ -217,14 +229,25 @@ def test_prior_negative_prompts_take_2n_generators_prompts_first(pipes: Pipes) -
     )
 
 
-def test_same_seed_builds_identical_weights(tiny_root: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    again = _weights(make_tiny(tmp_path / "again", seed=0))
-    other = _weights(make_tiny(tmp_path / "other", seed=1))
-    original = _weights(tiny_root)
+def test_same_seed_builds_byte_identical_folders(tiny_root: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    again = make_tiny(tmp_path / "again", seed=0)
+    other = make_tiny(tmp_path / "other", seed=1)
 
-    assert original.keys() == again.keys()
-    assert all(torch.equal(original[k], again[k]) for k in original)
-    assert not torch.equal(original["conv_in.weight"], other["conv_in.weight"])
+    weights, weights_again = _weights(tiny_root), _weights(again)
+    assert weights.keys() == weights_again.keys()
+    assert all(torch.equal(weights[name], weights_again[name]) for name in weights)
+    assert _files(again) == _files(tiny_root)  # tokenizers and configs too
+    assert not torch.equal(_weights(other)["conv_in.weight"], weights["conv_in.weight"])
+
+
+def test_build_leaves_the_callers_torch_rng_alone(tmp_path: pathlib.Path) -> None:
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+
+    make_tiny(tmp_path / "models", seed=0)
+
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_is_tiny_complete_rejects_missing_and_unmarked_folders(tmp_path: pathlib.Path) -> None:
@@ -236,19 +259,32 @@ def test_is_tiny_complete_rejects_missing_and_unmarked_folders(tmp_path: pathlib
     assert not is_tiny_complete(tmp_path / "unmarked")
 
 
-def test_crash_midway_leaves_the_old_folder_and_no_leftovers(
+def _crash(seed: int) -> KandinskyInpaintPipeline:
+    raise RuntimeError("disk full")
+
+
+def test_crash_midway_leaves_nothing_that_looks_complete(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tiny, "_inpaint", _crash)
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        make_tiny(tmp_path / "models", seed=0)
+
+    assert not is_tiny_complete(tmp_path / "models")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_crash_while_rebuilding_keeps_the_old_folder(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = make_tiny(tmp_path / "models", seed=0)
-    before = _weights(root)
+    before = _files(root)
+    monkeypatch.setattr(tiny, "_inpaint", _crash)
 
-    def crash(seed: int) -> KandinskyInpaintPipeline:
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(tiny, "_inpaint", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         make_tiny(root, seed=1)
 
     assert is_tiny_complete(root)
-    assert torch.equal(_weights(root)["conv_in.weight"], before["conv_in.weight"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+    assert _files(root) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["models"]
