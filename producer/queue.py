@@ -26,6 +26,10 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
+        # Enforced by prefork pools; our solo-pool workers also stop renewing a hung task's
+        # leases after job_time_limit_s (see worker/celery_app.py), so the job is handed back.
+        task_time_limit=settings.job_time_limit_s,
+        task_soft_time_limit=int(settings.job_time_limit_s * 0.9),
         worker_concurrency=1,
         worker_soft_shutdown_timeout=settings.shutdown_grace_s,
         worker_enable_soft_shutdown_on_idle=False,

@@ -48,6 +48,11 @@ class Heartbeat:
 
     def beat(self) -> None:
         ctx, s = self.ctx, self.ctx.settings
+        if ctx.overran():
+            # A hung task: stop looking alive, so the liveness probe restarts the worker
+            # and the reaper hands its jobs back once their leases expire.
+            log.error("the current task has run over %d s; no longer renewing its leases", s.job_time_limit_s)
+            return
         if ctx.stopping_since is None:
             s.ready_file.parent.mkdir(parents=True, exist_ok=True)
             s.ready_file.write_text(json.dumps({"worker": ctx.name, "at": time.time()}))

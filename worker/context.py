@@ -46,6 +46,7 @@ class WorkerContext:
     engine: Engine
     current: set[str] = field(default_factory=set)  # job ids leased by the task in progress
     stopping_since: float | None = None  # monotonic time SIGTERM arrived
+    task_started: float | None = None  # monotonic start of the task in progress
 
     @classmethod
     def build(cls, settings: Settings) -> WorkerContext:
@@ -70,6 +71,11 @@ class WorkerContext:
         if self.stopping_since is None:
             return None
         return self.stopping_since + self.settings.shutdown_grace_s
+
+    def overran(self) -> bool:
+        """True once the task in progress has run past the job time limit."""
+        started = self.task_started
+        return started is not None and time.monotonic() - started > self.settings.job_time_limit_s
 
     def begin_shutdown(self) -> None:
         if self.stopping_since is None:

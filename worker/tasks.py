@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Task
@@ -22,6 +23,7 @@ def run_jobs(task: Task, **message: Any) -> None:
     ctx = get_context()
     jobs = claim(ctx, parse_message(message, ctx.settings, ctx.status))
     ctx.current = {job.job_id for job in jobs}
+    ctx.task_started = time.monotonic()
     try:
         ctx.engine.run(jobs)
     except HandBack as exc:
@@ -42,4 +44,4 @@ def run_jobs(task: Task, **message: Any) -> None:
         raise task.retry(kwargs=retry, countdown=delay, max_retries=ctx.settings.max_retries) from exc
     finally:
         ctx.leases.release(ctx.name, sorted(ctx.current))
-        ctx.current = set()
+        ctx.current, ctx.task_started = set(), None
