@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import IntEnum
 from typing import Any
 
@@ -58,8 +58,8 @@ return out
 
 # KEYS: job, batch, events, leases, owners
 # ARGV: to, from_csv, now, ttl, bump_attempts, job_id, field, value, field, value...
-# Returns {'ok', previous} | {'refused', current} | {'missing', ''}.
-# Any state but `running` drops the job's lease (see producer/leases.py).
+# Returns {'ok', previous, finished} | {'refused', current} | {'missing', ''}; finished is 1 when
+# this transition completed the batch. Any state but `running` drops the job's lease.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'st')
 if not cur then return {'missing', ''} end
@@ -67,6 +67,7 @@ local allowed = false
 for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then allowed = true end end
 if not allowed then return {'refused', cur} end
 local to = ARGV[1]
+local finished = 0
 redis.call('HSET', KEYS[1], 'st', to)
 for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'a', 1) end
@@ -82,6 +83,7 @@ if to == 'succeeded' or to == 'failed' or to == 'canceled' then
   if not b[5] and done == (tonumber(b[1]) or -1) then
     redis.call('HSET', KEYS[2], 'ft', ARGV[3])
     redis.call('EXPIRE', KEYS[2], ttl)
+    finished = 1
   end
 elseif to == 'queued' or to == 'running' then
   redis.call('PERSIST', KEYS[1])
@@ -95,7 +97,7 @@ if to ~= 'running' then
   redis.call('HDEL', KEYS[5], ARGV[6])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', '100000', '*', 'job', ARGV[6], 'state', to)
-return {'ok', cur}
+return {'ok', cur, finished}
 """
 
 
@@ -112,6 +114,8 @@ class StatusStore:
         self.redis = client
         self.keys = keys
         self.ttl_s = ttl_s
+        # Called with the batch id by whichever transition finishes a batch (writes its manifest).
+        self.on_batch_done: Callable[[str], None] | None = None
         self._submit = client.register_script(_SUBMIT)
         self._transition = client.register_script(_TRANSITION)
 
@@ -199,9 +203,11 @@ class StatusStore:
             self.keys.leases(),
             self.keys.owners(),
         ]
-        outcome, state = self._transition(keys=keys, args=args)
+        outcome, state, *finished = self._transition(keys=keys, args=args)
         if outcome == b"missing":
             return False, None
+        if finished and finished[0] == 1 and self.on_batch_done is not None:
+            self.on_batch_done(parts[0])
         return outcome == b"ok", JobState(state.decode())
 
     def start(

@@ -104,3 +104,17 @@ def test_unknown_ids_are_not_found(store: StatusStore):
     with pytest.raises(NotFound):
         store.batch("nope")
     assert store.transition("nope-0", JobState.RUNNING, [JobState.QUEUED]) == (False, None)
+
+
+def test_the_transition_that_finishes_a_batch_reports_it_once(store: StatusStore):
+    done: list[str] = []
+    store.on_batch_done = done.append
+    store.create_jobs("b6", [(0, 1), (1, 2), (2, 3)])
+    store.cancel(job_id("b6", 0))
+    store.start(job_id("b6", 1), "w", 1, {})
+    store.fail(job_id("b6", 1), "bad_input", "x")
+    assert done == []
+    store.start(job_id("b6", 2), "w", 1, {})
+    store.succeed(job_id("b6", 2), [], "m")
+    store.cancel(job_id("b6", 2))  # refused: already terminal
+    assert done == ["b6"]
