@@ -14,11 +14,15 @@ from typing import Any
 import click
 from pydantic import ValidationError
 from rich.console import Console
+from rich.progress_bar import ProgressBar
+from rich.table import Table
 
 from producer.client import Client
 from producer.errors import KandinskyBatchError
+from producer.manifest import encode_line, manifest_line
 from producer.schema import BatchStatus, JobState, JobStatus, Mode
 from producer.settings import Settings
+from producer.watch import WatchSummary, finished, summarize, watch
 
 console = Console(stderr=True)
 
@@ -70,7 +74,12 @@ def _spec_options(func: Any) -> Any:
 @_spec_options
 @click.option("--batch-id", default=None, help="Batch id (default: new, or derived from the file).")
 @click.option("--strict", is_flag=True, help="Refuse the whole file if any line is invalid.")
-@click.option("--wait", "wait_", is_flag=True, help="Wait until every job has finished.")
+@click.option(
+    "--wait",
+    "wait_",
+    is_flag=True,
+    help="Show progress until every job has finished (exit 1 unless all succeed).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print {batch_id, job_ids, ...} as JSON.")
 @click.pass_context
 def submit(
@@ -111,10 +120,8 @@ def submit(
             )
         if not result.indices:
             raise click.ClickException("no job was submitted")
-        if wait_:
-            final = client.wait(result.batch_id)
-            _print_status(final, as_json=False)
-    if result.errors:
+        summary = _watch(client, result.batch_id, as_json=as_json) if wait_ else None
+    if result.errors or (summary is not None and not _all_succeeded(summary.batch)):
         ctx.exit(1)
 
 
@@ -123,7 +130,7 @@ def submit(
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def status(ctx: click.Context, id_: str, as_json: bool) -> None:
-    """Status of a job or a batch."""
+    """Status of a job (with its progress) or a batch (counts by state)."""
     with Client(_settings(ctx)) as client:
         _print_status(client.status(id_), as_json)
 
@@ -141,12 +148,114 @@ def wait(ctx: click.Context, id_: str, timeout: float | None, as_json: bool) -> 
         except TimeoutError as exc:
             raise click.ClickException(str(exc)) from None
     _print_status(final, as_json)
-    if isinstance(final, BatchStatus):
-        ok = final.counts[JobState.SUCCEEDED] == final.total
-    else:
-        ok = final.state is JobState.SUCCEEDED
+    ok = _all_succeeded(final) if isinstance(final, BatchStatus) else final.state is JobState.SUCCEEDED
     if not ok:
         ctx.exit(1)
+
+
+@cli.command("watch")
+@click.argument("batch_id")
+@click.option("--interval", type=float, default=0.5, show_default=True, help="Seconds between reads.")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@click.option("--events", is_flag=True, help="Also read the event stream, for an exact images/s.")
+@click.option("--json", "as_json", is_flag=True, help="No live bar: one JSON summary line at the end.")
+@click.pass_context
+def watch_cmd(
+    ctx: click.Context, batch_id: str, interval: float, timeout: float | None, events: bool, as_json: bool
+) -> None:
+    """Live progress of a batch until it is done; exit 1 unless every job succeeded.
+
+    Without a terminal on stdout (or with --json), prints one summary line at the end.
+    """
+    with Client(_settings(ctx)) as client:
+        client.status_store.batch(batch_id)  # not found: exit 2 before anything is drawn
+        summary = _watch(client, batch_id, as_json, interval_s=interval, timeout_s=timeout, events=events)
+    if not _all_succeeded(summary.batch):
+        ctx.exit(1)
+
+
+def _watch(client: Client, batch_id: str, as_json: bool, **options: Any) -> WatchSummary:
+    out = Console()
+    live = out.is_terminal and not as_json
+    try:
+        summary = watch(client.status_store, batch_id, console=out if live else None, **options)
+    except TimeoutError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(summary.as_dict()) if as_json else summary.line())
+    return summary
+
+
+@cli.command()
+@click.argument("id_")
+@click.pass_context
+def cancel(ctx: click.Context, id_: str) -> None:
+    """Cancel a job, or every unfinished job of a batch (running ones stop at their next step)."""
+    with Client(_settings(ctx)) as client:
+        n = client.cancel(id_)
+    click.echo(f"canceled {n} job{'s' if n != 1 else ''}")
+
+
+@cli.command()
+@click.argument("id_")
+@click.option(
+    "--manifest",
+    "manifest_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write one JSON line per job (state, seed, outputs, error, spec) to this file.",
+)
+@click.option(
+    "--download",
+    "download_to",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Copy every output image to DIR/{job_id}/{index}.{ext}.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job.")
+@click.pass_context
+def results(
+    ctx: click.Context, id_: str, manifest_path: Path | None, download_to: Path | None, as_json: bool
+) -> None:
+    """Outputs of a job or a batch: URIs, presigned URLs for s3://, optional manifest and download."""
+    with Client(_settings(ctx)) as client:
+        if manifest_path is not None:
+            n = 0
+            with manifest_path.open("w", encoding="utf-8") as fh:
+                for job in client.statuses(id_):
+                    fh.write(encode_line(manifest_line(job)))
+                    n += 1
+            console.print(f"wrote {n} lines to {manifest_path}", markup=False)
+        for res in client.iter_results(id_, download_to):
+            if as_json:
+                click.echo(json.dumps(res.model_dump(mode="json"), ensure_ascii=False))
+                continue
+            line = f"{res.job_id} {res.state.value}"
+            if res.error:
+                line += f" {res.error.code}: {res.error.message}"
+            click.echo(line)
+            for url in res.files or res.urls:
+                click.echo(f"  {url}")
+
+
+@cli.command("retry-failed")
+@click.argument("batch_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def retry_failed(ctx: click.Context, batch_id: str, as_json: bool) -> None:
+    """Send a batch's failed jobs again (same spec and seed); exit 1 if some could not be."""
+    with Client(_settings(ctx)) as client:
+        res = client.retry_failed(batch_id)
+    if as_json:
+        not_retried = [{"job_id": j, "reason": r} for j, r in res.not_retried]
+        click.echo(json.dumps({"batch_id": batch_id, "retried": res.retried, "not_retried": not_retried}))
+    else:
+        click.echo(f"retried {len(res.retried)} failed job{'s' if len(res.retried) != 1 else ''}")
+        for job, reason in res.not_retried:
+            console.print(f"cannot retry {job}: {reason}", style="red", markup=False)
+    if res.not_retried:
+        ctx.exit(1)
+
+
+def _all_succeeded(batch: BatchStatus) -> bool:
+    return batch.counts.get(JobState.SUCCEEDED, 0) == batch.total
 
 
 def _print_status(st: JobStatus | BatchStatus, as_json: bool) -> None:
@@ -156,18 +265,34 @@ def _print_status(st: JobStatus | BatchStatus, as_json: bool) -> None:
             data["done"] = st.done
         click.echo(json.dumps(data))
         return
+    out = Console()
     if isinstance(st, BatchStatus):
-        counts = ", ".join(f"{s.value} {n}" for s, n in st.counts.items())
-        click.echo(f"batch {st.batch_id}: {st.total} jobs: {counts}{' (done)' if st.done else ''}")
+        summary = summarize(st)
+        caption = "done" if st.done else f"{finished(st)}/{st.total} finished"
+        if summary.elapsed_s is not None:
+            caption += f" · {summary.elapsed_s:.1f} s"
+        if summary.jobs_per_s:
+            caption += f" · {summary.jobs_per_s:.2f} jobs/s"
+        table = Table(title=f"batch {st.batch_id}", caption=caption)
+        table.add_column("state")
+        table.add_column("jobs", justify="right")
+        table.add_column("%", justify="right")
+        for state, n in st.counts.items():
+            table.add_row(state.value, str(n), f"{100 * n / st.total:.0f}" if st.total else "-")
+        table.add_row("total", str(st.total), "100", style="bold")
+        out.print(table)
+        if st.manifest:
+            out.print(f"manifest {st.manifest}", markup=False, soft_wrap=True)
         return
     line = f"job {st.job_id}: {st.state.value} (attempts {st.attempts}, seed {st.seed})"
-    if st.state == "running":
-        line += f" step {st.progress.step}/{st.progress.total}"
-    click.echo(line)
+    out.print(line, markup=False)
+    if st.state is JobState.RUNNING and st.progress.total:
+        out.print(ProgressBar(total=st.progress.total, completed=st.progress.step, width=30), end=" ")
+        out.print(f"step {st.progress.step}/{st.progress.total}")
     for uri in st.outputs:
-        click.echo(f"  {uri}")
+        out.print(f"  {uri}", markup=False, soft_wrap=True)
     if st.error:
-        click.echo(f"  error {st.error.code}: {st.error.message}")
+        out.print(f"  error {st.error.code}: {st.error.message}", markup=False, soft_wrap=True)
 
 
 @cli.group(invoke_without_command=True)

@@ -1,31 +1,60 @@
-"""The Python SDK: submit jobs, read their status, wait, cancel. No torch here."""
+"""The Python SDK: submit jobs, read their status, wait, cancel, retry, fetch results. No torch here."""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlparse
 
 import redis
 from celery import Celery
+from pydantic import BaseModel, Field
 
-from producer.errors import NotFound
-from producer.keys import Keys, split_job_id
+from producer.errors import InvalidSpec, KandinskyBatchError, NotFound
+from producer.keys import TASK_NAME, Keys, job_id, split_job_id
+from producer.manifest import CHUNK, iter_jobs, write_manifest
 from producer.queue import make_celery
-from producer.schema import TERMINAL_STATES, BatchStatus, JobSpec, JobStatus
+from producer.schema import TERMINAL_STATES, BatchStatus, JobError, JobSpec, JobState, JobStatus, Mode
 from producer.settings import Settings
 from producer.status import StatusStore
+from producer.storage import Storage, open_storage
 from producer.submit import (
     SubmitResult,
     Submitter,
     batch_id_for_file,
     batch_id_for_key,
+    build_message,
     new_batch_id,
     read_lines,
     submit_lines,
     validate_spec,
 )
+
+log = logging.getLogger(__name__)
+
+
+class JobResult(BaseModel):
+    """One job's outcome: its outputs as stored, and as URLs a plain HTTP client can fetch."""
+
+    job_id: str
+    state: JobState
+    seed: int | None = None
+    outputs: list[str] = Field(default_factory=list)
+    urls: list[str] = Field(default_factory=list)  # presigned https for s3://, else the URIs themselves
+    metadata: str | None = None
+    error: JobError | None = None
+    files: list[str] = Field(default_factory=list)  # local copies, with `download_to`
+
+
+@dataclass
+class RetryResult:
+    batch_id: str
+    retried: list[str] = field(default_factory=list)
+    not_retried: list[tuple[str, str]] = field(default_factory=list)  # (job id, why)
 
 
 class Client:
@@ -36,12 +65,28 @@ class Client:
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.status_store = StatusStore(self.redis, Keys(settings.key_prefix), settings.job_ttl_s)
         self._app: Celery | None = None
+        self._storage: Storage | None = None
+        # A cancel here can be what finishes a batch: then its manifest is written from here.
+        self.status_store.on_batch_done = self._write_manifest
 
     @property
     def app(self) -> Celery:
         if self._app is None:
             self._app = make_celery(self.settings)
         return self._app
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            self._storage = open_storage(self.settings)
+        return self._storage
+
+    def _write_manifest(self, batch_id: str) -> None:
+        try:
+            write_manifest(self.status_store, self.storage, batch_id)
+        except (KandinskyBatchError, OSError, ValueError) as exc:
+            # The cancel itself succeeded; the manifest can be written again later.
+            log.warning("batch %s is done but its manifest was not written: %s", batch_id, exc)
 
     def close(self) -> None:
         if self._app is not None:
@@ -120,7 +165,18 @@ class Client:
         try:
             return self.status_store.batch(id_)
         except NotFound:
-            raise NotFound(f"no job or batch with id {id_!r}") from None
+            raise NotFound(f"job or batch {id_!r} not found") from None
+
+    def jobs(self, batch_id: str) -> Iterator[JobStatus]:
+        """Every job of a batch, read in pipelined chunks (one round trip per ~500 jobs)."""
+        return iter_jobs(self.status_store, batch_id)
+
+    def statuses(self, id_: str) -> Iterator[JobStatus]:
+        """The job with this id, or every job of the batch with this id; NotFound otherwise."""
+        found = self.status(id_)
+        if isinstance(found, JobStatus):
+            return iter([found])
+        return self.jobs(found.batch_id)
 
     def wait(
         self,
@@ -140,6 +196,142 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"{id_} not finished after {timeout} s")
             time.sleep(poll_s)
+
+    # -- change ----------------------------------------------------------------------
+
+    def cancel(self, id_: str) -> int:
+        """Cancel a job, or every unfinished job of a batch; return how many were canceled.
+
+        Queued jobs never start; running ones stop at the worker's next step check.
+        Each job moves through StatusStore's atomic transition, so batch counters stay exact.
+        """
+        found = self.status(id_)
+        if isinstance(found, JobStatus):
+            return int(self.status_store.cancel(found.job_id))
+        return sum(self.status_store.cancel(job) for job in self._unfinished(found.batch_id))
+
+    def _unfinished(self, batch_id: str) -> Iterator[str]:
+        """Ids of the batch's queued or running jobs (states read in pipelined chunks)."""
+        store = self.status_store
+        span = int(store.redis.hget(store.keys.batch(batch_id), "span") or 0)
+        for start in range(0, span, CHUNK):
+            ids = [job_id(batch_id, i) for i in range(start, min(span, start + CHUNK))]
+            pipe = store.redis.pipeline(transaction=False)
+            for job in ids:
+                pipe.hget(store.keys.job(job), "st")
+            for job, state in zip(ids, pipe.execute(), strict=True):
+                if state in (b"queued", b"running"):
+                    yield job
+
+    def retry_failed(self, batch_id: str) -> RetryResult:
+        """Send a batch's failed jobs again, with their stored spec and seed.
+
+        A job that failed before any worker started it has no stored spec and is
+        reported in `not_retried` instead.
+        """
+        self.status_store.batch(batch_id)  # NotFound for an unknown batch
+        result = RetryResult(batch_id)
+        pending: dict[Mode, list[tuple[int, JobSpec, JobError | None]]] = {}
+        for job in self.jobs(batch_id):
+            if job.state is not JobState.FAILED:
+                continue
+            if job.spec is None:
+                result.not_retried.append(
+                    (job.job_id, "no stored spec: it failed before a worker started it")
+                )
+                continue
+            try:
+                spec = validate_spec(job.spec, self.settings)
+            except InvalidSpec as exc:
+                result.not_retried.append((job.job_id, f"stored spec is invalid now: {exc.message}"))
+                continue
+            moved, _ = self.status_store.transition(job.job_id, JobState.QUEUED, [JobState.FAILED])
+            if not moved:
+                continue  # someone else moved it meanwhile
+            # The failure is history now; it must not show on a queued (and later succeeded) job.
+            self.redis.hdel(self.status_store.keys.job(job.job_id), "ec", "em", "t1")
+            chunk = pending.setdefault(spec.mode, [])
+            chunk.append((int(job.job_id.rpartition("-")[2]), spec, job.error))
+            if len(chunk) >= self.settings.chunk_size:
+                self._resend(batch_id, pending.pop(spec.mode), result)
+        for chunk in pending.values():
+            self._resend(batch_id, chunk, result)
+        return result
+
+    def _resend(
+        self, batch_id: str, chunk: list[tuple[int, JobSpec, JobError | None]], result: RetryResult
+    ) -> None:
+        jobs = [(index, spec) for index, spec, _ in chunk]
+        try:
+            self.app.send_task(
+                TASK_NAME,
+                kwargs=build_message(batch_id, jobs),
+                queue=self.settings.queue_for(jobs[0][1].mode),
+            )
+        except Exception:
+            # Not sent: put them back as they were rather than leave them queued with no message.
+            for index, _, error in chunk:
+                code, message = (error.code, error.message) if error else ("failed", "")
+                self.status_store.fail(job_id(batch_id, index), code, message)
+            raise
+        result.retried += [job_id(batch_id, index) for index, _ in jobs]
+
+    # -- results ---------------------------------------------------------------------
+
+    def results(self, id_: str, download_to: Path | None = None) -> list[JobResult]:
+        """Each job's state and outputs (presigned URLs for s3://, issued now).
+
+        With `download_to`, every output is copied to `download_to/{job_id}/{index}.{ext}`.
+        """
+        return list(self.iter_results(id_, download_to))
+
+    def iter_results(self, id_: str, download_to: Path | None = None) -> Iterator[JobResult]:
+        """Like `results`, one job at a time (for batches too large to hold in a list)."""
+        for job in self.statuses(id_):
+            result = JobResult(
+                job_id=job.job_id,
+                state=job.state,
+                seed=job.seed,
+                outputs=job.outputs,
+                urls=[self.url_for(uri) for uri in job.outputs],
+                metadata=job.metadata,
+                error=job.error,
+            )
+            if download_to is not None:
+                result.files = [str(p) for p in self.download(job, download_to)]
+            yield result
+
+    def url_for(self, uri: str) -> str:
+        """A presigned GET URL (settings.presign_expiry_s) for an s3:// output; other URIs as they are."""
+        if urlparse(uri).scheme != "s3":
+            return uri
+        from producer.s3 import S3Storage
+
+        storage = self.storage
+        key = storage.key_for(uri)
+        if not isinstance(storage, S3Storage) or key is None:
+            return uri
+        return storage.presign(key, self.settings.presign_expiry_s)
+
+    def download(self, job: JobStatus, folder: Path) -> list[Path]:
+        """Copy a job's outputs from storage to `folder/{job_id}/{index}.{ext}`."""
+        paths = []
+        for index, uri in enumerate(job.outputs):
+            key = self.storage.key_for(uri)
+            if key is None:
+                raise NotFound(
+                    f"output {uri} not found in the configured storage {self.settings.storage_url}"
+                )
+            try:
+                data = self.storage.get(key)
+            except KeyError:
+                raise NotFound(f"output {uri} not found in storage") from None
+            ext = PurePosixPath(urlparse(uri).path).suffix or ".bin"
+            path = folder / job.job_id / f"{index}{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            paths.append(path)
+        return paths
 
 
 def is_finished(status: JobStatus | BatchStatus) -> bool:

@@ -143,7 +143,7 @@ class StatusStore:
         raw: dict[bytes, bytes] = self.redis.hgetall(self.keys.job(job)) if parts else {}  # type: ignore[assignment]
         if not parts or not raw:
             raise NotFound(f"job {job!r} not found")
-        return _job_status(job, parts[0], raw)
+        return job_status_from_hash(job, parts[0], raw)
 
     def batch(self, batch_id: str) -> BatchStatus:
         raw: dict[bytes, bytes] = self.redis.hgetall(self.keys.batch(batch_id))  # type: ignore[assignment]
@@ -262,7 +262,7 @@ def _float(value: str | None) -> float | None:
     return float(value) if value else None
 
 
-def _job_status(job: str, batch_id: str, raw: dict[bytes, bytes]) -> JobStatus:
+def job_status_from_hash(job: str, batch_id: str, raw: dict[bytes, bytes]) -> JobStatus:
     f = {k.decode(): v.decode() for k, v in raw.items()}
     error = JobError(code=f["ec"], message=f.get("em", "")) if "ec" in f else None
     return JobStatus(

@@ -156,3 +156,13 @@ def worker(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory) 
 def client(module_settings: Settings) -> Iterator[Client]:
     with Client(module_settings) as c:
         yield c
+
+
+@pytest.fixture
+def cli_env(module_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI reads its settings from the environment, as in production."""
+    for key in [k for k in os.environ if k.startswith("KANDINSKY_BATCH_")]:
+        monkeypatch.delenv(key)
+    for key, value in settings_env(module_settings).items():
+        if key.startswith("KANDINSKY_BATCH_"):
+            monkeypatch.setenv(key, value)

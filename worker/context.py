@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -11,13 +12,17 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from producer.errors import KandinskyBatchError
 from producer.keys import Keys
 from producer.leases import LeaseStore
+from producer.manifest import write_manifest
 from producer.settings import Settings
 from producer.status import StatusStore
 from producer.storage import Storage, open_storage
 from worker.engine import Engine
 from worker.pipelines import PipelineCache
+
+log = logging.getLogger(__name__)
 
 
 def connect_redis(url: str) -> redis.Redis:
@@ -64,7 +69,16 @@ class WorkerContext:
         engine = Engine(settings, cache, storage, status, name)
         ctx = cls(settings, name, client, keys, status, leases, storage, cache, engine)
         engine.stop_deadline = ctx.stop_deadline
+        status.on_batch_done = ctx.write_manifest
         return ctx
+
+    def write_manifest(self, batch_id: str) -> None:
+        """The worker whose job finished a batch writes its manifest; a failure only logs."""
+        try:
+            uri = write_manifest(self.status, self.storage, batch_id)
+            log.info("batch %s done; manifest %s", batch_id, uri)
+        except (KandinskyBatchError, OSError, ValueError) as exc:
+            log.warning("batch %s is done but its manifest was not written: %s", batch_id, exc)
 
     def stop_deadline(self) -> float | None:
         """When a stopping worker must give its jobs back (monotonic); None while serving."""

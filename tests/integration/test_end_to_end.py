@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -15,7 +15,6 @@ from producer.client import Client
 from producer.keys import TASK_NAME, job_id
 from producer.queue import make_celery
 from producer.schema import JobState, Mode
-from tests.conftest import settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -24,16 +23,6 @@ TINY = ["--height", "64", "--width", "64", "--steps", "2", "--prior-steps", "2"]
 
 def path_of(uri: str) -> Path:
     return Path(urlparse(uri).path)
-
-
-@pytest.fixture
-def cli_env(module_settings, monkeypatch: pytest.MonkeyPatch):
-    """The CLI reads its settings from the environment, as in production."""
-    for key in [k for k in os.environ if k.startswith("KANDINSKY_BATCH_")]:
-        monkeypatch.delenv(key)
-    for key, value in settings_env(module_settings).items():
-        if key.startswith("KANDINSKY_BATCH_"):
-            monkeypatch.setenv(key, value)
 
 
 def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:
@@ -78,6 +67,15 @@ def test_a_batch_file_with_a_non_english_prompt_succeeds(worker, client: Client,
     assert final.counts[JobState.SUCCEEDED] == 3
     for jid in result.job_ids:
         assert path_of(client.status_store.job(jid).outputs[0]).exists()
+    # the worker that finished the batch wrote its manifest: one line per job
+    deadline = time.monotonic() + 10
+    while client.status_store.batch(result.batch_id).manifest is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    manifest = client.status_store.batch(result.batch_id).manifest
+    assert manifest is not None
+    lines = [json.loads(line) for line in path_of(manifest).read_text(encoding="utf-8").splitlines()]
+    assert [line["job_id"] for line in lines] == result.job_ids
+    assert all(line["state"] == "succeeded" and line["outputs"] and line["spec"] for line in lines)
 
 
 def test_invalid_spec_is_refused_at_submit_naming_the_field(cli_env, capsys):
