@@ -102,7 +102,7 @@ def submit(
             source, batch_id=batch_id, defaults=defaults if path else {}, strict=strict
         )
         for err in result.errors:
-            console.print(f"line {err.line}: {err.reason}", style="red", markup=False)
+            console.print(f"line {err.line}: {err.reason}", style="red", markup=False, soft_wrap=True)
         if as_json:
             out = {
                 "batch_id": result.batch_id,
@@ -252,6 +252,21 @@ def retry_failed(ctx: click.Context, batch_id: str, as_json: bool) -> None:
             console.print(f"cannot retry {job}: {reason}", style="red", markup=False)
     if res.not_retried:
         ctx.exit(1)
+
+
+@cli.command("dead-letters")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job.")
+@click.pass_context
+def dead_letters(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """Jobs that failed as attempts_exhausted (they kept killing their worker), newest first."""
+    with Client(_settings(ctx)) as client:
+        for st in client.dead_letters(limit):
+            if as_json:
+                click.echo(json.dumps(st.model_dump(mode="json")))
+            else:
+                reason = st.error.message if st.error else ""
+                click.echo(f"{st.job_id}  attempts {st.attempts}  {reason}")
 
 
 def _all_succeeded(batch: BatchStatus) -> bool:

@@ -178,6 +178,17 @@ class Client:
             return iter([found])
         return self.jobs(found.batch_id)
 
+    def dead_letters(self, limit: int = 100) -> list[JobStatus]:
+        """Jobs that failed as attempts_exhausted, newest first (those whose status expired are left out)."""
+        raw = self.redis.lrange(self.status_store.keys.dead_letters(), 0, max(0, limit - 1))
+        found = []
+        for job in raw:
+            try:
+                found.append(self.status_store.job(job.decode() if isinstance(job, bytes) else job))
+            except NotFound:
+                continue
+        return found
+
     def wait(
         self,
         id_: str,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 TASK_NAME = "kandinsky_batch.run_jobs"
 MESSAGE_VERSION = 1
+MAX_INDEX = 10**9 - 1  # a job's index in its batch (a billion lines is past any real batch)
 
 
 def job_id(batch_id: str, index: int) -> str:

@@ -19,6 +19,7 @@ from celery.signals import worker_ready, worker_shutting_down
 from producer.keys import TASK_NAME
 from producer.queue import make_celery
 from producer.settings import Settings
+from worker import guards
 from worker.check import HEARTBEAT_S
 from worker.context import WorkerContext, get_context, set_context
 from worker.delivery import Reaper
@@ -28,8 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> Celery:
+    guards.install()
     app = make_celery(settings)
-    app.task(name=TASK_NAME, bind=True)(run_jobs)
+    app.task(name=TASK_NAME, bind=True, Strategy="worker.guards:checked_strategy")(run_jobs)
     return app
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import stat
 import warnings
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -91,9 +92,13 @@ class InputLoader:
         if not any(path.is_relative_to(root) for root in self.roots):
             raise BadInput(f"{what}: {path} is outside the allowed input folders")
         try:
-            if path.stat().st_size > self.settings.max_input_bytes:
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise BadInput(f"{what}: {path} is not a regular file")
+            if info.st_size > self.settings.max_input_bytes:
                 raise BadInput(f"{what}: file is over the {self.settings.max_input_bytes} byte limit")
-            return path.read_bytes()
+            with path.open("rb") as fh:
+                return fh.read(self.settings.max_input_bytes + 1)
         except OSError as exc:
             raise BadInput(f"{what}: cannot read {path}: {exc.strerror}") from None
 

@@ -12,7 +12,7 @@ import secrets
 from typing import Any
 
 from producer.errors import InvalidSpec, UnsupportedMode
-from producer.keys import MESSAGE_VERSION, job_id
+from producer.keys import MAX_INDEX, MESSAGE_VERSION, job_id
 from producer.schema import MAX_SEED
 from producer.settings import Settings
 from producer.status import StatusStore
@@ -47,7 +47,9 @@ def parse_message(message: dict[str, Any], settings: Settings, status: StatusSto
     served = set(settings.modes)
     for e in indexed:
         jid = job_id(batch_id, e["index"])
-        data = {**message["shared"], **e["spec"], "seed": seeds[e["index"]]}
+        data = {**message["shared"], **e["spec"]}
+        if data.get("seed") is None:  # a given seed is validated like any field; none: the stored one
+            data["seed"] = seeds[e["index"]]
         try:
             spec = validate_spec(data, settings)
             if spec.mode not in served:
@@ -70,7 +72,7 @@ def _envelope_problem(
         return "'shared' must be an object"
     if len(indexed) != len(entries):
         # An entry without an index, or two with the same one.
-        return "every entry of 'jobs' must be an object with its own non-negative integer 'index'"
+        return f"every entry of 'jobs' must be an object with its own integer 'index' in 0..{MAX_INDEX}"
     if any(not isinstance(e.get("spec"), dict) for e in indexed):
         return "every entry of 'jobs' needs a 'spec' object"
     message.setdefault("shared", {})
@@ -78,7 +80,7 @@ def _envelope_problem(
 
 
 def _is_index(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INDEX
 
 
 def _seed(spec: object, shared: object) -> int:
@@ -86,6 +88,6 @@ def _seed(spec: object, shared: object) -> int:
     for source in (spec, shared):
         if isinstance(source, dict):
             seed = source.get("seed")
-            if isinstance(seed, int) and _is_index(seed) and seed <= MAX_SEED:
+            if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED:
                 return seed
     return secrets.randbelow(MAX_SEED + 1)
