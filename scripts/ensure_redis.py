@@ -19,7 +19,8 @@ URL = "redis://127.0.0.1:6379/0"
 
 def up() -> bool:
     try:
-        return bool(redis.Redis.from_url(URL, socket_timeout=1).ping())
+        with redis.Redis.from_url(URL, socket_timeout=1) as client:
+            return bool(client.ping())
     except redis.RedisError:
         return False
 

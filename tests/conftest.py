@@ -28,7 +28,8 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+        with redis.Redis.from_url(REDIS_URL, socket_timeout=2) as client:
+            client.ping()
     except redis.RedisError as exc:
         message = f"Redis is not reachable at {REDIS_URL}: {exc}"
         if IN_CI:

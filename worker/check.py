@@ -27,7 +27,8 @@ def problems(settings: Settings) -> list[str]:
     except FileNotFoundError:
         found.append(f"no ready file at {settings.ready_file}: pipelines not warm or worker not consuming")
     try:
-        redis.Redis.from_url(settings.redis_url, socket_timeout=3).ping()
+        with redis.Redis.from_url(settings.redis_url, socket_timeout=3) as client:
+            client.ping()
     except redis.RedisError as exc:
         found.append(f"Redis unreachable at {settings.redis_url}: {exc}")
     try:

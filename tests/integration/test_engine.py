@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -43,10 +44,11 @@ def cache(redis_url, tiny_models, tmp_path_factory) -> PipelineCache:
 
 
 @pytest.fixture
-def engine(cache: PipelineCache, redis_url, tiny_models, tmp_path) -> Engine:
+def engine(cache: PipelineCache, redis_url, tiny_models, tmp_path) -> Iterator[Engine]:
     settings = make_settings(redis_url, tiny_models, tmp_path, max_batch_size=8)
-    status = StatusStore(redis.Redis.from_url(redis_url), Keys(settings.key_prefix), 600)
-    return Engine(settings, cache, FileStorage(tmp_path / "store"), status, "test-worker")
+    with redis.Redis.from_url(redis_url) as client:
+        status = StatusStore(client, Keys(settings.key_prefix), 600)
+        yield Engine(settings, cache, FileStorage(tmp_path / "store"), status, "test-worker")
 
 
 def submit(engine: Engine, batch: str, specs: list[dict]) -> list[Job]:

@@ -10,6 +10,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from producer.keys import TASK_NAME, job_id
 from producer.queue import make_celery
 from producer.schema import BatchStatus, JobSpec, JobState, Mode
 from producer.submit import build_message
-from tests.conftest import WorkerProcess, make_settings
+from tests.conftest import WorkerProcess, make_settings, settings_env
 from tests.s3server import TEST_KEY, S3Server, create_bucket
 
 pytestmark = pytest.mark.integration
@@ -152,10 +153,18 @@ def test_poison_job_ends_attempts_exhausted_and_the_rest_succeed(fault_settings,
             deaths += 0 if proc.alive() else 1
             proc.stop()
         st = client.status_store.job(poison)
-        dead = [j.decode() for j in client.redis.lrange(client.status_store.keys.dead_letters(), 0, -1)]
+        dead = [d.job_id for d in client.dead_letters()]
+        listed = subprocess.run(
+            [sys.executable, "-m", "producer.cli", "dead-letters"],
+            env=settings_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert st.state is JobState.FAILED and st.error is not None and st.error.code == "attempts_exhausted"
     assert st.attempts == 3 and deaths == 3
-    assert poison in dead
+    assert dead == [poison]
+    assert listed.returncode == 0 and listed.stdout.startswith(f"{poison}  attempts 3")
     final = client.status(batch)
     assert isinstance(final, BatchStatus)
     assert final.counts[JobState.SUCCEEDED] == 2 and final.counts[JobState.FAILED] == 1
@@ -278,7 +287,8 @@ def aof_redis(tmp_path) -> Iterator[tuple[str, Callable[[], None]]]:
 
 def _pings(url: str) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+        with redis.Redis.from_url(url, socket_timeout=1) as client:
+            return bool(client.ping())
     except redis.RedisError:
         return False
 

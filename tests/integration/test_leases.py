@@ -23,6 +23,7 @@ def stores(redis_url):
     yield LeaseStore(client, keys, ttl_s=1.0), StatusStore(client, keys, ttl_s=600)
     for key in client.scan_iter(f"{keys.prefix}:*"):
         client.delete(key)
+    client.close()
 
 
 def test_a_live_lease_keeps_a_second_worker_off(stores):

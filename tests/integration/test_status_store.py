@@ -22,6 +22,7 @@ def store(redis_url: str, request: pytest.FixtureRequest):
     yield StatusStore(client, Keys(prefix), ttl_s=600)
     for key in client.scan_iter(f"{prefix}:*"):
         client.delete(key)
+    client.close()
 
 
 def counts(store: StatusStore, batch: str) -> dict[JobState, int]:
