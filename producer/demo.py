@@ -114,6 +114,7 @@ def run_demo(base: Settings, out: Path, count: int, timeout: float, console: Con
                 "inpaint_model": str(models / "inpaint"),
                 "ready_file": out / "worker.ready",
                 "device": "cpu" if "device" not in base.model_fields_set else base.device,
+                "torch_threads": base.torch_threads or 1,  # the tiny model runs fastest on one thread
             }
         )
         settings.ready_file.unlink(missing_ok=True)

@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     cpu_offload: bool = False
+    torch_threads: int = Field(0, ge=0)  # 0: torch's default; 1 is fastest for the tiny model on CPU
     memory_budget_mb: int = Field(0, ge=0)  # 0: keep every decoder loaded
 
     # What a worker serves and how it batches.

@@ -58,6 +58,7 @@ def make_settings(redis_url: str, tiny_models: Path, root: Path, **overrides: An
         "inpaint_model": str(tiny_models / "inpaint"),
         "device": "cpu",
         "dtype": "float32",
+        "torch_threads": 1,  # tiny models on 2 cores: 1 thread measured ~4x faster than 2
         "ready_file": root / f"ready-{tag}",
         "progress_interval_s": 0.0,
         "retry_backoff_s": 0.2,

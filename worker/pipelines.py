@@ -53,6 +53,8 @@ class PipelineCache:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self.loads: Counter[str] = Counter()
