@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from producer.errors import InvalidSpec, KandinskyBatchError, NotFound
 from producer.keys import TASK_NAME, Keys, job_id, split_job_id
-from producer.manifest import CHUNK, iter_jobs, write_manifest
+from producer.manifest import write_manifest
 from producer.queue import make_celery
 from producer.schema import TERMINAL_STATES, BatchStatus, JobError, JobSpec, JobState, JobStatus, Mode
 from producer.settings import Settings
@@ -169,7 +169,7 @@ class Client:
 
     def jobs(self, batch_id: str) -> Iterator[JobStatus]:
         """Every job of a batch, read in pipelined chunks (one round trip per ~500 jobs)."""
-        return iter_jobs(self.status_store, batch_id)
+        return self.status_store.jobs(batch_id)
 
     def statuses(self, id_: str) -> Iterator[JobStatus]:
         """The job with this id, or every job of the batch with this id; NotFound otherwise."""
@@ -222,17 +222,10 @@ class Client:
         return sum(self.status_store.cancel(job) for job in self._unfinished(found.batch_id))
 
     def _unfinished(self, batch_id: str) -> Iterator[str]:
-        """Ids of the batch's queued or running jobs (states read in pipelined chunks)."""
-        store = self.status_store
-        span = int(store.redis.hget(store.keys.batch(batch_id), "span") or 0)
-        for start in range(0, span, CHUNK):
-            ids = [job_id(batch_id, i) for i in range(start, min(span, start + CHUNK))]
-            pipe = store.redis.pipeline(transaction=False)
-            for job in ids:
-                pipe.hget(store.keys.job(job), "st")
-            for job, state in zip(ids, pipe.execute(), strict=True):
-                if state in (b"queued", b"running"):
-                    yield job
+        """Ids of the batch's queued or running jobs."""
+        for job, state in self.status_store.job_states(batch_id):
+            if state not in TERMINAL_STATES:
+                yield job
 
     def retry_failed(self, batch_id: str) -> RetryResult:
         """Send a batch's failed jobs again, with their stored spec and seed.

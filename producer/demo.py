@@ -163,7 +163,6 @@ def _watch(client: Client, batch_id: str, count: int, timeout: float, console: C
 
 
 def _report(client: Client, batch_id: str, console: Console) -> None:
-    for job in client.status_store.job_ids(batch_id):
-        st = client.status_store.job(job)
+    for st in client.jobs(batch_id):
         where = ", ".join(st.outputs) if st.outputs else (st.error.message if st.error else "")
-        console.print(f"{job}  {st.state.value:9}  seed {st.seed}  {where}", markup=False)
+        console.print(f"{st.job_id}  {st.state.value:9}  seed {st.seed}  {where}", markup=False)

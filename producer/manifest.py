@@ -10,35 +10,11 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from producer.keys import job_id
 from producer.schema import JobStatus
-from producer.status import StatusStore, job_status_from_hash
+from producer.status import StatusStore
 from producer.storage import Storage, manifest_key
 
-CHUNK = 500
 MANIFEST_CONTENT_TYPE = "application/x-ndjson"
-
-
-def batch_span(status: StatusStore, batch_id: str) -> int:
-    """One more than the highest job index of a batch; raises NotFound for an unknown batch."""
-    status.batch(batch_id)  # NotFound, never an empty answer, for an unknown id
-    return int(status.redis.hget(status.keys.batch(batch_id), "span") or 0)
-
-
-def iter_jobs(status: StatusStore, batch_id: str, chunk: int = CHUNK) -> Iterator[JobStatus]:
-    """Every job of a batch in index order: one pipelined HGETALL round trip per `chunk` jobs.
-
-    Jobs whose hash has expired (or indices never used) are left out.
-    """
-    span = batch_span(status, batch_id)
-    for start in range(0, span, chunk):
-        ids = [job_id(batch_id, i) for i in range(start, min(span, start + chunk))]
-        pipe = status.redis.pipeline(transaction=False)
-        for job in ids:
-            pipe.hgetall(status.keys.job(job))
-        for job, raw in zip(ids, pipe.execute(), strict=True):
-            if raw:
-                yield job_status_from_hash(job, batch_id, raw)
 
 
 def manifest_line(job: JobStatus) -> dict[str, Any]:
@@ -62,7 +38,7 @@ def manifest_line(job: JobStatus) -> dict[str, Any]:
 
 def manifest_lines(status: StatusStore, batch_id: str) -> Iterator[dict[str, Any]]:
     """One dict per job of the batch, in index order; raises NotFound for an unknown batch."""
-    for job in iter_jobs(status, batch_id):
+    for job in status.jobs(batch_id):
         yield manifest_line(job)
 
 

@@ -101,6 +101,9 @@ return {'ok', cur, finished}
 """
 
 
+SCAN_CHUNK = 500  # jobs read per pipelined round trip
+
+
 class Created(IntEnum):
     NEW = 0
     UNSENT = 1
@@ -159,12 +162,31 @@ class StatusStore:
             manifest=text.get("mf"),
         )
 
-    def job_ids(self, batch_id: str) -> Iterator[str]:
-        """Every job id of a batch, derived from its index span (no list is stored per batch)."""
+    def _chunks(self, batch_id: str, read: Callable[[Any, str], Any]) -> Iterator[tuple[str, Any]]:
+        """`(job id, reply)` for every index of a batch: one pipelined round trip per chunk.
+
+        Job ids derive from the batch's index span, so no list of jobs is stored per batch.
+        """
+        self.batch(batch_id)  # NotFound, never an empty answer, for an unknown batch
         span = int(self.redis.hget(self.keys.batch(batch_id), "span") or 0)
-        for i in range(span):
-            if self.redis.exists(self.keys.job(job_id(batch_id, i))):
-                yield job_id(batch_id, i)
+        for start in range(0, span, SCAN_CHUNK):
+            ids = [job_id(batch_id, i) for i in range(start, min(span, start + SCAN_CHUNK))]
+            pipe = self.redis.pipeline(transaction=False)
+            for job in ids:
+                read(pipe, self.keys.job(job))
+            yield from zip(ids, pipe.execute(), strict=True)
+
+    def jobs(self, batch_id: str) -> Iterator[JobStatus]:
+        """Every job of a batch in index order (expired or never-used indices left out)."""
+        for job, raw in self._chunks(batch_id, lambda pipe, key: pipe.hgetall(key)):
+            if raw:
+                yield job_status_from_hash(job, batch_id, raw)
+
+    def job_states(self, batch_id: str) -> Iterator[tuple[str, JobState]]:
+        """`(job id, state)` for every job of a batch, cheaper than `jobs`."""
+        for job, raw in self._chunks(batch_id, lambda pipe, key: pipe.hget(key, "st")):
+            if raw:
+                yield job, JobState(raw.decode())
 
     def set_manifest(self, batch_id: str, uri: str) -> None:
         self.redis.hset(self.keys.batch(batch_id), "mf", uri)

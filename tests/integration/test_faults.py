@@ -114,7 +114,7 @@ def test_two_workers_one_killed_mid_batch_every_job_succeeds_once(fault_settings
             lambda: next(
                 (
                     j
-                    for j in client.status_store.job_ids(batch)
+                    for j in (st.job_id for st in client.jobs(batch))
                     if running(client, j) and client.status_store.job(j).worker == "victim0"
                 ),
                 None,
@@ -334,8 +334,7 @@ def test_storage_down_for_20s_jobs_retry_and_succeed_after(fault_settings, start
             from producer.storage import open_storage
 
             store = open_storage(settings)
-            for jid in client.status_store.job_ids(batch):
-                st = client.status_store.job(jid)
+            for st in client.jobs(batch):
                 for uri in [*st.outputs, st.metadata or ""]:
                     assert store.get(store.key_for(uri) or "")  # every object is really there
     finally:
