@@ -81,8 +81,10 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def mixed_batch(worker: Any, module_settings: Settings) -> tuple[str, list[BatchStatus]]:
-    """A batch of all four modes run to the end; the batch statuses seen while it ran."""
+def mixed_batch(
+    worker: Any, module_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, list[BatchStatus]]:
+    """A JSONL batch of all four modes run to the end; the batch statuses seen while it ran."""
     image = png_url((64, 64))
     specs = [
         tiny("a red fox in the snow"),
@@ -102,8 +104,10 @@ def mixed_batch(worker: Any, module_settings: Settings) -> tuple[str, list[Batch
             "conditions": [{"text": "sea", "weight": 1}, {"text": "sky", "weight": 1}],
         },
     ]
+    path = tmp_path_factory.mktemp("mixed") / "jobs.jsonl"
+    path.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in specs), encoding="utf-8")
     with Client(module_settings) as client:
-        result = client.submit_batch(specs)
+        result = client.submit_batch(path)
         assert not result.errors and result.sent == len(specs)
         seen = []
         deadline = time.monotonic() + 240
