@@ -158,7 +158,12 @@ class Submitter:
             return
         self._wait_for_room(mode)
         self.app.send_task(
-            TASK_NAME, kwargs=build_message(self.batch_id, to_send), queue=self.settings.queue_for(mode)
+            TASK_NAME,
+            kwargs=build_message(self.batch_id, to_send),
+            queue=self.settings.queue_for(mode),
+            # Celery would otherwise copy the whole message as text into its headers.
+            argsrepr="()",
+            kwargsrepr=f"{{batch {self.batch_id}: {len(to_send)} jobs}}",
         )
         self.status.mark_sent(self.batch_id, [i for i, _ in to_send])
         self.result.sent += len(to_send)

@@ -1,0 +1,251 @@
+"""Enqueue rate: bulk submit (`Client.submit_batch` of a JSONL file) vs a naive loop of one Celery message per prompt.
+
+Both run in the same process against the real Redis with no worker, so messages just queue. The naive loop
+validates each prompt into a full JobSpec (every field spelled out) and sends it with `send_task`; it runs
+on fewer prompts (`--naive-n`, half before the bulk submit and half after) and both are compared per
+prompt. Each side is warmed up first. A second, instrumented bulk pass then splits the bulk time into its
+phases, and one chunk's `send_task` is timed with and without Celery's argsrepr/kwargsrepr, to show where
+the time goes. `--what-if` also times a sketch of the proposed fix (see bench/README.md).
+
+Run: python bench/enqueue.py [--n 20000] [--naive-n 2000] [--chunk-size N] [--profile] [--what-if]
+Target: bulk >= 30x the naive loop's prompts/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import functools
+import json
+import pstats
+import secrets
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import _common
+from _common import note, result
+
+import producer.submit as submit_module
+from producer.client import Client
+from producer.keys import MESSAGE_VERSION, TASK_NAME
+from producer.schema import MAX_SEED, Mode
+from producer.settings import Settings
+
+TARGET_RATIO = 30.0
+
+
+def write_jsonl(path: Path, texts: list[str]) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        for text in texts:
+            fh.write(json.dumps({"prompt": text}, ensure_ascii=False) + "\n")
+
+
+def bulk(client: Client, path: Path, batch_id: str | None = None) -> tuple[int, float]:
+    """Submit the file as one batch; (jobs sent, seconds)."""
+    started = time.perf_counter()
+    res = client.submit_batch(path, batch_id=batch_id)
+    elapsed = time.perf_counter() - started
+    if res.errors or res.sent != len(res.indices):
+        raise RuntimeError(f"bulk submit went wrong: {len(res.errors)} errors, {res.sent} sent")
+    return res.sent, elapsed
+
+
+def naive(client: Client, texts: list[str], batch_id: str) -> float:
+    """One message per prompt, carrying its full spec; seconds for all of them."""
+    queue = client.settings.queue_for(Mode.TEXT2IMG)
+    started = time.perf_counter()
+    for index, text in enumerate(texts):
+        spec = submit_module.validate_spec({"prompt": text}, client.settings).with_seed()
+        message = {
+            "v": MESSAGE_VERSION,
+            "batch_id": batch_id,
+            "shared": {},
+            "jobs": [{"index": index, "spec": spec.model_dump(mode="json")}],
+        }
+        client.app.send_task(TASK_NAME, kwargs=message, queue=queue)
+    return time.perf_counter() - started
+
+
+def timed(label: str, totals: defaultdict[str, float], fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            totals[label] += time.perf_counter() - started
+
+    return wrapper
+
+
+def breakdown(settings: Settings, path: Path, warm: Path) -> None:
+    """Bulk-submit the file again (new batch) with each phase timed; print each phase's share."""
+    totals: defaultdict[str, float] = defaultdict(float)
+    with Client(settings) as client:
+        client.app.send_task = timed("celery_send_task", totals, client.app.send_task)
+        store = client.status_store
+        store.create_jobs = timed("create_jobs_lua", totals, store.create_jobs)  # type: ignore[method-assign]
+        store.mark_sent = timed("mark_sent_pipeline", totals, store.mark_sent)  # type: ignore[method-assign]
+        originals = {name: getattr(submit_module, name) for name in ("validate_spec", "build_message")}
+        submitter_wait = submit_module.Submitter._wait_for_room
+        with_seed = submit_module.JobSpec.with_seed
+        try:
+            submit_module.validate_spec = timed("validate_spec", totals, originals["validate_spec"])
+            submit_module.build_message = timed("build_message", totals, originals["build_message"])
+            submit_module.Submitter._wait_for_room = timed("queue_llen_check", totals, submitter_wait)  # type: ignore[method-assign]
+            submit_module.JobSpec.with_seed = timed("with_seed", totals, with_seed)  # type: ignore[method-assign]
+            bulk(client, warm, batch_id="warm-breakdown")
+            sent, elapsed = bulk(client, path, batch_id="breakdown")
+        finally:
+            for name, fn in originals.items():
+                setattr(submit_module, name, fn)
+            submit_module.Submitter._wait_for_room = submitter_wait  # type: ignore[method-assign]
+            submit_module.JobSpec.with_seed = with_seed  # type: ignore[method-assign]
+    note(f"bulk time by phase ({sent} prompts, {elapsed:.2f} s with timers):")
+    rest = elapsed - sum(totals.values())
+    for label, seconds in [*sorted(totals.items(), key=lambda kv: -kv[1]), ("other_read_parse_loop", rest)]:
+        note(
+            f"  {label:24s} {seconds:6.3f} s  {100 * seconds / elapsed:5.1f} %  {1e6 * seconds / sent:6.1f} us/prompt"
+        )
+        result(f"enqueue_bulk_phase_{label}", 1e6 * seconds / sent, "us/prompt")
+
+
+def send_task_repr_cost(settings: Settings, texts: list[str], reps: int = 100) -> None:
+    """What one chunk's `send_task` costs with Celery's default argsrepr/kwargsrepr and with them short."""
+    jobs = [(i, submit_module.JobSpec(prompt=text, seed=i)) for i, text in enumerate(texts)]
+    message = submit_module.build_message("repr-cost", jobs)
+    queue = f"{settings.queue_prefix}.repr-cost"
+    with Client(settings) as client:
+        for label, extra in (("default_repr", {}), ("short_repr", {"argsrepr": "", "kwargsrepr": "-"})):
+            for _ in range(10):
+                client.app.send_task(TASK_NAME, kwargs=message, queue=queue, **extra)
+            started = time.perf_counter()
+            for _ in range(reps):
+                client.app.send_task(TASK_NAME, kwargs=message, queue=queue, **extra)
+            per_message = (time.perf_counter() - started) / reps
+            result(f"enqueue_send_task_{label}_ms_per_message", 1e3 * per_message, "ms")
+            result(f"enqueue_send_task_{label}_us_per_prompt", 1e6 * per_message / len(jobs), "us/prompt")
+
+
+def what_if(client: Client, path: Path) -> float:
+    """Prompts/s of a sketch of the proposed fix (NOT the project's code): the same validation and
+    message format, but one batch-level Redis write per chunk instead of a hash and an HSET per job,
+    seeds drawn without pydantic copies, and a short kwargsrepr. It leaves out the fix's bookkeeping
+    (a sent bitmap, resubmit checks), so read it as an optimistic estimate.
+    """
+    settings = client.settings
+    queue = settings.queue_for(Mode.TEXT2IMG)
+    batch_key = client.status_store.keys.batch("what-if")
+    started = time.perf_counter()
+    pending: list[tuple[int, dict[str, Any]]] = []
+    sent = 0
+
+    def flush() -> None:
+        wires = [wire for _, wire in pending]
+        shared = {k: v for k, v in wires[0].items() if all(w.get(k) == v for w in wires[1:])}
+        message = {
+            "v": MESSAGE_VERSION,
+            "batch_id": "what-if",
+            "shared": shared,
+            "jobs": [
+                {"index": i, "spec": {k: v for k, v in w.items() if k not in shared}} for i, w in pending
+            ],
+        }
+        seeds = b"".join(int(w["seed"]).to_bytes(4, "little") for w in wires)
+        pipe = client.redis.pipeline(transaction=False)
+        pipe.hincrby(batch_key, "total", len(pending))
+        pipe.setrange(batch_key + ":seeds", 4 * pending[0][0], seeds)
+        pipe.execute()
+        client.app.send_task(TASK_NAME, kwargs=message, queue=queue, argsrepr="", kwargsrepr="-")
+        pending.clear()
+
+    with path.open("rb") as fh:
+        for index, raw in enumerate(fh):
+            spec = submit_module.validate_spec(json.loads(raw), settings)
+            wire = spec.wire()
+            wire.setdefault("seed", secrets.randbelow(MAX_SEED + 1))
+            pending.append((index, wire))
+            sent += 1
+            if len(pending) >= settings.chunk_size:
+                flush()
+    if pending:
+        flush()
+    return sent / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=20_000, help="prompts for the bulk submit")
+    parser.add_argument("--naive-n", type=int, default=2_000, help="prompts for the naive loop")
+    parser.add_argument("--chunk-size", type=int, default=None, help="jobs per message (default: settings)")
+    parser.add_argument("--profile", action="store_true", help="also print a cProfile of one bulk submit")
+    parser.add_argument("--what-if", action="store_true", help="also time a sketch of the proposed fix")
+    args = parser.parse_args(argv)
+
+    redis_client = _common.connect()
+    tag = _common.new_tag()
+    _common.stop_on_sigterm()
+    overrides: dict[str, Any] = {} if args.chunk_size is None else {"chunk_size": args.chunk_size}
+    settings = _common.bench_settings(tag, **overrides)
+    _common.machine_note()
+    note(f"redis {_common.REDIS_URL}, prefix {tag}, chunk_size {settings.chunk_size}")
+    texts = _common.prompts(args.n, seed=1)
+    try:
+        with tempfile.TemporaryDirectory() as tmp, Client(settings) as client:
+            path = Path(tmp) / "prompts.jsonl"
+            write_jsonl(path, texts)
+            warm = Path(tmp) / "warm.jsonl"
+            write_jsonl(warm, _common.prompts(2 * settings.chunk_size, seed=2))
+
+            # Warm-up: connections, Lua script load, kombu queue declaration, pydantic, JSON.
+            bulk(client, warm, batch_id="warm-bulk")
+            naive(client, texts[:100], "warm-naive")
+
+            # Half the naive loop before the bulk submit and half after, so load drift hits both sides.
+            half = args.naive_n // 2
+            naive_s = naive(client, texts[:half], "naive-1")
+            sent, bulk_s = bulk(client, path)
+            naive_s += naive(client, texts[half : args.naive_n], "naive-2")
+            naive_rate = args.naive_n / naive_s
+            bulk_rate = sent / bulk_s
+            queue = settings.queue_for(Mode.TEXT2IMG)
+            note(f"queue {queue} holds {redis_client.llen(queue)} messages (no worker consumes them)")
+            result("enqueue_naive_prompts_per_s", naive_rate, "prompts/s")
+            result("enqueue_bulk_prompts_per_s", bulk_rate, "prompts/s")
+            result("enqueue_bulk_vs_naive", bulk_rate / naive_rate, "x")
+            result("enqueue_naive_us_per_prompt", 1e6 / naive_rate, "us/prompt")
+            result("enqueue_bulk_us_per_prompt", 1e6 / bulk_rate, "us/prompt")
+            verdict = "met" if bulk_rate / naive_rate >= TARGET_RATIO else "MISSED"
+            note(f"target >= {TARGET_RATIO:g}x the naive loop: {verdict} ({bulk_rate / naive_rate:.1f}x)")
+
+            if args.what_if:
+                what_if(client, path)  # warm-up
+                rate = what_if(client, path)
+                result("whatif_batch_level_status_prompts_per_s", rate, "prompts/s")
+                result("whatif_batch_level_status_vs_naive", rate / naive_rate, "x")
+
+            if args.profile:
+                profiler = cProfile.Profile()
+                profiler.runcall(client.submit_batch, path, batch_id="profiled")
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+        # Cleared between the main run and the breakdown so Redis does not grow past what --n asked for.
+        _common.cleanup(redis_client, tag)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "prompts.jsonl"
+            write_jsonl(path, texts)
+            warm = Path(tmp) / "warm.jsonl"
+            write_jsonl(warm, _common.prompts(2 * settings.chunk_size, seed=2))
+            breakdown(settings, path, warm)
+        send_task_repr_cost(settings, texts[: settings.chunk_size])
+    finally:
+        deleted = _common.cleanup(redis_client, tag)
+        note(f"cleaned up {deleted} keys under {tag}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
