@@ -32,6 +32,8 @@ def run_jobs(task: Task, **message: Any) -> None:
         raise Reject("worker shutting down", requeue=True) from exc
     except RetryLater as exc:
         retries = task.request.retries
+        if not exc.jobs:
+            return
         if retries >= ctx.settings.max_retries:
             for job in exc.jobs:
                 ctx.status.fail(
