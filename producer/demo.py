@@ -54,13 +54,7 @@ def embedded_redis(stack: ExitStack) -> str:
 
 def worker_env(settings: Settings) -> dict[str, str]:
     """The demo's settings as the environment of the worker process."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-        env[f"KANDINSKY_BATCH_{name.upper()}"] = text
-    return env
+    return {**os.environ, **settings.as_env()}
 
 
 def start_worker(settings: Settings, log_path: Path, stack: ExitStack) -> subprocess.Popen[bytes]:

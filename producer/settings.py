@@ -93,6 +93,15 @@ class Settings(BaseSettings):
     def _modes_from_csv(cls, value: object) -> object:
         return _split_csv(value)
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as `KANDINSKY_BATCH_*` variables, for a child process (worker, probe)."""
+        env = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is not None:
+                text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+                env[f"KANDINSKY_BATCH_{name.upper()}"] = text
+        return env
+
     def queue_for(self, mode: Mode) -> str:
         """The Celery queue (a Redis list) that carries jobs of one mode."""
         return f"{self.queue_prefix}.{mode.value}"

@@ -70,11 +70,7 @@ def make_settings(redis_url: str, tiny_models: Path, root: Path, **overrides: An
 
 def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KANDINSKY_BATCH_")}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is not None:
-            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-            env[f"KANDINSKY_BATCH_{name.upper()}"] = text
-    return env
+    return {**env, **settings.as_env()}
 
 
 class WorkerProcess:

@@ -27,6 +27,7 @@ from producer.errors import (
     StorageUnavailable,
     compute_backoff,
 )
+from producer.keys import split_job_id
 from producer.schema import JobSpec, JobState
 from producer.settings import Settings
 from producer.status import StatusStore
@@ -49,7 +50,10 @@ class Job:
 
     @property
     def index(self) -> int:
-        return int(self.job_id.rpartition("-")[2])
+        parts = split_job_id(self.job_id)
+        if parts is None:
+            raise ValueError(f"not a job id: {self.job_id!r}")
+        return parts[1]
 
 
 class RetryLater(Exception):
