@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -32,6 +33,15 @@ from producer.settings import Settings
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
 CHECK_KEY = ".kandinsky-batch-check"
+MULTIPART_BYTES = 8 * 1024 * 1024  # `put_file` bodies from this size go up in parts of this size
+
+# "classic" keeps uploads on our botocore client (its endpoint, retries, timeouts, checksum settings
+# and error types): boto3 would otherwise switch to its CRT client on some EC2 instance types.
+TRANSFER_CONFIG = TransferConfig(
+    multipart_threshold=MULTIPART_BYTES,
+    multipart_chunksize=MULTIPART_BYTES,
+    preferred_transfer_client="classic",
+)
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MISSING_KEY_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
@@ -110,6 +120,15 @@ class S3Storage:
         name = self._object_key(key)
         with self._translated("put", name):
             self.client.put_object(Bucket=self.bucket, Key=name, Body=data, ContentType=content_type)
+        return self.uri(key)
+
+    def put_file(self, key: str, fileobj: IO[bytes], content_type: str) -> str:
+        """Upload in parts past MULTIPART_BYTES; a failed multipart upload is aborted by boto3."""
+        name = self._object_key(key)
+        with self._translated("put", name):
+            self.client.upload_fileobj(
+                fileobj, self.bucket, name, ExtraArgs={"ContentType": content_type}, Config=TRANSFER_CONFIG
+            )
         return self.uri(key)
 
     def get(self, key: str) -> bytes:

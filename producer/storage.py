@@ -9,9 +9,11 @@ overwrites its objects instead of adding new ones.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 from urllib.parse import unquote, urlparse
 
 from producer.errors import StorageUnavailable
@@ -21,6 +23,13 @@ from producer.settings import Settings
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> str:
         """Store `data` under `key`; return the object's URI."""
+        ...
+
+    def put_file(self, key: str, fileobj: IO[bytes], content_type: str) -> str:
+        """Store the rest of `fileobj` (from its position to its end) under `key`; return the URI.
+
+        For bodies too big to hold in memory at once, such as a big batch's manifest.
+        """
         ...
 
     def get(self, key: str) -> bytes:
@@ -63,13 +72,27 @@ class FileStorage:
         return path
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
+        return self._write(key, lambda fh: fh.write(data))
+
+    def put_file(self, key: str, fileobj: IO[bytes], content_type: str) -> str:
+        return self._write(key, lambda fh: shutil.copyfileobj(fileobj, fh))
+
+    def _write(self, key: str, write: Callable[[IO[bytes]], object]) -> str:
+        """Fill a temp file beside the target, then rename it over: readers never see half an object.
+
+        The temp file is removed if the write fails, so failures leave no litter in the store.
+        """
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    write(fh)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         except OSError as exc:
             raise StorageUnavailable(f"cannot write {path}: {exc}") from exc
         return path.as_uri()

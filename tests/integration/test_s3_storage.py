@@ -2,26 +2,60 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import random
+import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from botocore.stub import Stubber
 
 from producer.errors import StorageUnavailable
-from producer.s3 import S3Storage, make_client, parse_storage_url
+from producer.keys import Keys, job_id
+from producer.manifest import (
+    MANIFEST_CONTENT_TYPE,
+    SPOOL_MAX_BYTES,
+    encode_line,
+    manifest_lines,
+    write_manifest,
+)
+from producer.s3 import MULTIPART_BYTES, S3Storage, make_client, parse_storage_url
 from producer.settings import Settings
-from producer.storage import FileStorage, Storage, image_key, metadata_key, open_storage
+from producer.status import StatusStore
+from producer.storage import FileStorage, Storage, image_key, manifest_key, metadata_key, open_storage
 from tests.s3server import S3Server, client, create_bucket, enforced_auth, running_s3_server
 
 pytestmark = pytest.mark.integration
 
 PREFIX = "out"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+# Past the manifest's spool limit (so it lies on disk) and two S3 parts and a bit (so it goes multipart).
+BIG = random.Random(7).randbytes(2 * MULTIPART_BYTES + 12345)
+assert len(BIG) > SPOOL_MAX_BYTES
+
+
+def digest(data: bytes) -> str:
+    """Compare big bodies by hash: a failed `==` on 16 MB would print them whole."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextmanager
+def spooled(data: bytes) -> Iterator[Any]:
+    """`data` in a rewound SpooledTemporaryFile of the manifest's size limit, as write_manifest hands over."""
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES, mode="w+b") as fh:
+        fh.write(data)
+        fh.seek(0)
+        yield fh
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +163,142 @@ def test_check_passes_on_a_writable_store(backend: Backend) -> None:
     backend.store.check()
 
 
+def test_put_file_stores_the_rest_of_the_file_and_returns_the_uri(backend: Backend) -> None:
+    source = io.BytesIO(b"skipped" + PNG)
+    source.seek(len(b"skipped"))
+
+    uri = backend.store.put_file("b1/j1/0.png", source, "image/png")
+
+    assert uri == backend.store.uri("b1/j1/0.png")
+    assert backend.read_raw("b1/j1/0.png") == PNG
+    assert backend.store.get("b1/j1/0.png") == PNG
+
+
+def test_put_file_of_an_on_disk_spool_past_the_multipart_size_stores_every_byte(backend: Backend) -> None:
+    with spooled(BIG) as source:
+        assert source._rolled  # SpooledTemporaryFile's flag: the body lies in a real file on disk
+
+        backend.store.put_file("b/manifest.jsonl", source, MANIFEST_CONTENT_TYPE)
+
+    assert digest(backend.read_raw("b/manifest.jsonl")) == digest(BIG)
+
+
+def test_put_file_overwrites_and_stores_an_empty_file(backend: Backend) -> None:
+    backend.store.put("b/manifest.jsonl", b"old", MANIFEST_CONTENT_TYPE)
+
+    backend.store.put_file("b/manifest.jsonl", io.BytesIO(b""), MANIFEST_CONTENT_TYPE)
+
+    assert backend.read_raw("b/manifest.jsonl") == b""
+
+
+def test_put_file_refuses_keys_that_leave_the_root(backend: Backend) -> None:
+    with pytest.raises(ValueError):
+        backend.store.put_file("../escape.jsonl", io.BytesIO(b"x"), MANIFEST_CONTENT_TYPE)
+
+
+def test_write_manifest_stores_the_lines_it_read_and_records_the_uri(
+    backend: Backend, redis_url: str
+) -> None:
+    # Given a batch of 2,000 jobs with 4 KB specs: a ~9 MB manifest, on disk and multipart on S3
+    batch, n = f"m{uuid.uuid4().hex[:10]}", 2000
+    with redis.Redis.from_url(redis_url) as client:
+        status = StatusStore(client, Keys(f"kbt-{uuid.uuid4().hex[:8]}"), ttl_s=600)
+        status.create_jobs(batch, [(i, 1000 + i) for i in range(n)])
+        for i in range(n):
+            job = job_id(batch, i)
+            status.start(job, "w-test", 2, {"prompt": f"Кошка №{i} " + "x" * 4000, "seed": 1000 + i})
+            if i % 3:
+                status.succeed(job, [backend.store.uri(f"{batch}/{job}/0.png")], "")
+            else:
+                status.fail(job, "bad_input", f"изображение {i}: cannot read")
+
+        # When its manifest is written
+        uri = write_manifest(status, backend.store, batch)
+
+        # Then the store holds exactly the lines joined in memory, in index order, and the batch knows where
+        expected = "".join(encode_line(line) for line in manifest_lines(status, batch)).encode()
+        stored = backend.read_raw(manifest_key(batch))
+        assert len(expected) > MULTIPART_BYTES
+        assert digest(stored) == digest(expected)
+        assert [json.loads(x)["job_id"] for x in stored.decode().splitlines()] == [
+            job_id(batch, i) for i in range(n)
+        ]
+        assert uri == backend.store.uri(manifest_key(batch))
+        assert status.batch(batch).manifest == uri
+
+
+# --- FileStorage writes are atomic ------------------------------------------------------------------
+
+
+class WatchedSource(io.RawIOBase):
+    """A source that serves `chunks`, noting before each read what `target` holds; then ends or fails."""
+
+    def __init__(self, chunks: list[bytes], target: Path, error: Exception | None = None) -> None:
+        self.chunks, self.target, self.error = list(chunks), target, error
+        self.seen: list[bytes | None] = []
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self.seen.append(self.target.read_bytes() if self.target.exists() else None)
+        if not self.chunks:
+            if self.error is not None:
+                raise self.error
+            return 0
+        chunk = self.chunks.pop(0)
+        n = min(len(chunk), len(buffer))
+        buffer[:n] = chunk[:n]
+        if n < len(chunk):
+            self.chunks.insert(0, chunk[n:])
+        return n
+
+
+CHUNK = b"n" * 100_000  # bigger than any write buffer: it reaches the disk before the next read
+
+
+def test_file_put_file_shows_the_old_object_until_the_new_one_is_complete(tmp_path: Path) -> None:
+    store = FileStorage(tmp_path / "store")
+    store.put("b/manifest.jsonl", b"old", MANIFEST_CONTENT_TYPE)
+    target = tmp_path / "store" / "b" / "manifest.jsonl"
+    source = WatchedSource([CHUNK, CHUNK, CHUNK], target)
+
+    store.put_file("b/manifest.jsonl", source, MANIFEST_CONTENT_TYPE)
+
+    assert len(source.seen) >= 4 and set(source.seen) == {b"old"}  # never a partial file mid-copy
+    assert target.read_bytes() == CHUNK * 3
+    assert [p.name for p in target.parent.iterdir()] == ["manifest.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [(OSError("read failed"), StorageUnavailable), (ValueError("not a file"), ValueError)],
+)
+def test_file_put_file_that_fails_midway_keeps_the_old_object_and_removes_its_temp_file(
+    tmp_path: Path, error: Exception, raised: type[Exception]
+) -> None:
+    store = FileStorage(tmp_path / "store")
+    store.put("b/manifest.jsonl", b"old", MANIFEST_CONTENT_TYPE)
+    target = tmp_path / "store" / "b" / "manifest.jsonl"
+    source = WatchedSource([CHUNK, CHUNK], target, error)
+
+    with pytest.raises(raised):
+        store.put_file("b/manifest.jsonl", source, MANIFEST_CONTENT_TYPE)
+
+    assert set(source.seen) == {b"old"} and target.read_bytes() == b"old"
+    assert [p.name for p in target.parent.iterdir()] == ["manifest.jsonl"]
+
+
+def test_file_put_file_that_fails_on_a_new_key_leaves_nothing(tmp_path: Path) -> None:
+    store = FileStorage(tmp_path / "store")
+    target = tmp_path / "store" / "b" / "manifest.jsonl"
+
+    with pytest.raises(StorageUnavailable, match="cannot write"):
+        store.put_file("b/manifest.jsonl", WatchedSource([CHUNK], target, OSError("gone")), "text/plain")
+
+    assert list(target.parent.iterdir()) == []
+
+
 # --- S3Storage on the real endpoint ---------------------------------------------------------------
 
 
@@ -170,6 +340,37 @@ def test_presigned_url_serves_the_bytes_over_plain_http(endpoint: str, bucket: s
     assert url.startswith(f"{endpoint}/{bucket}/{PREFIX}/b/j/0.png?")
     assert "X-Amz-Expires=300" in url
     assert (body, content_type) == (PNG, "image/png")
+
+
+def test_a_big_put_file_is_one_multipart_object_with_the_content_type(endpoint: str, bucket: str) -> None:
+    store = S3Storage.from_settings(s3_settings(endpoint, bucket))
+
+    with spooled(BIG) as source:
+        uri = store.put_file("b/manifest.jsonl", source, MANIFEST_CONTENT_TYPE)
+
+    raw = client(endpoint)
+    head = raw.head_object(Bucket=bucket, Key=f"{PREFIX}/b/manifest.jsonl")
+    assert uri == f"s3://{bucket}/{PREFIX}/b/manifest.jsonl"
+    assert head["ETag"].endswith('-3"')  # a multipart upload's ETag counts its parts
+    assert (head["ContentType"], head["ContentLength"]) == (MANIFEST_CONTENT_TYPE, len(BIG))
+    assert raw.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_a_small_put_file_is_a_single_put_with_the_content_type(endpoint: str, bucket: str) -> None:
+    store = S3Storage.from_settings(s3_settings(endpoint, bucket))
+
+    store.put_file("b/manifest.jsonl", io.BytesIO(b'{"a":1}\n'), MANIFEST_CONTENT_TYPE)
+
+    head = client(endpoint).head_object(Bucket=bucket, Key=f"{PREFIX}/b/manifest.jsonl")
+    assert "-" not in head["ETag"] and head["ContentType"] == MANIFEST_CONTENT_TYPE
+
+
+@pytest.mark.parametrize("body", [b"small", BIG], ids=["single", "multipart"])
+def test_put_file_to_a_missing_bucket_names_the_bucket(endpoint: str, body: bytes) -> None:
+    store = S3Storage.from_settings(s3_settings(endpoint, "kbt-no-such-bucket"))
+
+    with pytest.raises(StorageUnavailable, match="bucket 'kbt-no-such-bucket' does not exist"):
+        store.put_file("b/manifest.jsonl", io.BytesIO(body), MANIFEST_CONTENT_TYPE)
 
 
 def test_open_storage_returns_s3_storage_for_s3_urls(endpoint: str, bucket: str) -> None:
@@ -278,6 +479,20 @@ def test_error_answers_become_storage_unavailable(
             store.get("b/j/0.png")
 
 
+@pytest.mark.parametrize(
+    ("code", "status", "message"), [("SlowDown", 503, "throttled"), ("AccessDenied", 403, "access denied")]
+)
+def test_put_file_error_answers_become_storage_unavailable(
+    stubbed: S3Storage, code: str, status: int, message: str
+) -> None:
+    store = stubbed
+    with Stubber(store.client) as stub:
+        stub.add_client_error("put_object", service_error_code=code, http_status_code=status)
+
+        with pytest.raises(StorageUnavailable, match=message):
+            store.put_file("b/manifest.jsonl", io.BytesIO(b"x"), MANIFEST_CONTENT_TYPE)
+
+
 def test_no_such_key_answer_is_key_error_with_our_key(stubbed: S3Storage) -> None:
     store = stubbed
     with Stubber(store.client) as stub:
@@ -308,6 +523,13 @@ def test_storage_url_prefix_loses_its_slashes() -> None:
 def test_half_a_credential_pair_is_refused() -> None:
     with pytest.raises(ValueError, match="both"):
         make_client(Settings(storage_url="s3://kbt-x/out", s3_access_key_id="only-the-id"))
+
+
+def test_uploads_stay_on_the_botocore_client() -> None:
+    from producer.s3 import TRANSFER_CONFIG
+
+    assert TRANSFER_CONFIG.preferred_transfer_client == "classic"
+    assert TRANSFER_CONFIG.multipart_threshold == TRANSFER_CONFIG.multipart_chunksize == MULTIPART_BYTES
 
 
 def test_client_config_follows_settings() -> None:
