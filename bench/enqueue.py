@@ -5,9 +5,9 @@ validates each prompt into a full JobSpec (every field spelled out) and sends it
 on fewer prompts (`--naive-n`, half before the bulk submit and half after) and both are compared per
 prompt. Each side is warmed up first. A second, instrumented bulk pass then splits the bulk time into its
 phases, and one chunk's `send_task` is timed with and without Celery's argsrepr/kwargsrepr, to show where
-the time goes. `--what-if` also times a sketch of the proposed fix (see bench/README.md).
+the time goes.
 
-Run: python bench/enqueue.py [--n 20000] [--naive-n 2000] [--chunk-size N] [--profile] [--what-if]
+Run: python bench/enqueue.py [--n 20000] [--naive-n 2000] [--chunk-size N] [--profile]
 Target: bulk >= 30x the naive loop's prompts/s.
 """
 
@@ -18,7 +18,6 @@ import cProfile
 import functools
 import json
 import pstats
-import secrets
 import tempfile
 import time
 from collections import defaultdict
@@ -32,7 +31,7 @@ from _common import note, result
 import producer.submit as submit_module
 from producer.client import Client
 from producer.keys import MESSAGE_VERSION, TASK_NAME
-from producer.schema import MAX_SEED, Mode
+from producer.schema import Mode
 from producer.settings import Settings
 
 TARGET_RATIO = 30.0
@@ -86,25 +85,25 @@ def breakdown(settings: Settings, path: Path, warm: Path) -> None:
     """Bulk-submit the file again (new batch) with each phase timed; print each phase's share."""
     totals: defaultdict[str, float] = defaultdict(float)
     with Client(settings) as client:
-        client.app.send_task = timed("celery_send_task", totals, client.app.send_task)
         store = client.status_store
-        store.create_jobs = timed("create_jobs_lua", totals, store.create_jobs)  # type: ignore[method-assign]
-        store.mark_sent = timed("mark_sent_pipeline", totals, store.mark_sent)  # type: ignore[method-assign]
-        originals = {name: getattr(submit_module, name) for name in ("validate_spec", "build_message")}
+        store.submit = timed("record_and_push_lua", totals, store.submit)  # type: ignore[method-assign]
+        names = ("validate_spec", "message_from_wires", "task_envelope")
+        originals = {name: getattr(submit_module, name) for name in names}
         submitter_wait = submit_module.Submitter._wait_for_room
-        with_seed = submit_module.JobSpec.with_seed
+        wire = submit_module.JobSpec.wire
         try:
             submit_module.validate_spec = timed("validate_spec", totals, originals["validate_spec"])
-            submit_module.build_message = timed("build_message", totals, originals["build_message"])
+            submit_module.message_from_wires = timed("build_message", totals, originals["message_from_wires"])
+            submit_module.task_envelope = timed("build_envelope", totals, originals["task_envelope"])
             submit_module.Submitter._wait_for_room = timed("queue_llen_check", totals, submitter_wait)  # type: ignore[method-assign]
-            submit_module.JobSpec.with_seed = timed("with_seed", totals, with_seed)  # type: ignore[method-assign]
+            submit_module.JobSpec.wire = timed("spec_wire_dump", totals, wire)  # type: ignore[method-assign]
             bulk(client, warm, batch_id="warm-breakdown")
             sent, elapsed = bulk(client, path, batch_id="breakdown")
         finally:
             for name, fn in originals.items():
                 setattr(submit_module, name, fn)
             submit_module.Submitter._wait_for_room = submitter_wait  # type: ignore[method-assign]
-            submit_module.JobSpec.with_seed = with_seed  # type: ignore[method-assign]
+            submit_module.JobSpec.wire = wire  # type: ignore[method-assign]
     note(f"bulk time by phase ({sent} prompts, {elapsed:.2f} s with timers):")
     rest = elapsed - sum(totals.values())
     for label, seconds in [*sorted(totals.items(), key=lambda kv: -kv[1]), ("other_read_parse_loop", rest)]:
@@ -131,59 +130,12 @@ def send_task_repr_cost(settings: Settings, texts: list[str], reps: int = 100) -
             result(f"enqueue_send_task_{label}_us_per_prompt", 1e6 * per_message / len(jobs), "us/prompt")
 
 
-def what_if(client: Client, path: Path) -> float:
-    """Prompts/s of a sketch of the proposed fix (NOT the project's code): the same validation and
-    message format, but one batch-level Redis write per chunk instead of a hash and an HSET per job,
-    seeds drawn without pydantic copies, and a short kwargsrepr. It leaves out the fix's bookkeeping
-    (a sent bitmap, resubmit checks), so read it as an optimistic estimate.
-    """
-    settings = client.settings
-    queue = settings.queue_for(Mode.TEXT2IMG)
-    batch_key = client.status_store.keys.batch("what-if")
-    started = time.perf_counter()
-    pending: list[tuple[int, dict[str, Any]]] = []
-    sent = 0
-
-    def flush() -> None:
-        wires = [wire for _, wire in pending]
-        shared = {k: v for k, v in wires[0].items() if all(w.get(k) == v for w in wires[1:])}
-        message = {
-            "v": MESSAGE_VERSION,
-            "batch_id": "what-if",
-            "shared": shared,
-            "jobs": [
-                {"index": i, "spec": {k: v for k, v in w.items() if k not in shared}} for i, w in pending
-            ],
-        }
-        seeds = b"".join(int(w["seed"]).to_bytes(4, "little") for w in wires)
-        pipe = client.redis.pipeline(transaction=False)
-        pipe.hincrby(batch_key, "total", len(pending))
-        pipe.setrange(batch_key + ":seeds", 4 * pending[0][0], seeds)
-        pipe.execute()
-        client.app.send_task(TASK_NAME, kwargs=message, queue=queue, argsrepr="", kwargsrepr="-")
-        pending.clear()
-
-    with path.open("rb") as fh:
-        for index, raw in enumerate(fh):
-            spec = submit_module.validate_spec(json.loads(raw), settings)
-            wire = spec.wire()
-            wire.setdefault("seed", secrets.randbelow(MAX_SEED + 1))
-            pending.append((index, wire))
-            sent += 1
-            if len(pending) >= settings.chunk_size:
-                flush()
-    if pending:
-        flush()
-    return sent / (time.perf_counter() - started)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=20_000, help="prompts for the bulk submit")
     parser.add_argument("--naive-n", type=int, default=2_000, help="prompts for the naive loop")
     parser.add_argument("--chunk-size", type=int, default=None, help="jobs per message (default: settings)")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of one bulk submit")
-    parser.add_argument("--what-if", action="store_true", help="also time a sketch of the proposed fix")
     args = parser.parse_args(argv)
 
     redis_client = _common.connect()
@@ -221,12 +173,6 @@ def main(argv: list[str] | None = None) -> int:
             result("enqueue_bulk_us_per_prompt", 1e6 / bulk_rate, "us/prompt")
             verdict = "met" if bulk_rate / naive_rate >= TARGET_RATIO else "MISSED"
             note(f"target >= {TARGET_RATIO:g}x the naive loop: {verdict} ({bulk_rate / naive_rate:.1f}x)")
-
-            if args.what_if:
-                what_if(client, path)  # warm-up
-                rate = what_if(client, path)
-                result("whatif_batch_level_status_prompts_per_s", rate, "prompts/s")
-                result("whatif_batch_level_status_vs_naive", rate / naive_rate, "x")
 
             if args.profile:
                 profiler = cProfile.Profile()

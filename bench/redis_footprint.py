@@ -1,9 +1,9 @@
 """Redis bytes per queued prompt (queue message + job status) after a bulk submit of `--n` prompts.
 
 The headline is the INFO `used_memory` delta around `Client.submit_batch` of a JSONL file of dataset-like
-prompts (~40-80 characters), divided by `--n`. It is then broken down with MEMORY USAGE: a sample of job
-hashes, the queue list, the batch hash, and every other key of the run; what is left is Redis' own
-keyspace overhead (the main hash table). A naive baseline (one Celery message per prompt with its full
+prompts (~40-80 characters), divided by `--n`. It is then broken down with MEMORY USAGE: the batch's
+status record strings (a queued job has no hash of its own), the queue list, the batch hash, and every
+other key of the run; what is left is Redis' own keyspace overhead (the main hash table). A naive baseline (one Celery message per prompt with its full
 spec, no status) is measured first on `--naive-n` prompts. No worker runs: the messages just queue.
 Other clients of the same Redis move `used_memory` too; the exact MEMORY USAGE sum is printed beside it.
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import random
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import redis
 from _common import note, result
 
 from producer.client import Client
-from producer.keys import MESSAGE_VERSION, TASK_NAME, Keys, job_id
+from producer.keys import MESSAGE_VERSION, TASK_NAME, Keys
 from producer.schema import Mode
 from producer.submit import validate_spec
 
@@ -100,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=100_000, help="prompts to submit")
     parser.add_argument("--naive-n", type=int, default=5_000, help="prompts for the naive baseline")
-    parser.add_argument("--sample", type=int, default=2_000, help="job hashes to measure one by one")
     parser.add_argument("--chunk-size", type=int, default=None, help="jobs per message (default: settings)")
     args = parser.parse_args(argv)
 
@@ -136,22 +134,25 @@ def main(argv: list[str] | None = None) -> int:
             result("footprint_used_memory_bytes_per_prompt", per_prompt, "B/prompt")
             result("footprint_vs_naive", per_prompt / naive, "x")
 
-            rng = random.Random(0)
-            sample = rng.sample(range(args.n), min(args.sample, args.n))
-            pipe = redis_client.pipeline(transaction=False)
-            for index in sample:
-                pipe.memory_usage(keys.job(job_id(res.batch_id, index)), samples=0)
-            job_bytes = sum(int(x) for x in pipe.execute()) / len(sample)
-            one_job: dict[bytes, bytes] = redis_client.hgetall(keys.job(job_id(res.batch_id, sample[0])))  # type: ignore[assignment]
-            note(f"  one job hash: key {keys.job(job_id(res.batch_id, sample[0]))!r} fields {one_job}")
+            job_hashes = sum(
+                1 for _ in redis_client.scan_iter(match=keys.job(f"{res.batch_id}-*"), count=5000)
+            )
+            record_keys = list(
+                redis_client.scan_iter(match=f"{keys.records_prefix(res.batch_id)}*", count=5000)
+            )
+            record_bytes = sum(memory_usage(redis_client, key) for key in record_keys)
             queue_bytes = memory_usage(redis_client, queue)
             batch_bytes = memory_usage(redis_client, keys.batch(res.batch_id))
-            others = 0
-            for key in redis_client.scan_iter(match=f"*{tag}*", count=5000):
-                if b":job:" not in key and key not in (queue.encode(), keys.batch(res.batch_id).encode()):
-                    others += memory_usage(redis_client, key)
-            counted = job_bytes * args.n + queue_bytes + batch_bytes + others
-            result("footprint_job_hash_bytes_per_prompt", job_bytes, "B/prompt")
+            mine = {queue.encode(), keys.batch(res.batch_id).encode(), *record_keys}
+            others = sum(
+                memory_usage(redis_client, key)
+                for key in redis_client.scan_iter(match=f"*{tag}*", count=5000)
+                if key not in mine
+            )
+            counted = record_bytes + queue_bytes + batch_bytes + others
+            note(f"job hashes of the batch (none until a worker receives a job): {job_hashes}")
+            note(f"record strings: {len(record_keys)} keys")
+            result("footprint_status_records_bytes_per_prompt", record_bytes / args.n, "B/prompt")
             result("footprint_queue_list_bytes_per_prompt", queue_bytes / args.n, "B/prompt")
             result("footprint_batch_hash_bytes", batch_bytes, "B")
             result("footprint_other_keys_bytes", others, "B")
@@ -162,17 +163,6 @@ def main(argv: list[str] | None = None) -> int:
                 "B/prompt",
             )
             message_anatomy(redis_client, queue, args.n)
-
-            # What the job hash would weigh with fewer fields, on the same key names (a what-if, not ours).
-            probe = keys.job(job_id(res.batch_id, 10**9))
-            for label, fields in (
-                ("st_sd", {"st": "queued", "sd": one_job.get(b"sd", b"0")}),
-                ("st_only", {"st": "queued"}),
-            ):
-                redis_client.delete(probe)
-                redis_client.hset(probe, mapping=fields)  # type: ignore[arg-type]
-                result(f"footprint_job_hash_{label}_bytes", memory_usage(redis_client, probe), "B")
-            redis_client.delete(probe)
 
             verdict = "met" if per_prompt <= TARGET_BYTES else "MISSED"
             note(f"target <= {TARGET_BYTES} B/prompt: {verdict} ({per_prompt:.0f} B/prompt)")

@@ -20,7 +20,7 @@ from rich.table import Table
 from producer.client import Client
 from producer.errors import KandinskyBatchError
 from producer.manifest import encode_line, manifest_line
-from producer.schema import BatchStatus, JobState, JobStatus, Mode
+from producer.schema import BatchStatus, JobState, JobStatus, Mode, Priority
 from producer.settings import Settings
 from producer.watch import WatchSummary, finished, summarize, watch
 
@@ -75,6 +75,13 @@ def _spec_options(func: Any) -> Any:
 @click.option("--batch-id", default=None, help="Batch id (default: new, or derived from the file).")
 @click.option("--strict", is_flag=True, help="Refuse the whole file if any line is invalid.")
 @click.option(
+    "--priority",
+    type=click.Choice([p.value for p in Priority]),
+    default=Priority.NORMAL.value,
+    show_default=True,
+    help="low: workers take every normal-priority job first (for big datasets).",
+)
+@click.option(
     "--wait",
     "wait_",
     is_flag=True,
@@ -88,6 +95,7 @@ def submit(
     path: Path | None,
     batch_id: str | None,
     strict: bool,
+    priority: str,
     wait_: bool,
     as_json: bool,
     **fields: Any,
@@ -99,7 +107,11 @@ def submit(
     with Client(_settings(ctx)) as client:
         source: Any = path if path else [{**defaults, "prompt": p} for p in prompts]
         result = client.submit_batch(
-            source, batch_id=batch_id, defaults=defaults if path else {}, strict=strict
+            source,
+            batch_id=batch_id,
+            defaults=defaults if path else {},
+            strict=strict,
+            priority=Priority(priority),
         )
         for err in result.errors:
             console.print(f"line {err.line}: {err.reason}", style="red", markup=False, soft_wrap=True)

@@ -17,8 +17,17 @@ from pydantic import BaseModel, Field
 from producer.errors import InvalidSpec, KandinskyBatchError, NotFound
 from producer.keys import TASK_NAME, Keys, job_id, split_job_id
 from producer.manifest import write_manifest
-from producer.queue import make_celery
-from producer.schema import TERMINAL_STATES, BatchStatus, JobError, JobSpec, JobState, JobStatus, Mode
+from producer.queue import kombu_priority, make_celery
+from producer.schema import (
+    TERMINAL_STATES,
+    BatchStatus,
+    JobError,
+    JobSpec,
+    JobState,
+    JobStatus,
+    Mode,
+    Priority,
+)
 from producer.settings import Settings
 from producer.status import StatusStore
 from producer.storage import Storage, open_storage
@@ -101,13 +110,13 @@ class Client:
 
     # -- submit ----------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec | dict[str, Any]) -> str:
+    def submit(self, spec: JobSpec | dict[str, Any], priority: Priority = Priority.NORMAL) -> str:
         """Submit one job and return its id. With an `idempotency_key`, repeats return the same id."""
         data = spec.model_dump(mode="json") if isinstance(spec, JobSpec) else spec
         job = validate_spec(data, self.settings)
         key = job.idempotency_key
         batch_id = batch_id_for_key(key) if key else new_batch_id()
-        submitter = Submitter(self.settings, self.app, self.status_store, batch_id)
+        submitter = Submitter(self.settings, self.app, self.status_store, batch_id, Priority(priority))
         submitter.add(0, job)
         return submitter.close().job_ids[0]
 
@@ -119,13 +128,15 @@ class Client:
         defaults: dict[str, Any] | None = None,
         strict: bool = False,
         on_line: Callable[[int], None] | None = None,
+        priority: Priority = Priority.NORMAL,
     ) -> SubmitResult:
         """Submit many jobs as one batch: a JSONL/CSV path or an iterable of specs.
 
         Bad entries are reported in `result.errors` with their line number; with
         `strict`, nothing is sent unless all are valid. The same file with the same
         defaults maps to the same batch id, so submitting it again sends only what
-        was never sent.
+        was never sent. `priority=Priority.LOW` lets jobs sent at the normal priority
+        go first (for big datasets sharing workers with interactive callers).
         """
         defaults = defaults or {}
         if isinstance(jobs, Path):
@@ -144,14 +155,13 @@ class Client:
             def lines() -> Iterable[tuple[int, Any]]:
                 return enumerate(items, start=1)
 
+        submitter = Submitter(self.settings, self.app, self.status_store, batch_id, Priority(priority))
         if strict:
-            checked = submit_lines(self._submitter(batch_id), lines(), defaults, strict=True)
+            checked = submit_lines(submitter, lines(), defaults, strict=True)
             if checked.errors:
                 return checked
-        return submit_lines(self._submitter(batch_id), lines(), defaults, on_line=on_line)
-
-    def _submitter(self, batch_id: str) -> Submitter:
-        return Submitter(self.settings, self.app, self.status_store, batch_id)
+            submitter = Submitter(self.settings, self.app, self.status_store, batch_id, Priority(priority))
+        return submit_lines(submitter, lines(), defaults, on_line=on_line)
 
     # -- read ------------------------------------------------------------------------
 
@@ -214,12 +224,13 @@ class Client:
         """Cancel a job, or every unfinished job of a batch; return how many were canceled.
 
         Queued jobs never start; running ones stop at the worker's next step check.
-        Each job moves through StatusStore's atomic transition, so batch counters stay exact.
+        Each job moves through StatusStore's atomic transition, so batch counters stay exact;
+        a batch's jobs go in pipelined chunks (one round trip per ~500 jobs).
         """
         found = self.status(id_)
         if isinstance(found, JobStatus):
             return int(self.status_store.cancel(found.job_id))
-        return sum(self.status_store.cancel(job) for job in self._unfinished(found.batch_id))
+        return self.status_store.cancel_many(self._unfinished(found.batch_id))
 
     def _unfinished(self, batch_id: str) -> Iterator[str]:
         """Ids of the batch's queued or running jobs."""
@@ -235,7 +246,7 @@ class Client:
         """
         self.status_store.batch(batch_id)  # NotFound for an unknown batch
         result = RetryResult(batch_id)
-        pending: dict[Mode, list[tuple[int, JobSpec, JobError | None]]] = {}
+        pending: dict[tuple[Mode, Priority], list[tuple[int, JobSpec, JobError | None]]] = {}
         for job in self.jobs(batch_id):
             if job.state is not JobState.FAILED:
                 continue
@@ -249,21 +260,23 @@ class Client:
             except InvalidSpec as exc:
                 result.not_retried.append((job.job_id, f"stored spec is invalid now: {exc.message}"))
                 continue
-            moved, _ = self.status_store.transition(job.job_id, JobState.QUEUED, [JobState.FAILED])
-            if not moved:
+            # Back to queued with the old error dropped, in one atomic step.
+            if not self.status_store.retry(job.job_id):
                 continue  # someone else moved it meanwhile
-            # The failure is history now; it must not show on a queued (and later succeeded) job.
-            self.redis.hdel(self.status_store.keys.job(job.job_id), "ec", "em", "t1")
-            chunk = pending.setdefault(spec.mode, [])
-            chunk.append((int(job.job_id.rpartition("-")[2]), spec, job.error))
-            if len(chunk) >= self.settings.chunk_size:
-                self._resend(batch_id, pending.pop(spec.mode), result)
-        for chunk in pending.values():
-            self._resend(batch_id, chunk, result)
+            group = pending.setdefault((spec.mode, job.priority), [])
+            group.append((int(job.job_id.rpartition("-")[2]), spec, job.error))
+            if len(group) >= self.settings.chunk_size:
+                self._resend(batch_id, job.priority, pending.pop((spec.mode, job.priority)), result)
+        for (_, priority), group in pending.items():
+            self._resend(batch_id, priority, group, result)
         return result
 
     def _resend(
-        self, batch_id: str, chunk: list[tuple[int, JobSpec, JobError | None]], result: RetryResult
+        self,
+        batch_id: str,
+        priority: Priority,
+        chunk: list[tuple[int, JobSpec, JobError | None]],
+        result: RetryResult,
     ) -> None:
         jobs = [(index, spec) for index, spec, _ in chunk]
         try:
@@ -271,6 +284,7 @@ class Client:
                 TASK_NAME,
                 kwargs=build_message(batch_id, jobs),
                 queue=self.settings.queue_for(jobs[0][1].mode),
+                priority=kombu_priority(priority),
             )
         except Exception:
             # Not sent: put them back as they were rather than leave them queued with no message.

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from producer.keys import TASK_NAME
-from producer.schema import Mode
+from producer.keys import LOW_PRIORITY_STEP, PRIORITY_SEP, TASK_NAME
+from producer.schema import Mode, Priority
 from producer.settings import Settings
 
 
@@ -36,10 +36,20 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Two priority lists per queue, with a separator that reads well in KEDA and redis-cli.
+            "priority_steps": [0, LOW_PRIORITY_STEP],
+            "sep": PRIORITY_SEP,
+        },
         task_default_queue=settings.queue_for(Mode.TEXT2IMG),
         task_create_missing_queues=True,
         task_routes={TASK_NAME: {"queue": settings.queue_for(Mode.TEXT2IMG)}},
         enable_utc=True,
     )
     return app
+
+
+def kombu_priority(priority: Priority) -> int:
+    """The message priority kombu's Redis transport files under the matching list (0 pops first)."""
+    return LOW_PRIORITY_STEP if priority is Priority.LOW else 0

@@ -25,6 +25,13 @@ class Mode(StrEnum):
     INTERPOLATE = "interpolate"
 
 
+class Priority(StrEnum):
+    """Where a job waits: every `normal` job of a worker's queues is taken before any `low` one."""
+
+    NORMAL = "normal"
+    LOW = "low"
+
+
 class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -163,6 +170,7 @@ class JobStatus(BaseModel):
     metadata: str | None = None
     error: JobError | None = None
     spec: dict[str, Any] | None = None  # wire form, once a worker has started the job
+    priority: Priority = Priority.NORMAL
 
 
 class BatchStatus(BaseModel):

@@ -3,6 +3,8 @@
 A batch hash holds one counter per state; every job transition moves one unit
 between two counters in the same script that changes the job, so the counters
 always equal the sum of the jobs' states and `status BATCH` is one read.
+A job that no worker has received yet is a 9-byte record (producer/records.py),
+not a hash: that keeps a queued prompt cheap in Redis memory and in submit time.
 """
 
 from __future__ import annotations
@@ -10,104 +12,41 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
 import redis
 
+from producer import records, scripts
 from producer.errors import NotFound
 from producer.keys import Keys, job_id, split_job_id
-from producer.schema import TERMINAL_STATES, BatchStatus, JobError, JobState, JobStatus, Progress
+from producer.schema import (
+    TERMINAL_STATES,
+    BatchStatus,
+    JobError,
+    JobState,
+    JobStatus,
+    Priority,
+    Progress,
+)
 
-# KEYS: batch, job_1..job_n   ARGV: now, index_1, seed_1, ..., index_n, seed_n
-# Creates each missing job as queued; existing jobs are left alone (idempotent
-# resubmit). Returns per job {flag, seed}: 0 = created now, 1 = exists but its
-# message was never confirmed sent, 2 = exists and was sent; seed is the stored one.
-_SUBMIT = """
-local now = ARGV[1]
-local out = {}
-local fresh = 0
-local span = tonumber(redis.call('HGET', KEYS[1], 'span') or '0')
-for i = 2, #KEYS do
-  local index = tonumber(ARGV[2 * i - 2])
-  local seed = ARGV[2 * i - 1]
-  local have = redis.call('HMGET', KEYS[i], 'st', 'sd', 'snt')
-  if not have[1] then
-    redis.call('HSET', KEYS[i], 'st', 'queued', 'sd', seed, 'ct', now)
-    fresh = fresh + 1
-    out[i - 1] = {0, seed}
-  elseif have[1] == 'queued' and not have[3] then
-    out[i - 1] = {1, have[2]}
-  else
-    out[i - 1] = {2, have[2]}
-  end
-  if index + 1 > span then span = index + 1 end
-end
-if fresh > 0 then
-  redis.call('HINCRBY', KEYS[1], 'total', fresh)
-  redis.call('HINCRBY', KEYS[1], 'queued', fresh)
-end
-redis.call('HSET', KEYS[1], 'span', span)
-redis.call('HSETNX', KEYS[1], 'ct', now)
-if fresh > 0 and redis.call('HEXISTS', KEYS[1], 'ft') == 1 then
-  redis.call('HDEL', KEYS[1], 'ft')
-  redis.call('PERSIST', KEYS[1])
-end
-return out
-"""
-
-# KEYS: job, batch, events, leases, owners
-# ARGV: to, from_csv, now, ttl, bump_attempts, job_id, field, value, field, value...
-# Returns {'ok', previous, finished} | {'refused', current} | {'missing', ''}; finished is 1 when
-# this transition completed the batch. Any state but `running` drops the job's lease.
-_TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'st')
-if not cur then return {'missing', ''} end
-local allowed = false
-for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then allowed = true end end
-if not allowed then return {'refused', cur} end
-local to = ARGV[1]
-local finished = 0
-redis.call('HSET', KEYS[1], 'st', to)
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'a', 1) end
-if cur ~= to then
-  redis.call('HINCRBY', KEYS[2], cur, -1)
-  redis.call('HINCRBY', KEYS[2], to, 1)
-end
-local ttl = tonumber(ARGV[4])
-if to == 'succeeded' or to == 'failed' or to == 'canceled' then
-  redis.call('EXPIRE', KEYS[1], ttl)
-  local b = redis.call('HMGET', KEYS[2], 'total', 'succeeded', 'failed', 'canceled', 'ft')
-  local done = (tonumber(b[2]) or 0) + (tonumber(b[3]) or 0) + (tonumber(b[4]) or 0)
-  if not b[5] and done == (tonumber(b[1]) or -1) then
-    redis.call('HSET', KEYS[2], 'ft', ARGV[3])
-    redis.call('EXPIRE', KEYS[2], ttl)
-    finished = 1
-  end
-elseif to == 'queued' or to == 'running' then
-  redis.call('PERSIST', KEYS[1])
-  if redis.call('HEXISTS', KEYS[2], 'ft') == 1 then
-    redis.call('HDEL', KEYS[2], 'ft')
-    redis.call('PERSIST', KEYS[2])
-  end
-end
-if to ~= 'running' then
-  redis.call('ZREM', KEYS[4], ARGV[6])
-  redis.call('HDEL', KEYS[5], ARGV[6])
-end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', '100000', '*', 'job', ARGV[6], 'state', to)
-return {'ok', cur, finished}
-"""
-
-
-SCAN_CHUNK = 500  # jobs read per pipelined round trip
+SCAN_CHUNK = 512  # jobs read per pipelined round trip (divides records.SHARD_JOBS)
 
 
 class Created(IntEnum):
     NEW = 0
-    UNSENT = 1
-    SENT = 2
+    EXISTS = 1
+    GONE = 2  # finished and expired: only its record is left, it is not run again
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """What `StatusStore.submit` did with one chunk."""
+
+    sent: bool  # every job was new: recorded, and the message pushed
+    created: list[Created]  # per job (all NEW when sent)
+    queue_length: int  # messages waiting on the queue's lists after the push
 
 
 class StatusStore:
@@ -119,34 +58,121 @@ class StatusStore:
         self.ttl_s = ttl_s
         # Called with the batch id by whichever transition finishes a batch (writes its manifest).
         self.on_batch_done: Callable[[str], None] | None = None
-        self._submit = client.register_script(_SUBMIT)
-        self._transition = client.register_script(_TRANSITION)
+        self._submit = client.register_script(scripts.lua(scripts.SUBMIT))
+        self._receive = client.register_script(scripts.lua(scripts.RECEIVE))
+        self._transition = client.register_script(scripts.lua(scripts.TRANSITION))
+
+    def _record_key(self, batch_id: str, index: int) -> str:
+        return self.keys.records(batch_id, records.shard_of(index))
 
     # -- producer side ---------------------------------------------------------------
 
-    def create_jobs(self, batch_id: str, jobs: Sequence[tuple[int, int]]) -> list[tuple[Created, int]]:
-        """Record `(index, seed)` jobs as queued; per job, whether it is new and its stored seed."""
+    def submit(
+        self,
+        batch_id: str,
+        jobs: Sequence[tuple[int, int]],
+        priority: Priority,
+        envelope: str,
+        lists: Sequence[str],
+    ) -> Pushed:
+        """Record `(index, seed)` jobs as queued and push their message onto `lists[0]`, atomically.
+
+        Only if every job is new; otherwise nothing changes and `created` says which are new,
+        so the caller can send those in a message of their own. The jobs must be in one shard
+        (records.shard_of), in ascending index order. `queue_length` sums every list of `lists`.
+        """
+        batch_key, record_key = self.keys.batch(batch_id), self._record_key(batch_id, jobs[0][0])
+        flags = records.EXISTS | (records.LOW if priority is Priority.LOW else 0)
+        packed = b"".join(i.to_bytes(4, "big") + seed.to_bytes(4, "big") for i, seed in jobs)
+        args: list[Any] = [
+            _now(),
+            int(time.time()),
+            self.keys.records_prefix(batch_id),
+            flags,
+            packed,
+            envelope,
+        ]
+        sent, found, length = self._submit(keys=[batch_key, record_key, *lists], args=args)
+        if sent:
+            return Pushed(True, [Created.NEW] * len(jobs), int(length))
+        created = [
+            Created.NEW if records.decode(found, n * records.RECORD_BYTES) is None else Created.EXISTS
+            for n in range(len(jobs))
+        ]
+        return Pushed(False, created, 0)
+
+    def create_jobs(
+        self, batch_id: str, jobs: Sequence[tuple[int, int]], priority: Priority = Priority.NORMAL
+    ) -> list[Created]:
+        """Record `(index, seed)` jobs as queued with no message (tests, benchmarks, tools)."""
+        created: list[Created] = []
+        for shard_jobs in records.by_shard(jobs):
+            first = self.submit(batch_id, shard_jobs, priority, "", [])
+            created += first.created
+            new = [job for job, flag in zip(shard_jobs, first.created, strict=True) if flag is Created.NEW]
+            if not first.sent and new:
+                self.submit(batch_id, new, priority, "", [])
+        return created
+
+    # -- worker side -----------------------------------------------------------------
+
+    def receive(
+        self, batch_id: str, jobs: Sequence[tuple[int, int]], priority: Priority = Priority.NORMAL
+    ) -> list[tuple[Created, int]]:
+        """A worker read these `(index, seed)` jobs from a message: give each its hash.
+
+        Jobs the producer never recorded (open-format messages) are created here. Per job:
+        NEW, EXISTS or GONE (finished and expired), and its stored seed.
+        """
         if not jobs:
             return []
-        keys = [self.keys.batch(batch_id)] + [self.keys.job(job_id(batch_id, i)) for i, _ in jobs]
-        args: list[Any] = [_now()]
+        keys = [self.keys.batch(batch_id)]
+        args: list[Any] = [
+            _now(),
+            int(time.time()),
+            self.keys.records_prefix(batch_id),
+            int(priority is Priority.LOW),
+        ]
         for index, seed in jobs:
+            keys += [self.keys.job(job_id(batch_id, index)), self._record_key(batch_id, index)]
             args += [index, seed]
-        return [(Created(int(flag)), int(seed)) for flag, seed in self._submit(keys=keys, args=args)]
+        return [(Created(int(flag)), int(seed)) for flag, seed in self._receive(keys=keys, args=args)]
 
-    def mark_sent(self, batch_id: str, indices: Iterable[int]) -> None:
-        """Note that these jobs' message is on the queue, so a resubmit will not send it again."""
-        pipe = self.redis.pipeline(transaction=False)
-        for index in indices:
-            pipe.hset(self.keys.job(job_id(batch_id, index)), "snt", 1)
-        pipe.execute()
+    # -- read ------------------------------------------------------------------------
 
     def job(self, job: str) -> JobStatus:
         parts = split_job_id(job)
-        raw: dict[bytes, bytes] = self.redis.hgetall(self.keys.job(job)) if parts else {}  # type: ignore[assignment]
-        if not parts or not raw:
-            raise NotFound(f"job {job!r} not found")
-        return job_status_from_hash(job, parts[0], raw)
+        if parts is not None:
+            raw, record = self._with_record(job, parts, lambda pipe, key: pipe.hgetall(key))
+            if raw:
+                return job_status_from_hash(job, parts[0], raw)
+            if record is not None and record.unreceived:
+                return job_status_from_record(job, parts[0], record)
+        raise NotFound(f"job {job!r} not found")
+
+    def state(self, job: str) -> JobState | None:
+        parts = split_job_id(job)
+        if parts is None:
+            return None
+        raw, record = self._with_record(job, parts, lambda pipe, key: pipe.hget(key, "st"))
+        if raw:
+            return JobState(raw.decode())
+        return JobState.QUEUED if record is not None and record.unreceived else None
+
+    def _with_record(
+        self, job: str, parts: tuple[str, int], read: Callable[[Any, str], Any]
+    ) -> tuple[Any, records.Record | None]:
+        """A read of the job's hash and its record, in one round trip."""
+        batch_id, index = parts
+        start = records.byte_offset(index)
+        pipe = self.redis.pipeline(transaction=False)
+        read(pipe, self.keys.job(job))
+        pipe.getrange(self._record_key(batch_id, index), start, start + records.RECORD_BYTES - 1)
+        raw, packed = pipe.execute()
+        return raw, records.decode(packed)
+
+    def is_terminal(self, job: str) -> bool:
+        return self.state(job) in TERMINAL_STATES
 
     def batch(self, batch_id: str) -> BatchStatus:
         raw: dict[bytes, bytes] = self.redis.hgetall(self.keys.batch(batch_id))  # type: ignore[assignment]
@@ -162,36 +188,92 @@ class StatusStore:
             manifest=text.get("mf"),
         )
 
-    def _chunks(self, batch_id: str, read: Callable[[Any, str], Any]) -> Iterator[tuple[str, Any]]:
-        """`(job id, reply)` for every index of a batch: one pipelined round trip per chunk.
+    def _chunks(
+        self, batch_id: str, read: Callable[[Any, str], Any]
+    ) -> Iterator[tuple[str, Any, records.Record | None]]:
+        """`(job id, hash reply, record)` for every index of a batch, one round trip per chunk.
 
         Job ids derive from the batch's index span, so no list of jobs is stored per batch.
         """
         self.batch(batch_id)  # NotFound, never an empty answer, for an unknown batch
         span = int(self.redis.hget(self.keys.batch(batch_id), "span") or 0)
         for start in range(0, span, SCAN_CHUNK):
-            ids = [job_id(batch_id, i) for i in range(start, min(span, start + SCAN_CHUNK))]
+            indices = range(start, min(span, start + SCAN_CHUNK))
+            ids = [job_id(batch_id, i) for i in indices]
             pipe = self.redis.pipeline(transaction=False)
             for job in ids:
                 read(pipe, self.keys.job(job))
-            yield from zip(ids, pipe.execute(), strict=True)
+            first = records.byte_offset(start)
+            pipe.getrange(
+                self._record_key(batch_id, start), first, first + len(ids) * records.RECORD_BYTES - 1
+            )
+            *replies, packed = pipe.execute()
+            for n, (job, reply) in enumerate(zip(ids, replies, strict=True)):
+                yield job, reply, records.decode(packed, n * records.RECORD_BYTES)
 
     def jobs(self, batch_id: str) -> Iterator[JobStatus]:
         """Every job of a batch in index order (expired or never-used indices left out)."""
-        for job, raw in self._chunks(batch_id, lambda pipe, key: pipe.hgetall(key)):
+        for job, raw, record in self._chunks(batch_id, lambda pipe, key: pipe.hgetall(key)):
             if raw:
                 yield job_status_from_hash(job, batch_id, raw)
+            elif record is not None and record.unreceived:
+                yield job_status_from_record(job, batch_id, record)
 
     def job_states(self, batch_id: str) -> Iterator[tuple[str, JobState]]:
         """`(job id, state)` for every job of a batch, cheaper than `jobs`."""
-        for job, raw in self._chunks(batch_id, lambda pipe, key: pipe.hget(key, "st")):
+        for job, raw, record in self._chunks(batch_id, lambda pipe, key: pipe.hget(key, "st")):
             if raw:
                 yield job, JobState(raw.decode())
+            elif record is not None and record.unreceived:
+                yield job, JobState.QUEUED
 
     def set_manifest(self, batch_id: str, uri: str) -> None:
         self.redis.hset(self.keys.batch(batch_id), "mf", uri)
 
     # -- transitions -----------------------------------------------------------------
+
+    def _transition_call(
+        self,
+        job: str,
+        parts: tuple[str, int],
+        to: JobState,
+        allowed_from: Iterable[JobState],
+        fields: dict[str, Any] | None,
+        bump_attempts: bool,
+        delete: Sequence[str],
+    ) -> tuple[list[str], list[Any]]:
+        batch_id, index = parts
+        args: list[Any] = [
+            to.value,
+            ",".join(s.value for s in allowed_from),
+            _now(),
+            self.ttl_s,
+            "1" if bump_attempts else "0",
+            job,
+            index,
+            self.keys.records_prefix(batch_id),
+            len(delete),
+            *delete,
+        ]
+        for name, value in (fields or {}).items():
+            args += [name, value]
+        keys = [
+            self.keys.job(job),
+            self.keys.batch(batch_id),
+            self.keys.events(),
+            self.keys.leases(),
+            self.keys.owners(),
+            self._record_key(batch_id, index),
+        ]
+        return keys, args
+
+    def _outcome(self, batch_id: str, reply: list[Any]) -> tuple[bool, JobState | None]:
+        outcome, state, *finished = reply
+        if outcome == b"missing":
+            return False, None
+        if finished and finished[0] == 1 and self.on_batch_done is not None:
+            self.on_batch_done(batch_id)
+        return outcome == b"ok", JobState(state.decode())
 
     def transition(
         self,
@@ -200,37 +282,17 @@ class StatusStore:
         allowed_from: Iterable[JobState],
         fields: dict[str, Any] | None = None,
         bump_attempts: bool = False,
+        delete: Sequence[str] = (),
     ) -> tuple[bool, JobState | None]:
-        """Move a job to `to` if it is in one of `allowed_from`.
+        """Move a job to `to` if it is in one of `allowed_from`, set `fields`, drop `delete`.
 
         Returns (moved, state before the call); state is None for an unknown job.
         """
         parts = split_job_id(job)
         if parts is None:
             return False, None
-        args: list[Any] = [
-            to.value,
-            ",".join(s.value for s in allowed_from),
-            _now(),
-            self.ttl_s,
-            "1" if bump_attempts else "0",
-            job,
-        ]
-        for name, value in (fields or {}).items():
-            args += [name, value]
-        keys = [
-            self.keys.job(job),
-            self.keys.batch(parts[0]),
-            self.keys.events(),
-            self.keys.leases(),
-            self.keys.owners(),
-        ]
-        outcome, state, *finished = self._transition(keys=keys, args=args)
-        if outcome == b"missing":
-            return False, None
-        if finished and finished[0] == 1 and self.on_batch_done is not None:
-            self.on_batch_done(parts[0])
-        return outcome == b"ok", JobState(state.decode())
+        keys, args = self._transition_call(job, parts, to, allowed_from, fields, bump_attempts, delete)
+        return self._outcome(parts[0], self._transition(keys=keys, args=args))
 
     def start(
         self, job: str, worker: str, total_steps: int, spec: dict[str, Any]
@@ -259,21 +321,40 @@ class StatusStore:
         moved, _ = self.transition(job, JobState.QUEUED, (JobState.RUNNING,))
         return moved
 
-    def cancel(self, job: str) -> bool:
-        moved, _ = self.transition(
-            job, JobState.CANCELED, (JobState.QUEUED, JobState.RUNNING), {"t1": _now()}
-        )
+    def retry(self, job: str) -> bool:
+        """A failed job back to queued, its old error dropped in the same step."""
+        moved, _ = self.transition(job, JobState.QUEUED, (JobState.FAILED,), delete=("ec", "em", "t1"))
         return moved
+
+    def cancel(self, job: str) -> bool:
+        return self.cancel_many([job]) == 1
+
+    def cancel_many(self, jobs: Iterable[str]) -> int:
+        """Cancel queued or running jobs, one pipelined round trip per SCAN_CHUNK; how many moved."""
+        moved = 0
+        batch: list[tuple[str, tuple[str, int]]] = []
+        for job in jobs:
+            parts = split_job_id(job)
+            if parts is not None:
+                batch.append((job, parts))
+            if len(batch) >= SCAN_CHUNK:
+                moved += self._cancel_pipelined(batch)
+                batch = []
+        return moved + (self._cancel_pipelined(batch) if batch else 0)
+
+    def _cancel_pipelined(self, jobs: list[tuple[str, tuple[str, int]]]) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        allowed = (JobState.QUEUED, JobState.RUNNING)
+        for job, parts in jobs:
+            keys, args = self._transition_call(
+                job, parts, JobState.CANCELED, allowed, {"t1": _now()}, False, ()
+            )
+            self._transition(keys=keys, args=args, client=pipe)
+        replies = pipe.execute()
+        return sum(self._outcome(parts[0], reply)[0] for (_, parts), reply in zip(jobs, replies, strict=True))
 
     def progress(self, job: str, step: int, total: int) -> None:
         self.redis.hset(self.keys.job(job), mapping={"ps": step, "pt": total})
-
-    def state(self, job: str) -> JobState | None:
-        raw: bytes | None = self.redis.hget(self.keys.job(job), "st")  # type: ignore[assignment]
-        return JobState(raw.decode()) if raw else None
-
-    def is_terminal(self, job: str) -> bool:
-        return self.state(job) in TERMINAL_STATES
 
 
 def _now() -> str:
@@ -302,4 +383,17 @@ def job_status_from_hash(job: str, batch_id: str, raw: dict[bytes, bytes]) -> Jo
         metadata=f.get("m"),
         error=error,
         spec=json.loads(f["sp"]) if "sp" in f else None,
+        priority=Priority(f.get("pr", Priority.NORMAL.value)),
+    )
+
+
+def job_status_from_record(job: str, batch_id: str, record: records.Record) -> JobStatus:
+    """A queued job that no worker has received yet."""
+    return JobStatus(
+        job_id=job,
+        batch_id=batch_id,
+        state=JobState.QUEUED,
+        seed=record.seed,
+        created_at=float(record.created),
+        priority=Priority.LOW if record.flags & records.LOW else Priority.NORMAL,
     )

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -22,9 +23,12 @@ from typing import Any
 from celery import Celery
 from pydantic import ValidationError
 
+from producer.envelope import task_envelope
 from producer.errors import InvalidSpec
-from producer.keys import MESSAGE_VERSION, TASK_NAME, job_id
-from producer.schema import JobSpec, Mode
+from producer.keys import MESSAGE_VERSION, TASK_NAME, job_id, queue_lists
+from producer.queue import kombu_priority
+from producer.records import by_shard
+from producer.schema import MAX_SEED, JobSpec, Mode, Priority
 from producer.settings import Settings
 from producer.status import Created, StatusStore
 
@@ -123,17 +127,28 @@ def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
 class Submitter:
     """Sends validated jobs for one batch in chunks, with backpressure on queue length."""
 
-    def __init__(self, settings: Settings, app: Celery, status: StatusStore, batch_id: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        app: Celery,
+        status: StatusStore,
+        batch_id: str,
+        priority: Priority = Priority.NORMAL,
+    ) -> None:
         self.settings = settings
         self.app = app
         self.status = status
         self.batch_id = batch_id
+        self.priority = priority
         self.result = SubmitResult(batch_id)
-        self._pending: dict[Mode, list[tuple[int, JobSpec]]] = {}
+        self._pending: dict[Mode, list[tuple[int, dict[str, Any]]]] = {}
 
     def add(self, index: int, spec: JobSpec) -> None:
+        wire = spec.wire()
+        # Fixed now if the caller gave none; a job recorded earlier keeps its stored seed (_flush).
+        wire.setdefault("seed", secrets.randbelow(MAX_SEED + 1))
         chunk = self._pending.setdefault(spec.mode, [])
-        chunk.append((index, spec.with_seed()))
+        chunk.append((index, wire))
         if len(chunk) >= self.settings.chunk_size:
             self._flush(spec.mode)
 
@@ -144,39 +159,56 @@ class Submitter:
 
     def _flush(self, mode: Mode) -> None:
         chunk = self._pending.pop(mode, [])
-        if not chunk:
-            return
-        created = self.status.create_jobs(self.batch_id, [(i, spec.seed or 0) for i, spec in chunk])
-        to_send = []
-        for (index, spec), (flag, seed) in zip(chunk, created, strict=True):
-            self.result.indices.append(index)
-            if flag is Created.SENT:
-                self.result.skipped += 1
-            else:
-                to_send.append((index, spec.model_copy(update={"seed": seed})))
-        if not to_send:
-            return
-        self._wait_for_room(mode)
-        self.app.send_task(
-            TASK_NAME,
-            kwargs=build_message(self.batch_id, to_send),
-            queue=self.settings.queue_for(mode),
-            # Celery would otherwise copy the whole message as text into its headers.
-            argsrepr="()",
-            kwargsrepr=f"{{batch {self.batch_id}: {len(to_send)} jobs}}",
-        )
-        self.status.mark_sent(self.batch_id, [i for i, _ in to_send])
-        self.result.sent += len(to_send)
+        self.result.indices += [index for index, _ in chunk]
+        for run in by_shard(chunk):
+            self._send(mode, run)
 
-    def _wait_for_room(self, mode: Mode) -> None:
+    def _send(self, mode: Mode, jobs: list[tuple[int, dict[str, Any]]]) -> None:
+        """Record the jobs and push their message in one step; jobs recorded before are skipped."""
         queue = self.settings.queue_for(mode)
-        while self.status.redis.llen(queue) >= self.settings.queue_high_water:
+        lists = queue_lists(queue)
+        target = lists[1] if self.priority is Priority.LOW else lists[0]
+        while jobs:
+            message = message_from_wires(self.batch_id, jobs)
+            envelope = task_envelope(
+                TASK_NAME,
+                message,
+                queue,
+                kombu_priority(self.priority),
+                kwargsrepr=f"{{batch {self.batch_id}: {len(jobs)} jobs}}",
+            )
+            seeds = [(index, wire["seed"]) for index, wire in jobs]
+            pushed = self.status.submit(self.batch_id, seeds, self.priority, envelope, [target, *lists])
+            if pushed.sent:
+                self.result.sent += len(jobs)
+                if pushed.queue_length >= self.settings.queue_high_water:
+                    self._wait_for_room(lists)
+                return
+            new = [job for job, flag in zip(jobs, pushed.created, strict=True) if flag is Created.NEW]
+            self.result.skipped += len(jobs) - len(new)
+            jobs = new
+
+    def _wait_for_room(self, lists: list[str]) -> None:
+        """Pause while the mode's queue (both priority lists) is at the high-water mark."""
+        while queue_length(self.status.redis, lists) >= self.settings.queue_high_water:
             time.sleep(0.2)
 
 
+def queue_length(client: Any, lists: list[str]) -> int:
+    pipe = client.pipeline(transaction=False)
+    for name in lists:
+        pipe.llen(name)
+    return sum(pipe.execute())
+
+
 def build_message(batch_id: str, jobs: list[tuple[int, JobSpec]]) -> dict[str, Any]:
+    """The wire form of `(index, spec)` jobs (see message_from_wires)."""
+    return message_from_wires(batch_id, [(index, spec.wire()) for index, spec in jobs])
+
+
+def message_from_wires(batch_id: str, jobs: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     """The wire form: fields every job shares once in `shared`, the rest per job."""
-    wires = [spec.wire() for _, spec in jobs]
+    wires = [wire for _, wire in jobs]
     shared = dict(wires[0])
     for wire in wires[1:]:
         shared = {k: v for k, v in shared.items() if k in wire and wire[k] == v}
@@ -186,7 +218,7 @@ def build_message(batch_id: str, jobs: list[tuple[int, JobSpec]]) -> dict[str, A
         "shared": shared,
         "jobs": [
             {"index": index, "spec": {k: v for k, v in wire.items() if k not in shared}}
-            for (index, _), wire in zip(jobs, wires, strict=True)
+            for index, wire in jobs
         ],
     }
 

@@ -21,6 +21,7 @@ from celery import Celery
 from producer.errors import AttemptsExhausted
 from producer.keys import TASK_NAME, split_job_id
 from producer.leases import Lease
+from producer.queue import kombu_priority
 from producer.schema import JobSpec, JobState
 from producer.submit import build_message
 from worker.engine import Job
@@ -88,7 +89,10 @@ def resend(ctx: WorkerContext, app: Celery, job: str) -> int:
         return 0
     spec = JobSpec.model_validate(status.spec)
     app.send_task(
-        TASK_NAME, kwargs=build_message(parts[0], [(parts[1], spec)]), queue=ctx.settings.queue_for(spec.mode)
+        TASK_NAME,
+        kwargs=build_message(parts[0], [(parts[1], spec)]),
+        queue=ctx.settings.queue_for(spec.mode),
+        priority=kombu_priority(status.priority),
     )
     log.info("re-sent %s", job)
     return 1

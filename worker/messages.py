@@ -13,16 +13,18 @@ from typing import Any
 
 from producer.errors import InvalidSpec, UnsupportedMode
 from producer.keys import MAX_INDEX, MESSAGE_VERSION, job_id
-from producer.schema import MAX_SEED
+from producer.schema import MAX_SEED, Priority
 from producer.settings import Settings
-from producer.status import StatusStore
+from producer.status import Created, StatusStore
 from producer.submit import validate_spec
 from worker.engine import Job
 
 log = logging.getLogger(__name__)
 
 
-def parse_message(message: dict[str, Any], settings: Settings, status: StatusStore) -> list[Job]:
+def parse_message(
+    message: dict[str, Any], settings: Settings, status: StatusStore, priority: Priority = Priority.NORMAL
+) -> list[Job]:
     """The runnable jobs of a message; the others are recorded as failed."""
     batch_id = message.get("batch_id")
     entries = message.get("jobs")
@@ -31,10 +33,14 @@ def parse_message(message: dict[str, Any], settings: Settings, status: StatusSto
         return []
     valid = [e for e in entries if isinstance(e, dict) and _is_index(e.get("index"))]
     indexed = list({e["index"]: e for e in valid}.values())
-    # Jobs sent straight onto the queue (open format) have no status yet: create it.
+    # Each job gets its status hash now; jobs sent straight onto the queue (open format) have
+    # no status yet, and get it here too. A job that finished long ago (expired) is left alone.
     seeds = {e["index"]: _seed(e.get("spec"), message.get("shared")) for e in indexed}
-    stored = status.create_jobs(batch_id, list(seeds.items()))
+    stored = status.receive(batch_id, list(seeds.items()), priority)
+    gone = {index for index, (flag, _) in zip(seeds, stored, strict=True) if flag is Created.GONE}
     seeds = {index: seed for index, (_, seed) in zip(seeds, stored, strict=True)}
+    if gone:
+        log.info("batch %s: %d jobs finished and expired before; not run again", batch_id, len(gone))
 
     problem = _envelope_problem(message, entries, indexed)
     if problem:
@@ -46,6 +52,8 @@ def parse_message(message: dict[str, Any], settings: Settings, status: StatusSto
     jobs = []
     served = set(settings.modes)
     for e in indexed:
+        if e["index"] in gone:
+            continue
         jid = job_id(batch_id, e["index"])
         data = {**message["shared"], **e["spec"]}
         if data.get("seed") is None:  # a given seed is validated like any field; none: the stored one

@@ -28,7 +28,7 @@ def stores(redis_url):
 
 def test_a_live_lease_keeps_a_second_worker_off(stores):
     leases, status = stores
-    status.create_jobs("b", [(0, 1)])
+    status.receive("b", [(0, 1)])  # as a worker does before it leases
     job = job_id("b", 0)
     assert leases.acquire("w1", [(job, {"prompt": "x"})]) == [Lease.MINE]
     assert leases.acquire("w2", [(job, {"prompt": "x"})]) == [Lease.HELD]

@@ -250,23 +250,23 @@ def test_resubmitting_the_same_file_runs_nothing_twice(worker, client: Client, t
 def test_a_resumed_submit_runs_every_job_exactly_once(worker, client, module_settings, tmp_path):
     path = write_jsonl(tmp_path / "jobs.jsonl", [tiny(f"resume {i}") for i in range(6)])
     batch = batch_id_for_file(path, {})
-    # Given an interrupted submit: lines 1-2 sent (a full chunk of 2), line 3 added but never
-    # flushed, and line 4 recorded in Redis but its message never sent
+    # Given an interrupted submit: lines 1-4 sent (two full chunks of 2), line 5 added but never
+    # flushed (the process died with it in memory), line 6 never read
     small = module_settings.model_copy(update={"chunk_size": 2})
     interrupted = Submitter(small, client.app, client.status_store, batch)
-    for index in range(3):
+    for index in range(5):
         interrupted.add(index, validate_spec(tiny(f"resume {index}"), module_settings))
-    assert interrupted.result.sent == 2
-    client.status_store.create_jobs(batch, [(3, 77)])
+    assert interrupted.result.sent == 4
+    seeds = [client.status_store.job(job_id(batch, i)).seed for i in range(4)]
     # When the whole file is submitted again
     again = client.submit_batch(path)
-    # Then only what was never sent goes out, and every job runs once
-    assert again.batch_id == batch and again.sent == 4 and again.skipped == 2
+    # Then only what was never sent goes out, and every job runs once, with the seed it was sent with
+    assert again.batch_id == batch and again.sent == 2 and again.skipped == 4
     final = wait_done(client, batch)
     assert final.total == 6 and final.counts[JobState.SUCCEEDED] == 6
     jobs = list(client.jobs(batch))
     assert [j.attempts for j in jobs] == [1] * 6 and all(j.state is JobState.SUCCEEDED for j in jobs)
-    assert jobs[3].seed == 77  # the seed recorded before the interruption is the one used
+    assert [j.seed for j in jobs[:4]] == seeds
 
 
 BAD_FILE = b"".join(

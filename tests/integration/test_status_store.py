@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import redis
 
+from producer import records
 from producer.errors import NotFound
 from producer.keys import Keys, job_id
-from producer.schema import JobState
-from producer.status import Created, StatusStore
+from producer.schema import JobState, Priority
+from producer.status import SCAN_CHUNK, Created, StatusStore
 
 pytestmark = pytest.mark.integration
 
@@ -30,11 +33,10 @@ def counts(store: StatusStore, batch: str) -> dict[JobState, int]:
 
 
 def test_creating_jobs_twice_counts_them_once(store: StatusStore):
-    first = store.create_jobs("b1", [(0, 11), (1, 12)])
-    assert [flag for flag, _ in first] == [Created.NEW, Created.NEW]
-    store.mark_sent("b1", [0])
+    assert store.create_jobs("b1", [(0, 11), (1, 12)]) == [Created.NEW, Created.NEW]
     again = store.create_jobs("b1", [(0, 99), (1, 98), (2, 13)])
-    assert again == [(Created.SENT, 11), (Created.UNSENT, 12), (Created.NEW, 13)]
+    assert again == [Created.EXISTS, Created.EXISTS, Created.NEW]
+    assert [j.seed for j in store.jobs("b1")] == [11, 12, 13]  # a job keeps the seed it was created with
     assert store.batch("b1").total == 3
     assert counts(store, "b1")[JobState.QUEUED] == 3
 
@@ -119,3 +121,131 @@ def test_the_transition_that_finishes_a_batch_reports_it_once(store: StatusStore
     store.succeed(job_id("b6", 2), [], "m")
     store.cancel(job_id("b6", 2))  # refused: already terminal
     assert done == ["b6"]
+
+
+def test_a_queued_job_is_a_record_until_a_worker_receives_it(store: StatusStore):
+    store.create_jobs("r1", [(0, 5), (2, 7)], Priority.LOW)
+    assert store.redis.exists(store.keys.job(job_id("r1", 0))) == 0  # no hash per queued job
+    queued = store.job(job_id("r1", 2))
+    assert (queued.state, queued.seed, queued.priority) == (JobState.QUEUED, 7, Priority.LOW)
+    assert queued.created_at is not None and abs(queued.created_at - time.time()) < 5
+    assert store.state(job_id("r1", 0)) is JobState.QUEUED
+    with pytest.raises(NotFound):
+        store.job(job_id("r1", 1))  # a bad line's index: never created
+    assert store.receive("r1", [(0, 99)]) == [(Created.EXISTS, 5)]  # the stored seed wins
+    received = store.redis.hgetall(store.keys.job(job_id("r1", 0)))
+    assert received[b"st"] == b"queued" and received[b"sd"] == b"5" and received[b"pr"] == b"low"
+    assert store.create_jobs("r1", [(0, 1), (2, 1)]) == [Created.EXISTS, Created.EXISTS]
+    assert counts(store, "r1")[JobState.QUEUED] == 2
+
+
+def test_receive_creates_open_format_jobs_and_never_revives_an_expired_one(store: StatusStore):
+    assert store.receive("r2", [(3, 11)]) == [(Created.NEW, 11)]
+    assert store.batch("r2").total == 1 and store.batch("r2").counts[JobState.QUEUED] == 1
+    jid = job_id("r2", 3)
+    store.start(jid, "w", 1, {})
+    store.succeed(jid, [], "m")
+    store.redis.delete(store.keys.job(jid))  # what its TTL does later
+    with pytest.raises(NotFound):
+        store.job(jid)
+    assert store.receive("r2", [(3, 11)]) == [(Created.GONE, 11)]
+    assert store.create_jobs("r2", [(3, 11)]) == [Created.EXISTS]
+    assert store.batch("r2").total == 1
+
+
+def test_a_transition_of_an_unreceived_job_makes_its_hash_from_the_record(store: StatusStore):
+    store.create_jobs("r3", [(0, 21), (1, 22)])
+    assert store.cancel(job_id("r3", 0))
+    canceled = store.job(job_id("r3", 0))
+    assert (canceled.state, canceled.seed, canceled.finished_at is not None) == (JobState.CANCELED, 21, True)
+    assert store.start(job_id("r3", 0), "w", 1, {}) == (False, JobState.CANCELED)
+    moved, before = store.start(job_id("r3", 1), "w", 4, {"prompt": "p"})
+    assert (moved, before) == (True, JobState.QUEUED)
+    running = store.job(job_id("r3", 1))
+    assert (running.state, running.seed, running.spec, running.attempts) == (
+        JobState.RUNNING,
+        22,
+        {"prompt": "p"},
+        1,
+    )
+    assert counts(store, "r3") == {
+        JobState.QUEUED: 0,
+        JobState.RUNNING: 1,
+        JobState.SUCCEEDED: 0,
+        JobState.FAILED: 0,
+        JobState.CANCELED: 1,
+    }
+
+
+def test_jobs_lists_hashes_and_records_in_index_order(store: StatusStore):
+    store.create_jobs("r4", [(i, 100 + i) for i in range(SCAN_CHUNK + 3) if i != 5])
+    store.start(job_id("r4", 1), "w", 1, {})
+    listed = list(store.jobs("r4"))
+    assert [j.job_id for j in listed] == [job_id("r4", i) for i in range(SCAN_CHUNK + 3) if i != 5]
+    assert [j.seed for j in listed] == [100 + i for i in range(SCAN_CHUNK + 3) if i != 5]
+    assert listed[1].state is JobState.RUNNING
+    assert {j.state for j in listed[2:]} == {JobState.QUEUED}
+    assert dict(store.job_states("r4"))[job_id("r4", SCAN_CHUNK + 2)] is JobState.QUEUED
+
+
+def test_records_in_several_shards_expire_with_their_batch_and_come_back_with_it(store: StatusStore):
+    far = 2 * records.SHARD_JOBS + 1  # a third shard: only its own string grows
+    store.create_jobs("r5", [(0, 1), (far, 2)])
+    assert store.redis.strlen(store.keys.records("r5", 2)) == records.byte_offset(far) + records.RECORD_BYTES
+    assert store.redis.exists(store.keys.records("r5", 1)) == 0
+    for index in (0, far):
+        store.cancel(job_id("r5", index))
+    assert store.batch("r5").done
+    for shard in (0, 2):
+        assert 0 < store.redis.ttl(store.keys.records("r5", shard)) <= 600
+    store.create_jobs("r5", [(1, 3)])  # a new job reopens the batch: nothing of it may expire
+    assert store.batch("r5").finished_at is None
+    for key in (store.keys.batch("r5"), store.keys.records("r5", 0), store.keys.records("r5", 2)):
+        assert store.redis.ttl(key) == -1
+
+
+def test_retry_drops_the_old_error_in_the_same_step(store: StatusStore):
+    store.create_jobs("r6", [(0, 1)])
+    jid = job_id("r6", 0)
+    store.fail(jid, "bad_input", "broken")
+    assert store.retry(jid)
+    again = store.job(jid)
+    assert (again.state, again.error, again.finished_at) == (JobState.QUEUED, None, None)
+    assert not store.retry(jid)  # only a failed job is retried
+
+
+def test_cancel_many_cancels_a_large_batch_in_chunks_and_reports_the_finish_once(store: StatusStore):
+    done: list[str] = []
+    store.on_batch_done = done.append
+    n = 2 * SCAN_CHUNK + 5
+    store.create_jobs("r7", [(i, i) for i in range(n)])
+    store.start(job_id("r7", 0), "w", 1, {})
+    store.succeed(job_id("r7", 0), [], "m")
+    assert (
+        store.cancel_many(job for job, state in store.job_states("r7") if state is JobState.QUEUED) == n - 1
+    )
+    assert counts(store, "r7")[JobState.CANCELED] == n - 1
+    assert store.batch("r7").done and done == ["r7"]
+    assert store.cancel_many([job_id("r7", 1), "not-a-job"]) == 0
+
+
+def test_submit_records_a_chunk_and_pushes_its_message_in_one_step_or_not_at_all(store: StatusStore):
+    lists = ["kbt-q-normal", "kbt-q-low"]
+    store.redis.delete(*lists)
+    store.redis.lpush(lists[1], "waiting")
+    try:
+        pushed = store.submit("s1", [(0, 1), (1, 2)], Priority.NORMAL, "message-1", lists)
+        assert (pushed.sent, pushed.queue_length) == (True, 2)  # lengths of both lists
+        assert store.redis.lrange(lists[0], 0, -1) == [b"message-1"]
+        assert store.batch("s1").total == 2
+        # A chunk with a job already recorded pushes nothing and records nothing
+        again = store.submit("s1", [(1, 9), (2, 3)], Priority.NORMAL, "message-2", lists)
+        assert (again.sent, again.created) == (False, [Created.EXISTS, Created.NEW])
+        assert store.redis.llen(lists[0]) == 1 and store.batch("s1").total == 2
+        assert store.state(job_id("s1", 2)) is None
+        # A sparse chunk (rare-mode jobs far apart) is written record by record
+        sparse = store.submit("s1", [(10, 4), (500, 5)], Priority.NORMAL, "message-3", lists)
+        assert sparse.sent and [store.job(job_id("s1", i)).seed for i in (10, 500)] == [4, 5]
+        assert store.job(job_id("s1", 0)).seed == 1 and store.state(job_id("s1", 11)) is None
+    finally:
+        store.redis.delete(*lists)

@@ -1,0 +1,86 @@
+"""Priorities and backpressure on the real broker lists: low jobs wait behind normal ones, and the
+producer pauses while a queue's lists (both priorities together) hold the high-water mark."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from producer.client import Client
+from producer.keys import TASK_NAME, queue_lists
+from producer.schema import JobState, Mode, Priority
+from producer.submit import build_message, validate_spec
+from tests.conftest import WorkerProcess, make_settings
+
+pytestmark = pytest.mark.integration
+
+TINY: dict[str, Any] = {"height": 64, "width": 64, "num_inference_steps": 2, "prior_num_inference_steps": 2}
+
+
+def tiny(prompt: str) -> dict[str, Any]:
+    return {"prompt": prompt, **TINY}
+
+
+def test_a_worker_takes_every_normal_job_before_any_low_one(redis_url, tiny_models, tmp_path):
+    settings = make_settings(redis_url, tiny_models, tmp_path, chunk_size=1)
+    normal_list, low_list = queue_lists(settings.queue_for(Mode.TEXT2IMG))
+    with Client(settings) as client:
+        low = client.submit_batch([tiny(f"low {i}") for i in range(3)], priority=Priority.LOW)
+        # An open-format message sent with kombu's low priority, with no status recorded first.
+        raw_batch = f"raw{uuid.uuid4().hex[:8]}"
+        spec = validate_spec(tiny("raw low"), settings)
+        client.app.send_task(
+            TASK_NAME, kwargs=build_message(raw_batch, [(0, spec)]), queue=normal_list, priority=9
+        )
+        normal = client.submit_batch([tiny(f"normal {i}") for i in range(2)])
+        assert (client.redis.llen(normal_list), client.redis.llen(low_list)) == (2, 4)
+        assert client.status(low.job_ids[0]).priority is Priority.LOW  # type: ignore[union-attr]
+
+        proc = WorkerProcess(settings, tmp_path / "w.log").start()
+        try:
+            for batch in (low.batch_id, normal.batch_id, raw_batch):
+                client.wait(batch, timeout=180, poll_s=0.2)
+        finally:
+            assert proc.stop() == 0
+        low_jobs = list(client.jobs(low.batch_id)) + list(client.jobs(raw_batch))
+        normal_jobs = list(client.jobs(normal.batch_id))
+    assert {j.state for j in low_jobs + normal_jobs} == {JobState.SUCCEEDED}
+    assert {j.priority for j in low_jobs} == {Priority.LOW}
+    assert {j.priority for j in normal_jobs} == {Priority.NORMAL}
+    started_normal = [j.started_at or 0 for j in normal_jobs]
+    started_low = [j.started_at or 0 for j in low_jobs]
+    assert max(started_normal) < min(started_low)
+
+
+def test_submit_pauses_at_the_high_water_mark_counting_both_priority_lists(redis_url, tiny_models, tmp_path):
+    settings = make_settings(redis_url, tiny_models, tmp_path, chunk_size=1, queue_high_water=3)
+    normal_list, low_list = queue_lists(settings.queue_for(Mode.TEXT2IMG))
+    with Client(settings) as client:
+        client.submit_batch([tiny("waiting low")], priority=Priority.LOW)  # 1 in the low list
+        done = threading.Event()
+
+        def submit() -> None:
+            client.submit_batch([tiny(f"p{i}") for i in range(4)])
+            done.set()
+
+        thread = threading.Thread(target=submit, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while client.redis.llen(normal_list) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # had it ignored the low list, it would have sent a third message by now
+        assert (client.redis.llen(normal_list), client.redis.llen(low_list)) == (2, 1)
+        assert not done.is_set()
+        client.redis.rpop(low_list)  # a worker took the low one: room for one more
+        deadline = time.monotonic() + 30
+        while client.redis.llen(normal_list) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert client.redis.llen(normal_list) == 3 and not done.is_set()
+        client.redis.delete(normal_list)
+        assert done.wait(30)
+        thread.join(5)
