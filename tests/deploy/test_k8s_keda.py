@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
+import yaml
+
+from producer.keys import queue_lists
 from producer.schema import Mode
 
-from .kube import Manifests, settings_from, worker_env
+from .kube import K8S, Manifests, settings_from, worker_env
 
 
 def scaled_objects_by_target(m: Manifests) -> dict[str, dict]:
@@ -30,14 +33,16 @@ def test_every_worker_group_scales_from_zero(m: Manifests) -> None:
 
 
 def test_list_names_are_exactly_the_queues_the_group_serves(m: Manifests) -> None:
-    """With Celery's Redis transport each queue is a Redis list of the same name."""
+    """With Celery's Redis transport each queue is two Redis lists (normal and low priority):
+    one trigger per list, for every list of every queue the group serves, and nothing else."""
     by_target = scaled_objects_by_target(m)
     for worker in m.workers():
+        name = worker["metadata"]["name"]
         settings = settings_from(worker_env(m, worker))
-        queues = {settings.queue_for(Mode(mode)) for mode in settings.modes}
-        triggers = by_target[worker["metadata"]["name"]]["spec"]["triggers"]
+        lists = [lst for mode in settings.modes for lst in queue_lists(settings.queue_for(Mode(mode)))]
+        triggers = by_target[name]["spec"]["triggers"]
         assert all(t["type"] == "redis" for t in triggers)
-        assert sorted(t["metadata"]["listName"] for t in triggers) == sorted(queues)
+        assert sorted(t["metadata"]["listName"] for t in triggers) == sorted(lists), name
 
 
 def test_keda_reads_the_redis_and_database_the_workers_use(m: Manifests) -> None:
@@ -56,14 +61,34 @@ def test_keda_reads_the_redis_and_database_the_workers_use(m: Manifests) -> None
             assert {r["parameter"] for r in auth["spec"]["secretTargetRef"]} == {"password"}
 
 
+def test_overlays_rewrite_the_address_of_every_trigger(m: Manifests) -> None:
+    """The gpu overlay's namespace is the one written in the base, so its render cannot show a
+    rewrite that misses triggers: select them all (`*`), never by index, since each queue has
+    two triggers (its normal and its low-priority list) and groups gain queues."""
+    kustomization = yaml.safe_load((K8S / "overlays" / m.overlay / "kustomization.yaml").read_text())
+    paths = [
+        path
+        for replacement in kustomization.get("replacements", [])
+        for target in replacement["targets"]
+        if target["select"].get("kind") == "ScaledObject"
+        for path in target["fieldPaths"]
+    ]
+    assert "spec.triggers.*.metadata.address" in paths, f"{m.overlay}: no namespace rewrite for the triggers"
+    by_index = [p for p in paths if p.startswith("spec.triggers.") and not p.startswith("spec.triggers.*.")]
+    assert not by_index, f"{m.overlay}: triggers selected by index: {by_index}"
+
+
 def test_a_group_with_several_queues_scales_on_their_sum(m: Manifests) -> None:
+    """Every group reads at least two lists (a queue's normal and low-priority ones), and KEDA
+    would otherwise size it for the longest list: the formula must add every trigger."""
     for scaled in m.of("ScaledObject"):
         triggers = scaled["spec"]["triggers"]
-        if len(triggers) == 1:
-            continue
+        names = [t["name"] for t in triggers]
+        assert len(triggers) >= 2, f"{scaled['metadata']['name']}: one list cannot cover both priorities"
+        assert len(set(names)) == len(names), f"{scaled['metadata']['name']}: duplicate trigger names {names}"
         modifiers = scaled["spec"]["advanced"]["scalingModifiers"]
         terms = re.split(r"\s*\+\s*", modifiers["formula"].strip())
-        assert sorted(terms) == sorted(t["name"] for t in triggers), "the formula must add every queue"
+        assert sorted(terms) == sorted(names), "the formula must add every list"
         assert modifiers["metricType"] == "AverageValue"
 
 

@@ -75,6 +75,7 @@ def test_keda_objects_match_the_keda_schema(m: Manifests) -> None:
         (["spec", "minReplicaCnt"], 0),  # a typo of a spec field
         (["spec", "triggers", 0, "metadata", "listname"], "x"),  # a typo of a redis parameter
         (["spec", "triggers", 0, "metadata", "listLength"], "0"),  # a target of zero
+        (["spec", "triggers", 1, "name"], "text2img:9"),  # a trigger name the formula cannot use
         (["spec", "advanced", "scalingModifiers", "formla"], "a + b"),
     ],
 )
