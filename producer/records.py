@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -38,7 +39,7 @@ def shard_of(index: int) -> int:
 def by_shard(jobs: Iterable[tuple[int, T]]) -> Iterator[list[tuple[int, T]]]:
     """`(index, ...)` jobs sorted by index, in runs whose records share one shard (one script call each)."""
     run: list[tuple[int, T]] = []
-    for job in sorted(jobs, key=lambda job: job[0]):
+    for job in sorted(jobs, key=itemgetter(0)):
         if run and shard_of(job[0]) != shard_of(run[0][0]):
             yield run
             run = []

@@ -41,6 +41,17 @@ class Created(IntEnum):
 
 
 @dataclass(frozen=True)
+class Chunk:
+    """Jobs to record, and the message that carries them (pushed onto `lists[0]`)."""
+
+    batch_id: str
+    jobs: Sequence[tuple[int, int]]  # (index, seed), ascending, all in one record shard
+    priority: Priority
+    envelope: str = ""  # nothing is pushed when empty
+    lists: Sequence[str] = ()  # the queue's lists: `Pushed.queue_length` sums them
+
+
+@dataclass(frozen=True)
 class Pushed:
     """What `StatusStore.submit` did with one chunk."""
 
@@ -67,39 +78,42 @@ class StatusStore:
 
     # -- producer side ---------------------------------------------------------------
 
-    def submit(
-        self,
-        batch_id: str,
-        jobs: Sequence[tuple[int, int]],
-        priority: Priority,
-        envelope: str,
-        lists: Sequence[str],
-    ) -> Pushed:
-        """Record `(index, seed)` jobs as queued and push their message onto `lists[0]`, atomically.
+    def submit(self, chunks: Sequence[Chunk]) -> list[Pushed]:
+        """Record each chunk's jobs as queued and push its message, atomically per chunk.
 
-        Only if every job is new; otherwise nothing changes and `created` says which are new,
-        so the caller can send those in a message of their own. The jobs must be in one shard
-        (records.shard_of), in ascending index order. `queue_length` sums every list of `lists`.
+        A chunk goes only if every job in it is new; otherwise it changes nothing and its
+        `created` says which are new, so the caller can send those in a message of their own.
+        All chunks go in one pipelined round trip.
         """
-        batch_key, record_key = self.keys.batch(batch_id), self._record_key(batch_id, jobs[0][0])
-        flags = records.EXISTS | (records.LOW if priority is Priority.LOW else 0)
-        packed = b"".join(i.to_bytes(4, "big") + seed.to_bytes(4, "big") for i, seed in jobs)
-        args: list[Any] = [
-            _now(),
-            int(time.time()),
-            self.keys.records_prefix(batch_id),
-            flags,
-            packed,
-            envelope,
-        ]
-        sent, found, length = self._submit(keys=[batch_key, record_key, *lists], args=args)
-        if sent:
-            return Pushed(True, [Created.NEW] * len(jobs), int(length))
-        created = [
-            Created.NEW if records.decode(found, n * records.RECORD_BYTES) is None else Created.EXISTS
-            for n in range(len(jobs))
-        ]
-        return Pushed(False, created, 0)
+        pipe = self.redis.pipeline(transaction=False)
+        for chunk in chunks:
+            jobs = chunk.jobs
+            keys = [
+                self.keys.batch(chunk.batch_id),
+                self._record_key(chunk.batch_id, jobs[0][0]),
+                *chunk.lists,
+            ]
+            flags = records.EXISTS | (records.LOW if chunk.priority is Priority.LOW else 0)
+            packed = b"".join(i.to_bytes(4, "big") + seed.to_bytes(4, "big") for i, seed in jobs)
+            args: list[Any] = [
+                _now(),
+                int(time.time()),
+                self.keys.records_prefix(chunk.batch_id),
+                flags,
+                packed,
+                chunk.envelope,
+            ]
+            self._submit(keys=keys, args=args, client=pipe)
+        pushed = []
+        for chunk, (sent, found, length) in zip(chunks, pipe.execute(), strict=True):
+            if sent:
+                pushed.append(Pushed(True, [Created.NEW] * len(chunk.jobs), int(length)))
+            else:
+                decoded = [records.decode(found, n * records.RECORD_BYTES) for n in range(len(chunk.jobs))]
+                pushed.append(
+                    Pushed(False, [Created.NEW if r is None else Created.EXISTS for r in decoded], 0)
+                )
+        return pushed
 
     def create_jobs(
         self, batch_id: str, jobs: Sequence[tuple[int, int]], priority: Priority = Priority.NORMAL
@@ -107,11 +121,11 @@ class StatusStore:
         """Record `(index, seed)` jobs as queued with no message (tests, benchmarks, tools)."""
         created: list[Created] = []
         for shard_jobs in records.by_shard(jobs):
-            first = self.submit(batch_id, shard_jobs, priority, "", [])
+            [first] = self.submit([Chunk(batch_id, shard_jobs, priority)])
             created += first.created
             new = [job for job, flag in zip(shard_jobs, first.created, strict=True) if flag is Created.NEW]
             if not first.sent and new:
-                self.submit(batch_id, new, priority, "", [])
+                self.submit([Chunk(batch_id, new, priority)])
         return created
 
     # -- worker side -----------------------------------------------------------------

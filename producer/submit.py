@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import random
 import secrets
 import time
 import uuid
@@ -30,7 +31,9 @@ from producer.queue import kombu_priority
 from producer.records import by_shard
 from producer.schema import MAX_SEED, JobSpec, Mode, Priority
 from producer.settings import Settings
-from producer.status import Created, StatusStore
+from producer.status import Chunk, Created, StatusStore
+
+PIPELINE_MESSAGES = 8  # messages sent per Redis round trip (fewer while a queue is near its high water)
 
 
 @dataclass(frozen=True)
@@ -142,11 +145,15 @@ class Submitter:
         self.priority = priority
         self.result = SubmitResult(batch_id)
         self._pending: dict[Mode, list[tuple[int, dict[str, Any]]]] = {}
+        self._outbox: list[tuple[Mode, list[tuple[int, dict[str, Any]]], Chunk]] = []
+        self._lengths: dict[Mode, int] = {}  # each queue's length, as last seen
+        # Seeds need to be fixed and varied, not secret: one OS draw, then a fast generator.
+        self._seeds = random.Random(secrets.randbits(64))
 
     def add(self, index: int, spec: JobSpec) -> None:
         wire = spec.wire()
-        # Fixed now if the caller gave none; a job recorded earlier keeps its stored seed (_flush).
-        wire.setdefault("seed", secrets.randbelow(MAX_SEED + 1))
+        # Fixed now if the caller gave none, so the job is reproducible.
+        wire.setdefault("seed", self._seeds.randint(0, MAX_SEED))
         chunk = self._pending.setdefault(spec.mode, [])
         chunk.append((index, wire))
         if len(chunk) >= self.settings.chunk_size:
@@ -155,6 +162,7 @@ class Submitter:
     def close(self) -> SubmitResult:
         for mode in list(self._pending):
             self._flush(mode)
+        self._drain()
         return self.result
 
     def _flush(self, mode: Mode) -> None:
@@ -164,34 +172,53 @@ class Submitter:
             self._send(mode, run)
 
     def _send(self, mode: Mode, jobs: list[tuple[int, dict[str, Any]]]) -> None:
-        """Record the jobs and push their message in one step; jobs recorded before are skipped."""
+        """Queue one message for the next pipeline, once its queue has room for it."""
         queue = self.settings.queue_for(mode)
         lists = queue_lists(queue)
+        if mode not in self._lengths:
+            self._lengths[mode] = queue_length(self.status.redis, lists)
+        while (
+            self._lengths[mode] + sum(m is mode for m, _, _ in self._outbox) >= self.settings.queue_high_water
+        ):
+            if self._outbox:
+                self._drain()  # learn the lengths after what is in flight
+            else:
+                self._wait_for_room(mode, lists)
+        envelope = task_envelope(
+            TASK_NAME,
+            message_from_wires(self.batch_id, jobs),
+            queue,
+            kombu_priority(self.priority),
+            kwargsrepr=f"{{batch {self.batch_id}: {len(jobs)} jobs}}",
+        )
         target = lists[1] if self.priority is Priority.LOW else lists[0]
-        while jobs:
-            message = message_from_wires(self.batch_id, jobs)
-            envelope = task_envelope(
-                TASK_NAME,
-                message,
-                queue,
-                kombu_priority(self.priority),
-                kwargsrepr=f"{{batch {self.batch_id}: {len(jobs)} jobs}}",
-            )
-            seeds = [(index, wire["seed"]) for index, wire in jobs]
-            pushed = self.status.submit(self.batch_id, seeds, self.priority, envelope, [target, *lists])
-            if pushed.sent:
-                self.result.sent += len(jobs)
-                if pushed.queue_length >= self.settings.queue_high_water:
-                    self._wait_for_room(lists)
-                return
-            new = [job for job, flag in zip(jobs, pushed.created, strict=True) if flag is Created.NEW]
-            self.result.skipped += len(jobs) - len(new)
-            jobs = new
+        seeds = [(index, wire["seed"]) for index, wire in jobs]
+        chunk = Chunk(self.batch_id, seeds, self.priority, envelope, [target, *lists])
+        self._outbox.append((mode, jobs, chunk))
+        if len(self._outbox) >= PIPELINE_MESSAGES:
+            self._drain()
 
-    def _wait_for_room(self, lists: list[str]) -> None:
+    def _drain(self) -> None:
+        """Send what is queued in one round trip; jobs recorded before are skipped, not sent twice."""
+        while self._outbox:
+            outbox, self._outbox = self._outbox, []
+            for (mode, jobs, _), pushed in zip(
+                outbox, self.status.submit([chunk for _, _, chunk in outbox]), strict=True
+            ):
+                if pushed.sent:
+                    self.result.sent += len(jobs)
+                    self._lengths[mode] = pushed.queue_length
+                    continue
+                new = [job for job, flag in zip(jobs, pushed.created, strict=True) if flag is Created.NEW]
+                self.result.skipped += len(jobs) - len(new)
+                if new:
+                    self._send(mode, new)
+
+    def _wait_for_room(self, mode: Mode, lists: list[str]) -> None:
         """Pause while the mode's queue (both priority lists) is at the high-water mark."""
-        while queue_length(self.status.redis, lists) >= self.settings.queue_high_water:
+        while (length := queue_length(self.status.redis, lists)) >= self.settings.queue_high_water:
             time.sleep(0.2)
+        self._lengths[mode] = length
 
 
 def queue_length(client: Any, lists: list[str]) -> int:

@@ -28,7 +28,7 @@ from producer.manifest import manifest_lines, write_manifest
 from producer.schema import BatchStatus, JobState, Mode
 from producer.settings import Settings
 from producer.storage import file_root, manifest_key
-from producer.submit import Submitter, batch_id_for_file, build_message, validate_spec
+from producer.submit import Submitter, batch_id_for_file, build_message, submit_lines, validate_spec
 from producer.watch import watch
 from tests.images import png_url
 
@@ -248,25 +248,31 @@ def test_resubmitting_the_same_file_runs_nothing_twice(worker, client: Client, t
 
 
 def test_a_resumed_submit_runs_every_job_exactly_once(worker, client, module_settings, tmp_path):
-    path = write_jsonl(tmp_path / "jobs.jsonl", [tiny(f"resume {i}") for i in range(6)])
+    lines = [tiny(f"resume {i}") for i in range(20)]
+    path = write_jsonl(tmp_path / "jobs.jsonl", lines)
     batch = batch_id_for_file(path, {})
-    # Given an interrupted submit: lines 1-4 sent (two full chunks of 2), line 5 added but never
-    # flushed (the process died with it in memory), line 6 never read
+    # Given a submit that died at line 20: lines 1-16 went out (8 chunks of 2, one pipeline),
+    # lines 17-19 were read but were still in memory
     small = module_settings.model_copy(update={"chunk_size": 2})
     interrupted = Submitter(small, client.app, client.status_store, batch)
-    for index in range(5):
-        interrupted.add(index, validate_spec(tiny(f"resume {index}"), module_settings))
-    assert interrupted.result.sent == 4
-    seeds = [client.status_store.job(job_id(batch, i)).seed for i in range(4)]
+
+    def dying() -> Iterator[tuple[int, Any]]:
+        yield from enumerate(lines[:19], start=1)
+        raise RuntimeError("the producer died here")
+
+    with pytest.raises(RuntimeError):
+        submit_lines(interrupted, dying(), {})
+    assert interrupted.result.sent == 16
+    seeds = [client.status_store.job(job_id(batch, i)).seed for i in range(16)]
     # When the whole file is submitted again
     again = client.submit_batch(path)
     # Then only what was never sent goes out, and every job runs once, with the seed it was sent with
-    assert again.batch_id == batch and again.sent == 2 and again.skipped == 4
+    assert again.batch_id == batch and again.sent == 4 and again.skipped == 16
     final = wait_done(client, batch)
-    assert final.total == 6 and final.counts[JobState.SUCCEEDED] == 6
+    assert final.total == 20 and final.counts[JobState.SUCCEEDED] == 20
     jobs = list(client.jobs(batch))
-    assert [j.attempts for j in jobs] == [1] * 6 and all(j.state is JobState.SUCCEEDED for j in jobs)
-    assert [j.seed for j in jobs[:4]] == seeds
+    assert [j.attempts for j in jobs] == [1] * 20 and all(j.state is JobState.SUCCEEDED for j in jobs)
+    assert [j.seed for j in jobs[:16]] == seeds
 
 
 BAD_FILE = b"".join(

@@ -11,7 +11,7 @@ from producer import records
 from producer.errors import NotFound
 from producer.keys import Keys, job_id
 from producer.schema import JobState, Priority
-from producer.status import SCAN_CHUNK, Created, StatusStore
+from producer.status import SCAN_CHUNK, Chunk, Created, StatusStore
 
 pytestmark = pytest.mark.integration
 
@@ -234,17 +234,24 @@ def test_submit_records_a_chunk_and_pushes_its_message_in_one_step_or_not_at_all
     store.redis.delete(*lists)
     store.redis.lpush(lists[1], "waiting")
     try:
-        pushed = store.submit("s1", [(0, 1), (1, 2)], Priority.NORMAL, "message-1", lists)
+        [pushed] = store.submit([Chunk("s1", [(0, 1), (1, 2)], Priority.NORMAL, "message-1", lists)])
         assert (pushed.sent, pushed.queue_length) == (True, 2)  # lengths of both lists
         assert store.redis.lrange(lists[0], 0, -1) == [b"message-1"]
         assert store.batch("s1").total == 2
         # A chunk with a job already recorded pushes nothing and records nothing
-        again = store.submit("s1", [(1, 9), (2, 3)], Priority.NORMAL, "message-2", lists)
+        again, other = store.submit(
+            [
+                Chunk("s1", [(1, 9), (2, 3)], Priority.NORMAL, "message-2", lists),
+                Chunk("s1", [(3, 6)], Priority.NORMAL, "message-3", lists),  # same pipeline, goes
+            ]
+        )
         assert (again.sent, again.created) == (False, [Created.EXISTS, Created.NEW])
-        assert store.redis.llen(lists[0]) == 1 and store.batch("s1").total == 2
+        assert other.sent and store.redis.lrange(lists[0], 0, -1) == [b"message-3", b"message-1"]
+        store.redis.lpop(lists[0])
+        assert store.redis.llen(lists[0]) == 1 and store.batch("s1").total == 3
         assert store.state(job_id("s1", 2)) is None
         # A sparse chunk (rare-mode jobs far apart) is written record by record
-        sparse = store.submit("s1", [(10, 4), (500, 5)], Priority.NORMAL, "message-3", lists)
+        [sparse] = store.submit([Chunk("s1", [(10, 4), (500, 5)], Priority.NORMAL, "message-4", lists)])
         assert sparse.sent and [store.job(job_id("s1", i)).seed for i in (10, 500)] == [4, 5]
         assert store.job(job_id("s1", 0)).seed == 1 and store.state(job_id("s1", 11)) is None
     finally:
