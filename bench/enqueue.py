@@ -7,7 +7,7 @@ prompt. Each side is warmed up first. A second, instrumented bulk pass then spli
 phases, and one chunk's `send_task` is timed with and without Celery's argsrepr/kwargsrepr, to show where
 the time goes.
 
-Run: python bench/enqueue.py [--n 20000] [--naive-n 2000] [--chunk-size N] [--profile]
+Run: python bench/enqueue.py [--n 100000] [--naive-n 4000] [--chunk-size N] [--profile]
 Target: bulk >= 30x the naive loop's prompts/s.
 """
 
@@ -132,8 +132,8 @@ def send_task_repr_cost(settings: Settings, texts: list[str], reps: int = 100) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--n", type=int, default=20_000, help="prompts for the bulk submit")
-    parser.add_argument("--naive-n", type=int, default=2_000, help="prompts for the naive loop")
+    parser.add_argument("--n", type=int, default=100_000, help="prompts for the bulk submit")
+    parser.add_argument("--naive-n", type=int, default=4_000, help="prompts for the naive loop")
     parser.add_argument("--chunk-size", type=int, default=None, help="jobs per message (default: settings)")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of one bulk submit")
     args = parser.parse_args(argv)

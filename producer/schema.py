@@ -111,6 +111,14 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _inputs_match_mode(self) -> JobSpec:
+        if (
+            self.mode is Mode.TEXT2IMG
+            and self.image is None
+            and self.mask is None
+            and self.conditions is None
+            and self.prompt.strip()
+        ):
+            return self  # the common case of a dataset, checked in one step
         needs_prompt = self.mode is not Mode.INTERPOLATE
         if needs_prompt and not self.prompt.strip():
             raise ValueError(f"mode {self.mode.value} needs a non-empty 'prompt'")

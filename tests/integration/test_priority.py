@@ -3,6 +3,7 @@ producer pauses while a queue's lists (both priorities together) hold the high-w
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from producer.cli import main
 from producer.client import Client
 from producer.keys import TASK_NAME, queue_lists
 from producer.schema import JobState, Mode, Priority
@@ -19,6 +21,9 @@ from tests.conftest import WorkerProcess, make_settings
 pytestmark = pytest.mark.integration
 
 TINY: dict[str, Any] = {"height": 64, "width": 64, "num_inference_steps": 2, "prior_num_inference_steps": 2}
+
+
+TINY_FLAGS = ["--height", "64", "--width", "64", "--steps", "2", "--prior-steps", "2"]
 
 
 def tiny(prompt: str) -> dict[str, Any]:
@@ -84,3 +89,18 @@ def test_submit_pauses_at_the_high_water_mark_counting_both_priority_lists(redis
         client.redis.delete(normal_list)
         assert done.wait(30)
         thread.join(5)
+
+
+def test_the_cli_submits_at_low_priority_and_status_shows_it(cli_env, client: Client, capsys):
+    code = main(["submit", "--prompt", "a quiet harbor", "--priority", "low", "--json", *TINY_FLAGS])
+    submitted = json.loads(capsys.readouterr().out)
+    assert code == 0 and submitted["sent"] == 1
+    [job] = submitted["job_ids"]
+    assert main(["status", job, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["state"], shown["priority"]) == ("queued", "low")
+    low_list = queue_lists(client.settings.queue_for(Mode.TEXT2IMG))[1]
+    assert client.redis.llen(low_list) == 1
+    client.redis.delete(low_list)  # nothing consumes this module's queues
+    assert main(["submit", "--prompt", "x", "--priority", "urgent"]) == 2  # a usage error, one line
+    assert "urgent" in capsys.readouterr().err
