@@ -3,10 +3,12 @@ producer pauses while a queue's lists (both priorities together) hold the high-w
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from producer.keys import TASK_NAME, queue_lists
 from producer.schema import JobState, Mode, Priority
 from producer.submit import build_message, validate_spec
 from tests.conftest import WorkerProcess, make_settings
+from worker.delivery import resend
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +107,24 @@ def test_the_cli_submits_at_low_priority_and_status_shows_it(cli_env, client: Cl
     client.redis.delete(low_list)  # nothing consumes this module's queues
     assert main(["submit", "--prompt", "x", "--priority", "urgent"]) == 2  # a usage error, one line
     assert "urgent" in capsys.readouterr().err
+
+
+def test_the_reaper_resends_a_low_job_to_the_low_list(redis_url, tiny_models, tmp_path):
+    settings = make_settings(redis_url, tiny_models, tmp_path)
+    normal_list, low_list = queue_lists(settings.queue_for(Mode.TEXT2IMG))
+    with Client(settings) as client:
+        [job] = client.submit_batch([tiny("handed back")], priority=Priority.LOW).job_ids
+        client.redis.delete(low_list)  # as if a worker took the message, then died mid-job
+        batch, index = job.rsplit("-", 1)
+        client.status_store.receive(batch, [(int(index), 1)])
+        client.status_store.start(job, "dead-worker", 2, {**tiny("handed back"), "seed": 1})
+        # The parts of a worker's context that `resend` uses: its settings and status store
+        ctx = SimpleNamespace(settings=settings, status=client.status_store)
+        assert resend(ctx, client.app, job) == 1  # type: ignore[arg-type]
+        assert client.redis.llen(normal_list) == 0
+        [raw] = client.redis.lrange(low_list, 0, -1)
+        envelope = json.loads(raw)
+        assert envelope["properties"]["priority"] == 9
+        _, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+        assert [j["index"] for j in kwargs["jobs"]] == [int(index)]
+        client.redis.delete(low_list)
