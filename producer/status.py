@@ -88,6 +88,11 @@ class StatusStore:
         pipe = self.redis.pipeline(transaction=False)
         for chunk in chunks:
             jobs = chunk.jobs
+            indices = [index for index, _ in jobs]
+            if indices != sorted(set(indices)) or records.shard_of(indices[0]) != records.shard_of(
+                indices[-1]
+            ):
+                raise ValueError("a chunk's indices must be distinct, ascending and in one shard")
             keys = [
                 self.keys.batch(chunk.batch_id),
                 self._record_key(chunk.batch_id, jobs[0][0]),

@@ -254,5 +254,9 @@ def test_submit_records_a_chunk_and_pushes_its_message_in_one_step_or_not_at_all
         [sparse] = store.submit([Chunk("s1", [(10, 4), (500, 5)], Priority.NORMAL, "message-4", lists)])
         assert sparse.sent and [store.job(job_id("s1", i)).seed for i in (10, 500)] == [4, 5]
         assert store.job(job_id("s1", 0)).seed == 1 and store.state(job_id("s1", 11)) is None
+        for bad in ([(20, 1), (20, 2)], [(21, 1), (20, 2)], [(0, 1), (records.SHARD_JOBS, 2)]):
+            with pytest.raises(ValueError, match="distinct, ascending and in one shard"):
+                store.submit([Chunk("s1", bad, Priority.NORMAL, "never", lists)])
+        assert store.batch("s1").total == 5 and store.redis.llen(lists[0]) == 2
     finally:
         store.redis.delete(*lists)
