@@ -211,6 +211,8 @@ def test_the_same_message_delivered_twice_is_generated_once(fault_settings, star
         app.send_task(TASK_NAME, kwargs=message, queue=settings.queue_for(Mode.TEXT2IMG))
     app.close()
     with Client(settings) as client:
+        # Sent straight onto the queue, the job has a status once a worker has received it.
+        wait_for(lambda: client.status_store.state(job_id("twice", 0)), 30, "a worker to receive it")
         final = client.wait(job_id("twice", 0), timeout=90)
         time.sleep(1.5)  # let the second delivery be handled too
         again = client.status_store.job(job_id("twice", 0))

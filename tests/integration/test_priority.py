@@ -15,6 +15,7 @@ import pytest
 
 from producer.cli import main
 from producer.client import Client
+from producer.errors import NotFound
 from producer.keys import TASK_NAME, queue_lists
 from producer.schema import JobState, Mode, Priority
 from producer.submit import build_message, validate_spec
@@ -31,6 +32,18 @@ TINY_FLAGS = ["--height", "64", "--width", "64", "--steps", "2", "--prior-steps"
 
 def tiny(prompt: str) -> dict[str, Any]:
     return {"prompt": prompt, **TINY}
+
+
+def wait_known_and_done(client: Client, batch: str, timeout: float = 180) -> None:
+    """Wait for a batch to finish; one sent straight onto the queue is unknown until a worker reads it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.wait(batch, timeout=max(1.0, deadline - time.monotonic()), poll_s=0.2)
+            return
+        except NotFound:
+            assert time.monotonic() < deadline, f"batch {batch} never reached a worker"
+            time.sleep(0.2)
 
 
 def test_a_worker_takes_every_normal_job_before_any_low_one(redis_url, tiny_models, tmp_path):
@@ -51,7 +64,7 @@ def test_a_worker_takes_every_normal_job_before_any_low_one(redis_url, tiny_mode
         proc = WorkerProcess(settings, tmp_path / "w.log").start()
         try:
             for batch in (low.batch_id, normal.batch_id, raw_batch):
-                client.wait(batch, timeout=180, poll_s=0.2)
+                wait_known_and_done(client, batch)
         finally:
             assert proc.stop() == 0
         low_jobs = list(client.jobs(low.batch_id)) + list(client.jobs(raw_batch))
