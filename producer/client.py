@@ -116,7 +116,7 @@ class Client:
         job = validate_spec(data, self.settings)
         key = job.idempotency_key
         batch_id = batch_id_for_key(key) if key else new_batch_id()
-        submitter = Submitter(self.settings, self.app, self.status_store, batch_id, Priority(priority))
+        submitter = Submitter(self.settings, self.status_store, batch_id, Priority(priority))
         submitter.add(0, job)
         return submitter.close().job_ids[0]
 
@@ -155,12 +155,12 @@ class Client:
             def lines() -> Iterable[tuple[int, Any]]:
                 return enumerate(items, start=1)
 
-        submitter = Submitter(self.settings, self.app, self.status_store, batch_id, Priority(priority))
+        submitter = Submitter(self.settings, self.status_store, batch_id, Priority(priority))
         if strict:
             checked = submit_lines(submitter, lines(), defaults, strict=True)
             if checked.errors:
                 return checked
-            submitter = Submitter(self.settings, self.app, self.status_store, batch_id, Priority(priority))
+            submitter = Submitter(self.settings, self.status_store, batch_id, Priority(priority))
         return submit_lines(submitter, lines(), defaults, on_line=on_line)
 
     # -- read ------------------------------------------------------------------------

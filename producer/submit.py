@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
 from pydantic import ValidationError
 
 from producer.envelope import task_envelope
@@ -131,15 +130,9 @@ class Submitter:
     """Sends validated jobs for one batch in chunks, with backpressure on queue length."""
 
     def __init__(
-        self,
-        settings: Settings,
-        app: Celery,
-        status: StatusStore,
-        batch_id: str,
-        priority: Priority = Priority.NORMAL,
+        self, settings: Settings, status: StatusStore, batch_id: str, priority: Priority = Priority.NORMAL
     ) -> None:
         self.settings = settings
-        self.app = app
         self.status = status
         self.batch_id = batch_id
         self.priority = priority
@@ -193,7 +186,8 @@ class Submitter:
         )
         target = lists[1] if self.priority is Priority.LOW else lists[0]
         seeds = [(index, wire["seed"]) for index, wire in jobs]
-        chunk = Chunk(self.batch_id, seeds, self.priority, envelope, [target, *lists])
+        ordered = [target, *(name for name in lists if name != target)]  # pushed onto the first
+        chunk = Chunk(self.batch_id, seeds, self.priority, envelope, ordered)
         self._outbox.append((mode, jobs, chunk))
         if len(self._outbox) >= PIPELINE_MESSAGES:
             self._drain()

@@ -254,7 +254,7 @@ def test_a_resumed_submit_runs_every_job_exactly_once(worker, client, module_set
     # Given a submit that died at line 20: lines 1-16 went out (8 chunks of 2, one pipeline),
     # lines 17-19 were read but were still in memory
     small = module_settings.model_copy(update={"chunk_size": 2})
-    interrupted = Submitter(small, client.app, client.status_store, batch)
+    interrupted = Submitter(small, client.status_store, batch)
 
     def dying() -> Iterator[tuple[int, Any]]:
         yield from enumerate(lines[:19], start=1)
