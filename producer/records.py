@@ -17,6 +17,7 @@ byte 0 flags, bytes 1-4 seed (u32), bytes 5-8 created (u32, unix seconds).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
@@ -67,7 +68,18 @@ class Record:
 
 def decode(data: bytes, at: int = 0) -> Record | None:
     """The record starting at byte `at` of `data` (a GETRANGE reply); None where there is none."""
-    chunk = data[at : at + RECORD_BYTES]
-    if len(chunk) < RECORD_BYTES or not chunk[0] & EXISTS:
+    if len(data) < at + RECORD_BYTES or not data[at] & EXISTS:
         return None
-    return Record(chunk[0], int.from_bytes(chunk[1:5], "big"), int.from_bytes(chunk[5:9], "big"))
+    return Record(*_unpack(data, at))
+
+
+_unpack = struct.Struct(">BII").unpack_from  # flags, seed, created
+
+
+def decode_all(data: bytes, first_index: int) -> list[tuple[int, Record]]:
+    """`(index, record)` for every job in a shard's string whose first record is `first_index`."""
+    found = []
+    for at in range(0, len(data) - RECORD_BYTES + 1, RECORD_BYTES):
+        if data[at] & EXISTS:
+            found.append((first_index + at // RECORD_BYTES, Record(*_unpack(data, at))))
+    return found

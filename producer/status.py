@@ -31,7 +31,8 @@ from producer.schema import (
     Progress,
 )
 
-SCAN_CHUNK = 512  # jobs read per pipelined round trip (divides records.SHARD_JOBS)
+SCAN_CHUNK = 512  # job hashes read per pipelined round trip
+SHARDS_PER_READ = 16  # record strings read per round trip (at most ~9 MiB)
 
 
 class Created(IntEnum):
@@ -209,33 +210,42 @@ class StatusStore:
 
     def _chunks(
         self, batch_id: str, read: Callable[[Any, str], Any]
-    ) -> Iterator[tuple[str, Any, records.Record | None]]:
-        """`(job id, hash reply, record)` for every index of a batch, one round trip per chunk.
+    ) -> Iterator[tuple[str, Any, records.Record]]:
+        """`(job id, hash reply or None, record)` for every job of a batch, in index order.
 
-        Job ids derive from the batch's index span, so no list of jobs is stored per batch.
+        The batch's record strings say which indices are jobs, so a sparse batch costs nothing for
+        its gaps; only received jobs have a hash to read, SCAN_CHUNK per pipelined round trip.
         """
         self.batch(batch_id)  # NotFound, never an empty answer, for an unknown batch
         span = int(self.redis.hget(self.keys.batch(batch_id), "span") or 0)
-        for start in range(0, span, SCAN_CHUNK):
-            indices = range(start, min(span, start + SCAN_CHUNK))
-            ids = [job_id(batch_id, i) for i in indices]
+        shards = range(records.shard_of(span - 1) + 1 if span else 0)
+        for first in range(0, len(shards), SHARDS_PER_READ):
+            group = shards[first : first + SHARDS_PER_READ]
             pipe = self.redis.pipeline(transaction=False)
-            for job in ids:
-                read(pipe, self.keys.job(job))
-            first = records.byte_offset(start)
-            pipe.getrange(
-                self._record_key(batch_id, start), first, first + len(ids) * records.RECORD_BYTES - 1
-            )
-            *replies, packed = pipe.execute()
-            for n, (job, reply) in enumerate(zip(ids, replies, strict=True)):
-                yield job, reply, records.decode(packed, n * records.RECORD_BYTES)
+            for shard in group:
+                pipe.get(self.keys.records(batch_id, shard))
+            for shard, packed in zip(group, pipe.execute(), strict=True):
+                found = records.decode_all(packed or b"", shard * records.SHARD_JOBS)
+                for start in range(0, len(found), SCAN_CHUNK):
+                    yield from self._with_hashes(batch_id, found[start : start + SCAN_CHUNK], read)
+
+    def _with_hashes(
+        self, batch_id: str, found: list[tuple[int, records.Record]], read: Callable[[Any, str], Any]
+    ) -> Iterator[tuple[str, Any, records.Record]]:
+        received = [index for index, record in found if not record.unreceived]
+        pipe = self.redis.pipeline(transaction=False)
+        for index in received:
+            read(pipe, self.keys.job(job_id(batch_id, index)))
+        replies = dict(zip(received, pipe.execute() if received else [], strict=True))
+        for index, record in found:
+            yield job_id(batch_id, index), replies.get(index), record
 
     def jobs(self, batch_id: str) -> Iterator[JobStatus]:
         """Every job of a batch in index order (expired or never-used indices left out)."""
         for job, raw, record in self._chunks(batch_id, lambda pipe, key: pipe.hgetall(key)):
             if raw:
                 yield job_status_from_hash(job, batch_id, raw)
-            elif record is not None and record.unreceived:
+            elif record.unreceived:
                 yield job_status_from_record(job, batch_id, record)
 
     def job_states(self, batch_id: str) -> Iterator[tuple[str, JobState]]:
@@ -243,7 +253,7 @@ class StatusStore:
         for job, raw, record in self._chunks(batch_id, lambda pipe, key: pipe.hget(key, "st")):
             if raw:
                 yield job, JobState(raw.decode())
-            elif record is not None and record.unreceived:
+            elif record.unreceived:
                 yield job, JobState.QUEUED
 
     def set_manifest(self, batch_id: str, uri: str) -> None:

@@ -260,3 +260,18 @@ def test_submit_records_a_chunk_and_pushes_its_message_in_one_step_or_not_at_all
         assert store.batch("s1").total == 5 and store.redis.llen(lists[0]) == 2
     finally:
         store.redis.delete(*lists)
+
+
+def test_listing_a_sparse_batch_reads_only_where_its_jobs_are(store: StatusStore):
+    last = 10**9 - 1  # the highest index a message may name: shard 15258
+    store.receive("sp", [(0, 1), (last, 2)])  # open-format jobs: hashes and records
+    store.create_jobs("sp", [(5, 3)])  # a queued one: a record only
+    listed = list(store.jobs("sp"))
+    assert [(j.job_id, j.seed, j.state) for j in listed] == [
+        (job_id("sp", 0), 1, JobState.QUEUED),
+        (job_id("sp", 5), 3, JobState.QUEUED),
+        (job_id("sp", last), 2, JobState.QUEUED),
+    ]
+    assert store.cancel_many(job for job, _ in store.job_states("sp")) == 3
+    assert store.batch("sp").done
+    assert 0 < store.redis.ttl(store.keys.records("sp", records.shard_of(last))) <= 600
