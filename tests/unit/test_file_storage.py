@@ -1,0 +1,82 @@
+"""FileStorage writes are atomic: a reader sees the old object or the whole new one, never a part."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from producer.errors import StorageUnavailable
+from producer.manifest import MANIFEST_CONTENT_TYPE
+from producer.storage import FileStorage
+
+
+class WatchedSource(io.RawIOBase):
+    """A source that serves `chunks`, noting before each read what `target` holds; then ends or fails."""
+
+    def __init__(self, chunks: list[bytes], target: Path, error: Exception | None = None) -> None:
+        self.chunks, self.target, self.error = list(chunks), target, error
+        self.seen: list[bytes | None] = []
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self.seen.append(self.target.read_bytes() if self.target.exists() else None)
+        if not self.chunks:
+            if self.error is not None:
+                raise self.error
+            return 0
+        chunk = self.chunks.pop(0)
+        n = min(len(chunk), len(buffer))
+        buffer[:n] = chunk[:n]
+        if n < len(chunk):
+            self.chunks.insert(0, chunk[n:])
+        return n
+
+
+CHUNK = b"n" * 100_000  # bigger than any write buffer: it reaches the disk before the next read
+
+
+def test_file_put_file_shows_the_old_object_until_the_new_one_is_complete(tmp_path: Path) -> None:
+    store = FileStorage(tmp_path / "store")
+    store.put("b/manifest.jsonl", b"old", MANIFEST_CONTENT_TYPE)
+    target = tmp_path / "store" / "b" / "manifest.jsonl"
+    source = WatchedSource([CHUNK, CHUNK, CHUNK], target)
+
+    store.put_file("b/manifest.jsonl", source, MANIFEST_CONTENT_TYPE)
+
+    assert len(source.seen) >= 4 and set(source.seen) == {b"old"}  # never a partial file mid-copy
+    assert target.read_bytes() == CHUNK * 3
+    assert [p.name for p in target.parent.iterdir()] == ["manifest.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [(OSError("read failed"), StorageUnavailable), (ValueError("not a file"), ValueError)],
+)
+def test_file_put_file_that_fails_midway_keeps_the_old_object_and_removes_its_temp_file(
+    tmp_path: Path, error: Exception, raised: type[Exception]
+) -> None:
+    store = FileStorage(tmp_path / "store")
+    store.put("b/manifest.jsonl", b"old", MANIFEST_CONTENT_TYPE)
+    target = tmp_path / "store" / "b" / "manifest.jsonl"
+    source = WatchedSource([CHUNK, CHUNK], target, error)
+
+    with pytest.raises(raised):
+        store.put_file("b/manifest.jsonl", source, MANIFEST_CONTENT_TYPE)
+
+    assert set(source.seen) == {b"old"} and target.read_bytes() == b"old"
+    assert [p.name for p in target.parent.iterdir()] == ["manifest.jsonl"]
+
+
+def test_file_put_file_that_fails_on_a_new_key_leaves_nothing(tmp_path: Path) -> None:
+    store = FileStorage(tmp_path / "store")
+    target = tmp_path / "store" / "b" / "manifest.jsonl"
+
+    with pytest.raises(StorageUnavailable, match="cannot write"):
+        store.put_file("b/manifest.jsonl", WatchedSource([CHUNK], target, OSError("gone")), "text/plain")
+
+    assert list(target.parent.iterdir()) == []
