@@ -53,3 +53,8 @@ def make_celery(settings: Settings) -> Celery:
 def kombu_priority(priority: Priority) -> int:
     """The message priority kombu's Redis transport files under the matching list (0 pops first)."""
     return LOW_PRIORITY_STEP if priority is Priority.LOW else 0
+
+
+def priority_from_kombu(value: object) -> Priority:
+    """A received message's priority (its delivery info's `priority`, None when sent without one)."""
+    return Priority.LOW if isinstance(value, int) and value >= LOW_PRIORITY_STEP else Priority.NORMAL

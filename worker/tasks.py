@@ -10,8 +10,7 @@ from celery import Task
 from celery.exceptions import Reject
 
 from producer.errors import compute_backoff
-from producer.keys import LOW_PRIORITY_STEP
-from producer.schema import Priority
+from producer.queue import priority_from_kombu
 from producer.submit import build_message
 from worker.context import get_context
 from worker.delivery import claim, hand_back
@@ -23,7 +22,8 @@ log = logging.getLogger(__name__)
 
 def run_jobs(task: Task, **message: Any) -> None:
     ctx = get_context()
-    jobs = claim(ctx, parse_message(message, ctx.settings, ctx.status, message_priority(task)))
+    priority = priority_from_kombu((task.request.delivery_info or {}).get("priority"))
+    jobs = claim(ctx, parse_message(message, ctx.settings, ctx.status, priority))
     ctx.current = {job.job_id for job in jobs}
     ctx.task_started = time.monotonic()
     try:
@@ -49,9 +49,3 @@ def run_jobs(task: Task, **message: Any) -> None:
     finally:
         ctx.leases.release(ctx.name, sorted(ctx.current))
         ctx.current, ctx.task_started = set(), None
-
-
-def message_priority(task: Task) -> Priority:
-    """The priority the message was sent with (kombu's Redis lists: 0 first, 9 last)."""
-    value = (task.request.delivery_info or {}).get("priority") or 0
-    return Priority.LOW if isinstance(value, int) and value >= LOW_PRIORITY_STEP else Priority.NORMAL
