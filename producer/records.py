@@ -63,11 +63,11 @@ class Record:
     @property
     def unreceived(self) -> bool:
         """A queued job whose state is only this record."""
-        return bool(self.flags & EXISTS) and not self.flags & RECEIVED
+        return not self.flags & RECEIVED
 
 
 def decode(data: bytes, at: int = 0) -> Record | None:
-    """The record starting at byte `at` of `data` (a GETRANGE reply); None where there is none."""
+    """The record starting at byte `at` of `data` (a GETRANGE reply); None where there is no job."""
     if len(data) < at + RECORD_BYTES or not data[at] & EXISTS:
         return None
     return Record(*_unpack(data, at))
@@ -78,8 +78,5 @@ _unpack = struct.Struct(">BII").unpack_from  # flags, seed, created
 
 def decode_all(data: bytes, first_index: int) -> list[tuple[int, Record]]:
     """`(index, record)` for every job in a shard's string whose first record is `first_index`."""
-    found = []
-    for at in range(0, len(data) - RECORD_BYTES + 1, RECORD_BYTES):
-        if data[at] & EXISTS:
-            found.append((first_index + at // RECORD_BYTES, Record(*_unpack(data, at))))
-    return found
+    indexed = ((first_index + n, decode(data, n * RECORD_BYTES)) for n in range(len(data) // RECORD_BYTES))
+    return [(index, record) for index, record in indexed if record is not None]
