@@ -132,6 +132,11 @@ def cleanup(client: redis.Redis, tag: str) -> int:
     return deleted
 
 
+def finish(client: redis.Redis, tag: str) -> None:
+    """What every benchmark does last, also on Ctrl-C: delete its keys and say how many."""
+    note(f"cleaned up {cleanup(client, tag)} keys under {tag}")
+
+
 def prompts(n: int, seed: int = 0) -> list[str]:
     """`n` distinct dataset-like prompts of roughly 40-80 characters, the same for the same seed."""
     rng = random.Random(seed)

@@ -274,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                         note(f"  {label:34s} {1e3 * seconds / args.n:7.1f} ms/image")
         _common.machine_note()
     finally:
-        deleted = _common.cleanup(redis_client, tag)
-        note(f"cleaned up {deleted} keys under {tag}")
+        _common.finish(redis_client, tag)
     return 0
 
 

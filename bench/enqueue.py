@@ -188,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             breakdown(settings, path, warm)
         send_task_repr_cost(settings, texts[: settings.chunk_size])
     finally:
-        deleted = _common.cleanup(redis_client, tag)
-        note(f"cleaned up {deleted} keys under {tag}")
+        _common.finish(redis_client, tag)
     return 0
 
 

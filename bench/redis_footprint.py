@@ -167,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "met" if per_prompt <= TARGET_BYTES else "MISSED"
             note(f"target <= {TARGET_BYTES} B/prompt: {verdict} ({per_prompt:.0f} B/prompt)")
     finally:
-        deleted = _common.cleanup(redis_client, tag)
-        note(f"cleaned up {deleted} keys under {tag}")
+        _common.finish(redis_client, tag)
     return 0
 
 
