@@ -184,9 +184,9 @@ class Submitter:
             kombu_priority(self.priority),
             kwargsrepr=f"{{batch {self.batch_id}: {len(jobs)} jobs}}",
         )
-        target = lists[1] if self.priority is Priority.LOW else lists[0]
         seeds = [(index, wire["seed"]) for index, wire in jobs]
-        ordered = [target, *(name for name in lists if name != target)]  # pushed onto the first
+        # The script pushes onto the first list and sums the lengths of all of them.
+        ordered = lists[::-1] if self.priority is Priority.LOW else lists
         chunk = Chunk(self.batch_id, seeds, self.priority, envelope, ordered)
         self._outbox.append((mode, jobs, chunk))
         if len(self._outbox) >= PIPELINE_MESSAGES:
