@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from producer.settings import Settings
+from kandinsky_batch.settings import Settings
 
 REDIS_URL = os.environ.get("KANDINSKY_BATCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -32,11 +32,11 @@ import torch
 from _common import note, result
 from PIL import Image
 
-from producer.keys import Keys, job_id
-from producer.schema import JobSpec, JobState, Mode
-from producer.settings import Settings
-from producer.status import StatusStore
-from producer.storage import FileStorage
+from kandinsky_batch.keys import JobRef, Keys, job_id
+from kandinsky_batch.schema import JobSpec, JobState, Mode
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.storage.file import FileStorage
+from kandinsky_batch.store.status import StatusStore
 from worker.engine import Engine, Job
 from worker.generate import Item, StepCallback
 from worker.pipelines import PipelineCache
@@ -85,7 +85,7 @@ class EngineRunner:
     def __call__(self, specs: list[JobSpec]) -> float:
         self.runs += 1
         batch = f"b{self.engine.settings.max_batch_size}-{self.runs}"
-        jobs = [Job(job_id(batch, i), batch, spec) for i, spec in enumerate(specs)]
+        jobs = [Job(JobRef(batch, i), spec) for i, spec in enumerate(specs)]
         self.status.create_jobs(
             batch, [(job.index, spec.seed or 0) for job, spec in zip(jobs, specs, strict=True)]
         )

@@ -28,11 +28,13 @@ from typing import Any
 import _common
 from _common import note, result
 
+import kandinsky_batch.enqueue as enqueue_module
 import producer.submit as submit_module
+from kandinsky_batch.keys import MESSAGE_VERSION, TASK_NAME
+from kandinsky_batch.schema import Mode
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.wire import build_message
 from producer.client import Client
-from producer.keys import MESSAGE_VERSION, TASK_NAME
-from producer.schema import Mode
-from producer.settings import Settings
 
 TARGET_RATIO = 30.0
 
@@ -87,21 +89,27 @@ def breakdown(settings: Settings, path: Path, warm: Path) -> None:
     with Client(settings) as client:
         store = client.status_store
         store.submit = timed("record_and_push_lua", totals, store.submit)  # type: ignore[method-assign]
-        names = ("validate_spec", "message_from_wires", "task_envelope")
-        originals = {name: getattr(submit_module, name) for name in names}
+        modules = {
+            "validate_spec": submit_module,
+            "message_from_wires": enqueue_module,
+            "task_envelope": enqueue_module,
+        }
+        originals = {name: getattr(module, name) for name, module in modules.items()}
         submitter_wait = submit_module.Submitter._wait_for_room
         wire = submit_module.JobSpec.wire
         try:
             submit_module.validate_spec = timed("validate_spec", totals, originals["validate_spec"])
-            submit_module.message_from_wires = timed("build_message", totals, originals["message_from_wires"])
-            submit_module.task_envelope = timed("build_envelope", totals, originals["task_envelope"])
+            enqueue_module.message_from_wires = timed(
+                "build_message", totals, originals["message_from_wires"]
+            )
+            enqueue_module.task_envelope = timed("build_envelope", totals, originals["task_envelope"])
             submit_module.Submitter._wait_for_room = timed("queue_llen_check", totals, submitter_wait)  # type: ignore[method-assign]
             submit_module.JobSpec.wire = timed("spec_wire_dump", totals, wire)  # type: ignore[method-assign]
             bulk(client, warm, batch_id="warm-breakdown")
             sent, elapsed = bulk(client, path, batch_id="breakdown")
         finally:
             for name, fn in originals.items():
-                setattr(submit_module, name, fn)
+                setattr(modules[name], name, fn)
             submit_module.Submitter._wait_for_room = submitter_wait  # type: ignore[method-assign]
             submit_module.JobSpec.wire = wire  # type: ignore[method-assign]
     note(f"bulk time by phase ({sent} prompts, {elapsed:.2f} s with timers):")
@@ -116,7 +124,7 @@ def breakdown(settings: Settings, path: Path, warm: Path) -> None:
 def send_task_repr_cost(settings: Settings, texts: list[str], reps: int = 100) -> None:
     """What one chunk's `send_task` costs with Celery's default argsrepr/kwargsrepr and with them short."""
     jobs = [(i, submit_module.JobSpec(prompt=text, seed=i)) for i, text in enumerate(texts)]
-    message = submit_module.build_message("repr-cost", jobs)
+    message = build_message("repr-cost", jobs)
     queue = f"{settings.queue_prefix}.repr-cost"
     with Client(settings) as client:
         for label, extra in (("default_repr", {}), ("short_repr", {"argsrepr": "", "kwargsrepr": "-"})):

@@ -84,7 +84,7 @@ class GpuBench:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         from _common import bench_settings, new_tag
 
-        from producer.schema import JobSpec
+        from kandinsky_batch.schema import JobSpec
 
         self.args = args
         self.tmp = tmp
@@ -179,8 +179,8 @@ class GpuBench:
             cache.text2img()
 
     def items(self, mode: str, count: int, steps: int) -> list[Any]:
-        from producer.schema import JobSpec
-        from producer.storage import FileStorage
+        from kandinsky_batch.schema import JobSpec
+        from kandinsky_batch.storage.file import FileStorage
         from worker.generate import Item
         from worker.inputs import InputLoader
 
@@ -216,10 +216,10 @@ class GpuBench:
         import redis
         from _common import REDIS_URL, cleanup, note, result
 
-        from producer.keys import Keys, job_id
-        from producer.schema import JobSpec, JobState
-        from producer.status import StatusStore
-        from producer.storage import FileStorage
+        from kandinsky_batch.keys import JobRef, Keys
+        from kandinsky_batch.schema import JobSpec, JobState
+        from kandinsky_batch.storage.file import FileStorage
+        from kandinsky_batch.store.status import StatusStore
         from worker.engine import Engine, Job, is_oom
         from worker.generate import generate
 
@@ -254,7 +254,7 @@ class GpuBench:
         batch = "oom"
         data = self.spec_data("text2img", "")
         jobs = [
-            Job(job_id(batch, i), batch, JobSpec(**{**data, "num_inference_steps": 2, "seed": i}))
+            Job(JobRef(batch, i), JobSpec(**{**data, "num_inference_steps": 2, "seed": i}))
             for i in range(self.args.oom_batch)
         ]
         try:

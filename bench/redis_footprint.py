@@ -24,10 +24,10 @@ import _common
 import redis
 from _common import note, result
 
+from kandinsky_batch.keys import MESSAGE_VERSION, TASK_NAME, Keys
+from kandinsky_batch.schema import Mode
+from kandinsky_batch.wire import validate_spec
 from producer.client import Client
-from producer.keys import MESSAGE_VERSION, TASK_NAME, Keys
-from producer.schema import Mode
-from producer.submit import validate_spec
 
 TARGET_BYTES = 300
 

@@ -12,6 +12,7 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY kandinsky_batch ./kandinsky_batch
 COPY producer ./producer
 COPY worker ./worker
 RUN pip install --no-cache-dir .

@@ -23,6 +23,7 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_
     && echo "torch==${TORCH_VERSION}" > /tmp/torch-constraint.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY kandinsky_batch ./kandinsky_batch
 COPY producer ./producer
 COPY worker ./worker
 # The constraint keeps the torch build chosen above (CUDA or CPU) from being replaced.

@@ -14,15 +14,14 @@ from typing import Any
 import click
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress_bar import ProgressBar
-from rich.table import Table
 
+from kandinsky_batch.errors import KandinskyBatchError
+from kandinsky_batch.manifest import encode_line, manifest_line
+from kandinsky_batch.schema import BatchStatus, JobState, Mode, Priority
+from kandinsky_batch.settings import Settings
 from producer.client import Client
-from producer.errors import KandinskyBatchError
-from producer.manifest import encode_line, manifest_line
-from producer.schema import BatchStatus, JobState, JobStatus, Mode, Priority
-from producer.settings import Settings
-from producer.watch import WatchSummary, finished, summarize, watch
+from producer.show import all_succeeded, print_status
+from producer.watch import WatchSummary, watch
 
 console = Console(stderr=True)
 
@@ -87,7 +86,12 @@ def _spec_options(func: Any) -> Any:
     is_flag=True,
     help="Show progress until every job has finished (exit 1 unless all succeed).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print {batch_id, job_ids, ...} as JSON.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object {batch_id, job_ids, ...}; with --wait, the final summary is its 'batch'.",
+)
 @click.pass_context
 def submit(
     ctx: click.Context,
@@ -115,25 +119,28 @@ def submit(
         )
         for err in result.errors:
             console.print(f"line {err.line}: {err.reason}", style="red", markup=False, soft_wrap=True)
-        if as_json:
-            out = {
-                "batch_id": result.batch_id,
-                "job_ids": result.job_ids,
-                "sent": result.sent,
-                "skipped": result.skipped,
-                "errors": [{"line": e.line, "reason": e.reason} for e in result.errors],
-            }
-            click.echo(json.dumps(out))
-        else:
+        if not result.indices:
+            raise click.ClickException("no job was submitted: no line was valid")
+        out: dict[str, Any] = {
+            "batch_id": result.batch_id,
+            "job_ids": result.job_ids,
+            "sent": result.sent,
+            "skipped": result.skipped,
+            "errors": [{"line": e.line, "reason": e.reason} for e in result.errors],
+        }
+        if not as_json:
             click.echo(result.batch_id)
             console.print(
                 f"{len(result.indices)} jobs in batch ({result.sent} sent, "
                 f"{result.skipped} already sent), {len(result.errors)} bad lines"
             )
-        if not result.indices:
-            raise click.ClickException("no job was submitted")
-        summary = _watch(client, result.batch_id, as_json=as_json) if wait_ else None
-    if result.errors or (summary is not None and not _all_succeeded(summary.batch)):
+        summary = None
+        if wait_:
+            summary = _watch(client, result.batch_id, as_json=as_json, echo=not as_json)
+            out["batch"] = summary.as_dict()
+        if as_json:  # one JSON object, with the final batch summary under "batch" after --wait
+            click.echo(json.dumps(out))
+    if result.errors or (summary is not None and not all_succeeded(summary.batch)):
         ctx.exit(1)
 
 
@@ -144,7 +151,7 @@ def submit(
 def status(ctx: click.Context, id_: str, as_json: bool) -> None:
     """Status of a job (with its progress) or a batch (counts by state)."""
     with Client(_settings(ctx)) as client:
-        _print_status(client.status(id_), as_json)
+        print_status(client.status(id_), as_json)
 
 
 @cli.command()
@@ -159,8 +166,8 @@ def wait(ctx: click.Context, id_: str, timeout: float | None, as_json: bool) -> 
             final = client.wait(id_, timeout=timeout)
         except TimeoutError as exc:
             raise click.ClickException(str(exc)) from None
-    _print_status(final, as_json)
-    ok = _all_succeeded(final) if isinstance(final, BatchStatus) else final.state is JobState.SUCCEEDED
+    print_status(final, as_json)
+    ok = all_succeeded(final) if isinstance(final, BatchStatus) else final.state is JobState.SUCCEEDED
     if not ok:
         ctx.exit(1)
 
@@ -182,18 +189,20 @@ def watch_cmd(
     with Client(_settings(ctx)) as client:
         client.status_store.batch(batch_id)  # not found: exit 2 before anything is drawn
         summary = _watch(client, batch_id, as_json, interval_s=interval, timeout_s=timeout, events=events)
-    if not _all_succeeded(summary.batch):
+    if not all_succeeded(summary.batch):
         ctx.exit(1)
 
 
-def _watch(client: Client, batch_id: str, as_json: bool, **options: Any) -> WatchSummary:
+def _watch(client: Client, batch_id: str, as_json: bool, echo: bool = True, **options: Any) -> WatchSummary:
+    """Follow a batch until done (a live bar on a terminal); print its summary line unless not `echo`."""
     out = Console()
     live = out.is_terminal and not as_json
     try:
         summary = watch(client.status_store, batch_id, console=out if live else None, **options)
     except TimeoutError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(json.dumps(summary.as_dict()) if as_json else summary.line())
+    if echo:
+        click.echo(json.dumps(summary.as_dict()) if as_json else summary.line())
     return summary
 
 
@@ -279,47 +288,6 @@ def dead_letters(ctx: click.Context, limit: int, as_json: bool) -> None:
             else:
                 reason = st.error.message if st.error else ""
                 click.echo(f"{st.job_id}  attempts {st.attempts}  {reason}")
-
-
-def _all_succeeded(batch: BatchStatus) -> bool:
-    return batch.counts.get(JobState.SUCCEEDED, 0) == batch.total
-
-
-def _print_status(st: JobStatus | BatchStatus, as_json: bool) -> None:
-    if as_json:
-        data = st.model_dump(mode="json")
-        if isinstance(st, BatchStatus):
-            data["done"] = st.done
-        click.echo(json.dumps(data))
-        return
-    out = Console()
-    if isinstance(st, BatchStatus):
-        summary = summarize(st)
-        caption = "done" if st.done else f"{finished(st)}/{st.total} finished"
-        if summary.elapsed_s is not None:
-            caption += f" · {summary.elapsed_s:.1f} s"
-        if summary.jobs_per_s:
-            caption += f" · {summary.jobs_per_s:.2f} jobs/s"
-        table = Table(title=f"batch {st.batch_id}", caption=caption)
-        table.add_column("state")
-        table.add_column("jobs", justify="right")
-        table.add_column("%", justify="right")
-        for state, n in st.counts.items():
-            table.add_row(state.value, str(n), f"{100 * n / st.total:.0f}" if st.total else "-")
-        table.add_row("total", str(st.total), "100", style="bold")
-        out.print(table)
-        if st.manifest:
-            out.print(f"manifest {st.manifest}", markup=False, soft_wrap=True)
-        return
-    line = f"job {st.job_id}: {st.state.value} (attempts {st.attempts}, seed {st.seed})"
-    out.print(line, markup=False)
-    if st.state is JobState.RUNNING and st.progress.total:
-        out.print(ProgressBar(total=st.progress.total, completed=st.progress.step, width=30), end=" ")
-        out.print(f"step {st.progress.step}/{st.progress.total}")
-    for uri in st.outputs:
-        out.print(f"  {uri}", markup=False, soft_wrap=True)
-    if st.error:
-        out.print(f"  error {st.error.code}: {st.error.message}", markup=False, soft_wrap=True)
 
 
 @cli.group(invoke_without_command=True)

@@ -10,16 +10,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-import redis
 from celery import Celery
 from pydantic import BaseModel, Field
 
-from producer.errors import InvalidSpec, KandinskyBatchError, NotFound
-from producer.keys import TASK_NAME, Keys, job_id, split_job_id
-from producer.manifest import write_manifest
-from producer.queue import kombu_priority, make_celery
-from producer.schema import (
-    TERMINAL_STATES,
+from kandinsky_batch.broker import make_celery
+from kandinsky_batch.enqueue import enqueue
+from kandinsky_batch.errors import InvalidSpec, KandinskyBatchError, NotFound
+from kandinsky_batch.keys import JobRef, Keys
+from kandinsky_batch.manifest import write_manifest
+from kandinsky_batch.redis_client import connect
+from kandinsky_batch.schema import (
     BatchStatus,
     JobError,
     JobSpec,
@@ -27,20 +27,20 @@ from producer.schema import (
     JobStatus,
     Mode,
     Priority,
+    is_finished,
 )
-from producer.settings import Settings
-from producer.status import StatusStore
-from producer.storage import Storage, open_storage
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.storage import Storage, open_storage
+from kandinsky_batch.store.status import StatusStore
+from kandinsky_batch.wire import check_batch_id, validate_spec
 from producer.submit import (
     SubmitResult,
     Submitter,
     batch_id_for_file,
     batch_id_for_key,
-    build_message,
     new_batch_id,
     read_lines,
     submit_lines,
-    validate_spec,
 )
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class Client:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.redis = connect(settings.redis_url)
         self.status_store = StatusStore(self.redis, Keys(settings.key_prefix), settings.job_ttl_s)
         self._app: Celery | None = None
         self._storage: Storage | None = None
@@ -139,6 +139,8 @@ class Client:
         go first (for big datasets sharing workers with interactive callers).
         """
         defaults = defaults or {}
+        if batch_id is not None:
+            check_batch_id(batch_id)
         if isinstance(jobs, Path):
             path = jobs
             batch_id = batch_id or batch_id_for_file(path, defaults)
@@ -167,7 +169,7 @@ class Client:
 
     def status(self, id_: str) -> JobStatus | BatchStatus:
         """A job's or a batch's status; raises NotFound for an unknown id (never 'pending')."""
-        if split_job_id(id_) is not None:
+        if JobRef.parse(id_) is not None:
             try:
                 return self.status_store.job(id_)
             except NotFound:
@@ -190,11 +192,10 @@ class Client:
 
     def dead_letters(self, limit: int = 100) -> list[JobStatus]:
         """Jobs that failed as attempts_exhausted, newest first (those whose status expired are left out)."""
-        raw = self.redis.lrange(self.status_store.keys.dead_letters(), 0, max(0, limit - 1))
         found = []
-        for job in raw:
+        for job in self.status_store.dead_letters(limit):
             try:
-                found.append(self.status_store.job(job.decode() if isinstance(job, bytes) else job))
+                found.append(self.status_store.job(job))
             except NotFound:
                 continue
         return found
@@ -234,9 +235,9 @@ class Client:
 
     def _unfinished(self, batch_id: str) -> Iterator[str]:
         """Ids of the batch's queued or running jobs."""
-        for job, state in self.status_store.job_states(batch_id):
-            if state not in TERMINAL_STATES:
-                yield job
+        for ref, state in self.status_store.job_states(batch_id):
+            if not is_finished(state):
+                yield ref.id
 
     def retry_failed(self, batch_id: str) -> RetryResult:
         """Send a batch's failed jobs again, with their stored spec and seed.
@@ -264,7 +265,7 @@ class Client:
             if not self.status_store.retry(job.job_id):
                 continue  # someone else moved it meanwhile
             group = pending.setdefault((spec.mode, job.priority), [])
-            group.append((int(job.job_id.rpartition("-")[2]), spec, job.error))
+            group.append((job.index, spec, job.error))
             if len(group) >= self.settings.chunk_size:
                 self._resend(batch_id, job.priority, pending.pop((spec.mode, job.priority)), result)
         for (_, priority), group in pending.items():
@@ -280,19 +281,14 @@ class Client:
     ) -> None:
         jobs = [(index, spec) for index, spec, _ in chunk]
         try:
-            self.app.send_task(
-                TASK_NAME,
-                kwargs=build_message(batch_id, jobs),
-                queue=self.settings.queue_for(jobs[0][1].mode),
-                priority=kombu_priority(priority),
-            )
+            enqueue(self.status_store, self.settings, batch_id, jobs, priority)
         except Exception:
             # Not sent: put them back as they were rather than leave them queued with no message.
             for index, _, error in chunk:
                 code, message = (error.code, error.message) if error else ("failed", "")
-                self.status_store.fail(job_id(batch_id, index), code, message)
+                self.status_store.fail(JobRef(batch_id, index), code, message)
             raise
-        result.retried += [job_id(batch_id, index) for index, _ in jobs]
+        result.retried += [JobRef(batch_id, index).id for index, _ in jobs]
 
     # -- results ---------------------------------------------------------------------
 
@@ -320,16 +316,11 @@ class Client:
             yield result
 
     def url_for(self, uri: str) -> str:
-        """A presigned GET URL (settings.presign_expiry_s) for an s3:// output; other URIs as they are."""
-        if urlparse(uri).scheme != "s3":
+        """A URL a plain HTTP client can fetch: presigned (settings.presign_expiry_s) for s3://."""
+        key = self.storage.key_for(uri)
+        if key is None:
             return uri
-        from producer.s3 import S3Storage
-
-        storage = self.storage
-        key = storage.key_for(uri)
-        if not isinstance(storage, S3Storage) or key is None:
-            return uri
-        return storage.presign(key, self.settings.presign_expiry_s)
+        return self.storage.presign(key, self.settings.presign_expiry_s)
 
     def download(self, job: JobStatus, folder: Path) -> list[Path]:
         """Copy a job's outputs from storage to `folder/{job_id}/{index}.{ext}`."""
@@ -350,9 +341,3 @@ class Client:
             path.write_bytes(data)
             paths.append(path)
         return paths
-
-
-def is_finished(status: JobStatus | BatchStatus) -> bool:
-    if isinstance(status, BatchStatus):
-        return status.done
-    return status.state in TERMINAL_STATES

@@ -6,13 +6,8 @@ process, `file://` storage under the output folder, a handful of prompts.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -20,9 +15,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from kandinsky_batch.schema import BatchStatus, JobState, JobStatus
+from kandinsky_batch.settings import Settings
 from producer.client import Client
-from producer.schema import BatchStatus, JobState, JobStatus
-from producer.settings import Settings
+from producer.launch import WorkerProcess
 
 PROMPTS = [
     "a red fox in the snow, watercolor",
@@ -52,40 +48,6 @@ def embedded_redis(stack: ExitStack) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    """The demo's settings as the environment of the worker process."""
-    return {**os.environ, **settings.as_env()}
-
-
-def start_worker(settings: Settings, log_path: Path, stack: ExitStack) -> subprocess.Popen[bytes]:
-    log = stack.enter_context(log_path.open("wb"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "producer.cli", "worker"], env=worker_env(settings), stdout=log, stderr=log
-    )
-
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    stack.callback(stop)
-    return proc
-
-
-def wait_ready(settings: Settings, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not settings.ready_file.exists():
-        if proc.poll() is not None:
-            raise RuntimeError(f"the worker exited with code {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the worker was not ready after {timeout:.0f} s")
-        time.sleep(0.2)
-
-
 def run_demo(base: Settings, out: Path, count: int, timeout: float, console: Console) -> int:
     out.mkdir(parents=True, exist_ok=True)
     models = out / "models"
@@ -113,13 +75,14 @@ def run_demo(base: Settings, out: Path, count: int, timeout: float, console: Con
         )
         settings.ready_file.unlink(missing_ok=True)
         log_path = out / "worker.log"
+        log_path.unlink(missing_ok=True)
         console.print(f"starting a worker (log: {log_path})")
-        proc = start_worker(settings, log_path, stack)
+        proc = WorkerProcess(settings, log_path)
+        stack.callback(proc.stop)
         try:
-            wait_ready(settings, proc, timeout=180)
+            proc.start(timeout=180)
         except RuntimeError as exc:
-            console.print(f"[red]{exc}[/red]; last lines of {log_path}:")
-            console.print(log_path.read_text(errors="replace")[-3000:], markup=False)
+            console.print(str(exc), markup=False)
             return 1
         client = stack.enter_context(Client(settings))
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(count)]
@@ -145,7 +108,7 @@ def _watch(client: Client, batch_id: str, count: int, timeout: float, console: C
 
         def update(st: JobStatus | BatchStatus) -> None:
             if isinstance(st, BatchStatus):
-                done = st.total - st.counts[JobState.QUEUED] - st.counts[JobState.RUNNING]
+                done = st.finished
                 bar.update(task, completed=done)
 
         try:

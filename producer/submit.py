@@ -1,9 +1,9 @@
 """Bulk submission: read lines, validate each, and send chunks of compatible jobs.
 
-One message carries up to `chunk_size` jobs of one mode; fields every job in the
-chunk shares travel once. Jobs are recorded in Redis before their message is
-sent and marked sent after, so a repeated or interrupted submit of the same
-batch sends each job at most once more and never runs a finished job again.
+One message carries up to `chunk_size` jobs of one mode; fields every job in the chunk shares
+travel once. One store script records a chunk's jobs and pushes its message together, and
+refuses a chunk with a job recorded before: so a repeated or interrupted submit of the same
+batch sends only the jobs never sent, and never runs a finished job again.
 """
 
 from __future__ import annotations
@@ -16,21 +16,19 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from producer.envelope import task_envelope
-from producer.errors import InvalidSpec
-from producer.keys import MESSAGE_VERSION, TASK_NAME, job_id, queue_lists
-from producer.queue import kombu_priority
-from producer.records import by_shard
-from producer.schema import MAX_SEED, JobSpec, Mode, Priority
-from producer.settings import Settings
-from producer.status import Chunk, Created, StatusStore
+from kandinsky_batch.enqueue import outgoing
+from kandinsky_batch.errors import InvalidSpec
+from kandinsky_batch.keys import job_id
+from kandinsky_batch.schema import MAX_SEED, JobSpec, Mode, Priority
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.store.records import by_shard
+from kandinsky_batch.store.status import Chunk, Created, StatusStore
+from kandinsky_batch.wire import validate_spec
 
 PIPELINE_MESSAGES = 8  # messages sent per Redis round trip (fewer while a queue is near its high water)
 
@@ -72,26 +70,6 @@ def batch_id_for_file(path: Path, defaults: dict[str, Any]) -> str:
     return "f" + digest.hexdigest()[:19]
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One line naming each bad field, e.g. `height: must be a multiple of 64`."""
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "spec"
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}")
-    return "; ".join(parts)
-
-
-def validate_spec(data: Any, settings: Settings) -> JobSpec:
-    """Validate one job against the contract and the operator's limits; raise InvalidSpec."""
-    if not isinstance(data, dict):
-        raise InvalidSpec(f"a job must be a JSON object, not {type(data).__name__}")
-    try:
-        return JobSpec.model_validate(data, context={"max_side": settings.max_side})
-    except ValidationError as exc:
-        raise InvalidSpec(format_validation_error(exc)) from None
-
-
 def read_lines(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield `(line number, parsed object or LineError)` for a JSONL or CSV file."""
     if path.suffix.lower() == ".csv":
@@ -109,7 +87,8 @@ def read_lines(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 yield number, json.loads(text)
             except json.JSONDecodeError as exc:
-                yield number, LineError(number, f"malformed JSON: {exc.msg} at column {exc.colno}")
+                reason = exc.msg.removesuffix(" at")  # "Invalid control character at" ends so
+                yield number, LineError(number, f"malformed JSON at column {exc.colno}: {reason}")
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
@@ -166,28 +145,16 @@ class Submitter:
 
     def _send(self, mode: Mode, jobs: list[tuple[int, dict[str, Any]]]) -> None:
         """Queue one message for the next pipeline, once its queue has room for it."""
-        queue = self.settings.queue_for(mode)
-        lists = queue_lists(queue)
+        chunk = outgoing(self.settings, self.batch_id, mode, jobs, self.priority)
         if mode not in self._lengths:
-            self._lengths[mode] = queue_length(self.status.redis, lists)
+            self._lengths[mode] = self.status.queue_length(chunk.lists)
         while (
             self._lengths[mode] + sum(m is mode for m, _, _ in self._outbox) >= self.settings.queue_high_water
         ):
             if self._outbox:
                 self._drain()  # learn the lengths after what is in flight
             else:
-                self._wait_for_room(mode, lists)
-        envelope = task_envelope(
-            TASK_NAME,
-            message_from_wires(self.batch_id, jobs),
-            queue,
-            kombu_priority(self.priority),
-            kwargsrepr=f"{{batch {self.batch_id}: {len(jobs)} jobs}}",
-        )
-        seeds = [(index, wire["seed"]) for index, wire in jobs]
-        # The script pushes onto the first list and sums the lengths of all of them.
-        ordered = lists[::-1] if self.priority is Priority.LOW else lists
-        chunk = Chunk(self.batch_id, seeds, self.priority, envelope, ordered)
+                self._wait_for_room(mode, chunk.lists)
         self._outbox.append((mode, jobs, chunk))
         if len(self._outbox) >= PIPELINE_MESSAGES:
             self._drain()
@@ -208,40 +175,11 @@ class Submitter:
                 if new:
                     self._send(mode, new)
 
-    def _wait_for_room(self, mode: Mode, lists: list[str]) -> None:
+    def _wait_for_room(self, mode: Mode, lists: Sequence[str]) -> None:
         """Pause while the mode's queue (both priority lists) is at the high-water mark."""
-        while (length := queue_length(self.status.redis, lists)) >= self.settings.queue_high_water:
+        while (length := self.status.queue_length(lists)) >= self.settings.queue_high_water:
             time.sleep(0.2)
         self._lengths[mode] = length
-
-
-def queue_length(client: Any, lists: list[str]) -> int:
-    pipe = client.pipeline(transaction=False)
-    for name in lists:
-        pipe.llen(name)
-    return sum(pipe.execute())
-
-
-def build_message(batch_id: str, jobs: list[tuple[int, JobSpec]]) -> dict[str, Any]:
-    """The wire form of `(index, spec)` jobs (see message_from_wires)."""
-    return message_from_wires(batch_id, [(index, spec.wire()) for index, spec in jobs])
-
-
-def message_from_wires(batch_id: str, jobs: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
-    """The wire form: fields every job shares once in `shared`, the rest per job."""
-    wires = [wire for _, wire in jobs]
-    shared = dict(wires[0])
-    for wire in wires[1:]:
-        shared = {k: v for k, v in shared.items() if k in wire and wire[k] == v}
-    return {
-        "v": MESSAGE_VERSION,
-        "batch_id": batch_id,
-        "shared": shared,
-        "jobs": [
-            {"index": index, "spec": {k: v for k, v in wire.items() if k not in shared}}
-            for index, wire in jobs
-        ],
-    }
 
 
 def submit_lines(

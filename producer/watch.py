@@ -6,7 +6,6 @@ jobs that succeeded while watching (an exact images/s even with num_images > 1).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,8 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from producer.schema import TERMINAL_STATES, BatchStatus, JobState
-from producer.status import StatusStore
+from kandinsky_batch.schema import BatchStatus, JobState
+from kandinsky_batch.store.status import StatusStore
 
 
 @dataclass
@@ -61,15 +60,11 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def finished(batch: BatchStatus) -> int:
-    return sum(batch.counts.get(s, 0) for s in TERMINAL_STATES)
-
-
 def summarize(batch: BatchStatus, images: int | None = None, watched_s: float | None = None) -> WatchSummary:
     elapsed = None
     if batch.created_at is not None:
         elapsed = max(0.0, (batch.finished_at or time.time()) - batch.created_at)
-    rate = finished(batch) / elapsed if elapsed else None
+    rate = batch.finished / elapsed if elapsed else None
     image_rate = images / watched_s if images is not None and watched_s else None
     return WatchSummary(batch, elapsed, rate, image_rate, images)
 
@@ -81,30 +76,24 @@ class EventCounter:
 
     def __init__(self, status: StatusStore, batch_id: str) -> None:
         self.status = status
-        self.prefix = f"{batch_id}-".encode()
+        self.prefix = f"{batch_id}-"
         self.images = 0
-        last: Any = status.redis.xrevrange(status.keys.events(), count=1)
-        self.last_id: Any = last[0][0] if last else "0-0"
+        self.last_id = status.last_event_id()
 
     def poll(self) -> int:
         """Read the new events; return the images counted so far."""
-        key = self.status.keys.events()
         while True:
-            answer: Any = self.status.redis.xread({key: self.last_id}, count=self.PAGE)
-            entries: list[tuple[bytes, dict[bytes, bytes]]] = answer[0][1] if answer else []
+            entries = self.status.events_after(self.last_id, self.PAGE)
             if not entries:
                 return self.images
             self.last_id = entries[-1][0]
             jobs = [
-                fields[b"job"]
-                for _, fields in entries
-                if fields.get(b"state") == b"succeeded" and fields.get(b"job", b"").startswith(self.prefix)
+                job
+                for _, job, state in entries
+                if state is JobState.SUCCEEDED and job.startswith(self.prefix)
             ]
             if jobs:
-                pipe = self.status.redis.pipeline(transaction=False)
-                for job in jobs:
-                    pipe.hget(self.status.keys.job(job.decode()), "o")
-                self.images += sum(len(json.loads(raw)) for raw in pipe.execute() if raw)
+                self.images += sum(len(outputs) for outputs in self.status.outputs_of(jobs))
             if len(entries) < self.PAGE:
                 return self.images
 
@@ -151,7 +140,7 @@ def watch(
         if progress:
             progress.start()
         while True:
-            done = finished(batch)
+            done = batch.finished
             images = counter.poll() if counter else None
             if progress is not None and task is not None:
                 jobs_s, eta = rate.eta(done, batch.total)

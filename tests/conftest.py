@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Redis, tiny models built once, real worker processes.
+"""Shared fixtures: a real Redis, tiny models built once, real worker processes (producer/launch.py).
 
 A test that cannot reach Redis skips locally but fails in CI (CI=true).
 """
@@ -6,10 +6,6 @@ A test that cannot reach Redis skips locally but fails in CI (CI=true).
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +14,9 @@ from typing import Any
 import pytest
 import redis
 
+from kandinsky_batch.settings import Settings
 from producer.client import Client
-from producer.settings import Settings
+from producer.launch import WorkerProcess, worker_env
 
 REDIS_URL = os.environ.get("KANDINSKY_BATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -69,67 +66,7 @@ def make_settings(redis_url: str, tiny_models: Path, root: Path, **overrides: An
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KANDINSKY_BATCH_")}
-    return {**env, **settings.as_env()}
-
-
-class WorkerProcess:
-    """A real `kandinsky-batch worker` process, started and stopped by tests."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        log_path: Path,
-        module: str = "producer.cli",
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.settings = settings
-        self.log_path = log_path
-        self.module = module
-        self.extra_env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 120) -> WorkerProcess:
-        self.settings.ready_file.unlink(missing_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module] + (["worker"] if self.module == "producer.cli" else []),
-            env={**settings_env(self.settings), **self.extra_env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while not self.settings.ready_file.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker not ready after {timeout} s:\n{self.log()}")
-            time.sleep(0.1)
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 60) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+    return worker_env(settings)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from producer.schema import Mode
+from kandinsky_batch.schema import Mode
 from tests.images import data_url, image_bytes, png_url
 
 MAX_INPUT_BYTES = 32 * 1024

@@ -10,9 +10,10 @@ import time
 
 import redis
 
-from producer.errors import KandinskyBatchError
-from producer.settings import Settings
-from producer.storage import open_storage
+from kandinsky_batch.errors import KandinskyBatchError
+from kandinsky_batch.redis_client import connect
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.storage import open_storage
 
 HEARTBEAT_S = 5.0  # how often a serving worker touches its ready file
 
@@ -27,7 +28,7 @@ def problems(settings: Settings) -> list[str]:
     except FileNotFoundError:
         found.append(f"no ready file at {settings.ready_file}: pipelines not warm or worker not consuming")
     try:
-        with redis.Redis.from_url(settings.redis_url, socket_timeout=3) as client:
+        with connect(settings.redis_url, socket_timeout=3, retries=0) as client:
             client.ping()
     except redis.RedisError as exc:
         found.append(f"Redis unreachable at {settings.redis_url}: {exc}")

@@ -9,33 +9,19 @@ import time
 from dataclasses import dataclass, field
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from producer.errors import KandinskyBatchError
-from producer.keys import Keys
-from producer.leases import LeaseStore
-from producer.manifest import write_manifest
-from producer.settings import Settings
-from producer.status import StatusStore
-from producer.storage import Storage, open_storage
+from kandinsky_batch.errors import KandinskyBatchError
+from kandinsky_batch.keys import Keys
+from kandinsky_batch.manifest import write_manifest
+from kandinsky_batch.redis_client import connect
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.storage import Storage, open_storage
+from kandinsky_batch.store.status import StatusStore
 from worker.engine import Engine
+from worker.leases import LeaseStore
 from worker.pipelines import PipelineCache
 
 log = logging.getLogger(__name__)
-
-
-def connect_redis(url: str) -> redis.Redis:
-    """A client that rides out a Redis restart of up to ~30 s instead of failing the job."""
-    retry = Retry(ExponentialBackoff(cap=5.0, base=0.1), retries=12)
-    return redis.Redis.from_url(
-        url,
-        retry=retry,
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        socket_timeout=30,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
 
 
 @dataclass
@@ -57,7 +43,7 @@ class WorkerContext:
     def build(cls, settings: Settings) -> WorkerContext:
         """Connect, check storage and warm the pipelines: a worker that cannot work fails here."""
         name = settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
-        client = connect_redis(settings.redis_url)
+        client = connect(settings.redis_url)
         client.ping()
         keys = Keys(settings.key_prefix)
         status = StatusStore(client, keys, settings.job_ttl_s)

@@ -1,36 +1,37 @@
-"""At-least-once delivery around the engine: claim with leases, recover crashed jobs, reap, hand back.
+"""At-least-once delivery around the engine: claim with leases, recover crashed jobs, reap, retry.
 
 - A message's jobs are leased before they run; a job whose lease another live
   worker holds is skipped (a duplicate delivery never runs it twice at once).
 - A job found `running` with an expired lease lost its worker: it is handed back
   (`crashes` + 1), or failed as `attempts_exhausted` once it has crashed
-  `max_attempts` times, and listed as a dead letter.
+  `max_attempts` times, and listed as a dead letter (one store script).
 - The reaper does the same for every expired lease and re-sends the job at once,
   so a killed worker's job runs again within about two lease TTLs, not after
-  Celery's visibility timeout.
+  Celery's visibility timeout. It also pushes delayed re-sends that are due.
+- Jobs handed back by a storage outage go out again after a backoff, as a delayed
+  re-send that any worker's reaper releases (it survives this worker).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
-from celery import Celery
-
-from producer.errors import AttemptsExhausted
-from producer.keys import TASK_NAME, split_job_id
-from producer.leases import Lease
-from producer.queue import kombu_priority
-from producer.schema import JobSpec, JobState
-from producer.submit import build_message
+from kandinsky_batch.enqueue import enqueue
+from kandinsky_batch.errors import StorageUnavailable, compute_backoff
+from kandinsky_batch.keys import JobField, JobRef
+from kandinsky_batch.schema import JobSpec, JobState
+from kandinsky_batch.store.status import Recovered
 from worker.engine import Job
+from worker.leases import Lease
 
 if TYPE_CHECKING:
     from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
-DEAD_LETTERS_MAX = 100_000
+RELEASE_INTERVAL_S = 1.0  # how often the reaper pushes due delayed re-sends
 
 
 def claim(ctx: WorkerContext, jobs: list[Job]) -> list[Job]:
@@ -40,83 +41,94 @@ def claim(ctx: WorkerContext, jobs: list[Job]) -> list[Job]:
     for job, outcome in zip(jobs, outcomes, strict=True):
         if outcome is Lease.HELD:
             log.info("skipping %s: another live worker holds it", job.job_id)
-        elif outcome is Lease.STALE and ctx.status.state(job.job_id) is JobState.RUNNING:
-            if recover(ctx, job.job_id) and ctx.leases.acquire(ctx.name, [(job.job_id, job.spec.wire())]):
+        elif outcome is Lease.STALE and ctx.status.state(job.ref) is JobState.RUNNING:
+            if recover(ctx, job.ref) and ctx.leases.acquire(ctx.name, [(job.job_id, job.spec.wire())]):
                 mine.append(job)
         else:
             mine.append(job)
     return mine
 
 
-def recover(ctx: WorkerContext, job: str) -> bool:
-    """A job whose worker died while running it: back to queued, or dead after too many crashes."""
-    crashes = int(ctx.redis.hget(ctx.keys.job(job), "cr") or 0) + 1
-    if crashes >= ctx.settings.max_attempts:
-        err = AttemptsExhausted(f"its worker died during {crashes} attempts; not retried again")
-        ctx.status.transition(
-            job, JobState.FAILED, [JobState.RUNNING], {"ec": err.code, "em": err.message, "cr": crashes}
-        )
-        ctx.redis.lpush(ctx.keys.dead_letters(), job)
-        ctx.redis.ltrim(ctx.keys.dead_letters(), 0, DEAD_LETTERS_MAX - 1)
-        log.warning("job %s is a dead letter: %s", job, err.message)
-        return False
-    moved, _ = ctx.status.transition(job, JobState.QUEUED, [JobState.RUNNING], {"cr": crashes})
-    log.warning("job %s lost its worker (crash %d); handed back", job, crashes)
-    return moved
+def recover(ctx: WorkerContext, job: JobRef) -> bool:
+    """A job whose worker died while running it: back to queued (True), or a dead letter."""
+    outcome = ctx.status.recover(job, ctx.settings.max_attempts)
+    if outcome is Recovered.FAILED:
+        log.warning("job %s is a dead letter: its worker kept dying", job)
+    elif outcome is Recovered.QUEUED:
+        log.warning("job %s lost its worker; handed back", job)
+    return outcome is Recovered.QUEUED
 
 
-def reap_once(ctx: WorkerContext, app: Celery) -> int:
+def reap_once(ctx: WorkerContext) -> int:
     """Hand back and re-send every job whose lease expired; returns how many were re-sent."""
     sent = 0
     for job in ctx.leases.expired():
         if not ctx.leases.take_expired(ctx.name, job):
             continue  # another reaper or a renewing worker got there first
+        ref = JobRef.parse(job)
         state = ctx.status.state(job)
-        if state is JobState.RUNNING and not recover(ctx, job):
+        if ref is not None and state is JobState.RUNNING and not recover(ctx, ref):
             continue
-        if state in (JobState.RUNNING, JobState.QUEUED):
-            sent += resend(ctx, app, job)
+        if ref is not None and state in (JobState.RUNNING, JobState.QUEUED):
+            sent += resend(ctx, ref)
         ctx.leases.release(ctx.name, [job])
     return sent
 
 
-def resend(ctx: WorkerContext, app: Celery, job: str) -> int:
+def resend(ctx: WorkerContext, ref: JobRef, delay_s: float = 0.0) -> int:
     """Put a queued job back on its queue, from the spec stored when it was leased."""
-    status = ctx.status.job(job)
-    parts = split_job_id(job)
-    if status.spec is None or parts is None:
-        log.error("cannot re-send %s: no stored spec", job)
+    status = ctx.status.job(ref)
+    if status.spec is None:
+        log.error("cannot re-send %s: no stored spec", ref)
         return 0
     spec = JobSpec.model_validate(status.spec)
-    app.send_task(
-        TASK_NAME,
-        kwargs=build_message(parts[0], [(parts[1], spec)]),
-        queue=ctx.settings.queue_for(spec.mode),
-        priority=kombu_priority(status.priority),
-    )
-    log.info("re-sent %s", job)
+    enqueue(ctx.status, ctx.settings, ref.batch_id, [(ref.index, spec)], status.priority, delay_s)
+    log.info("re-sent %s", ref)
     return 1
+
+
+def retry_later(ctx: WorkerContext, jobs: list[Job], cause: StorageUnavailable) -> None:
+    """Jobs handed back by a storage outage: send them again after a backoff, or fail them."""
+    s = ctx.settings
+    again: list[Job] = []
+    tries = 0
+    for job in jobs:
+        n = int(ctx.status.field(job.ref, JobField.RETRIES) or 1)
+        if n > s.max_retries:
+            ctx.status.fail(job.ref, cause.code, f"gave up after {n} tries: {cause.message}")
+        else:
+            again.append(job)
+            tries = max(tries, n)
+    if not again:
+        return
+    delay = compute_backoff(tries, s.retry_backoff_s, s.retry_backoff_max_s)
+    log.warning("storage unavailable; %d jobs retry in %.1f s", len(again), delay)
+    priority = ctx.status.job(again[0].ref).priority
+    enqueue(ctx.status, s, again[0].batch_id, [(j.index, j.spec) for j in again], priority, delay)
 
 
 def hand_back(ctx: WorkerContext, jobs: list[Job]) -> None:
     """Shutting down: running jobs go back to queued, and no lease is kept."""
     for job in jobs:
-        ctx.status.transition(job.job_id, JobState.QUEUED, [JobState.RUNNING])
+        ctx.status.transition(job.ref, JobState.QUEUED, [JobState.RUNNING])
     ctx.leases.release(ctx.name, [j.job_id for j in jobs])
 
 
 class Reaper:
-    """Runs reap_once every half lease TTL in a daemon thread."""
+    """Pushes due delayed re-sends every second and reaps expired leases every half lease TTL."""
 
-    def __init__(self, ctx: WorkerContext, app: Celery) -> None:
+    def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
-        self.app = app
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
 
     def _loop(self) -> None:
-        while not self.stopped.wait(self.ctx.settings.lease_ttl_s / 2):
+        last_reap = time.monotonic()
+        while not self.stopped.wait(RELEASE_INTERVAL_S):
             try:
-                reap_once(self.ctx, self.app)
+                self.ctx.status.release_due()
+                if time.monotonic() - last_reap >= self.ctx.settings.lease_ttl_s / 2:
+                    last_reap = time.monotonic()
+                    reap_once(self.ctx)
             except Exception:  # a Redis blip must not kill the thread
                 log.exception("reaper pass failed")

@@ -2,7 +2,8 @@
 
 A plain object with its collaborators passed in (pipelines, storage, status),
 so it is tested without Celery. Permanent errors fail one job; a storage outage
-raises StorageUnavailable with the jobs still to do, for the task to retry.
+hands the jobs still to do back to `queued` and raises RetryLater with them, for the task to
+send again after a backoff.
 """
 
 from __future__ import annotations
@@ -20,18 +21,21 @@ from typing import Any
 import torch
 from PIL import Image
 
-from producer.errors import (
+from kandinsky_batch.errors import (
+    Canceled,
+    HandBack,
     KandinskyBatchError,
     OutOfMemory,
     PermanentError,
+    RetryLater,
     StorageUnavailable,
     compute_backoff,
 )
-from producer.keys import split_job_id
-from producer.schema import JobSpec, JobState
-from producer.settings import Settings
-from producer.status import StatusStore
-from producer.storage import Storage, image_key, metadata_key
+from kandinsky_batch.keys import JobRef
+from kandinsky_batch.schema import JobSpec, JobState
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.storage import Storage, image_key, metadata_key
+from kandinsky_batch.store.status import StatusStore
 from worker.generate import Inputs, Item, StepCallback, compat_key, decoder_steps, generate
 from worker.inputs import InputLoader
 from worker.outputs import encode_image, extension
@@ -44,37 +48,20 @@ Generate = Callable[[PipelineCache, list[Item], StepCallback], list[Image.Image]
 
 @dataclass(frozen=True)
 class Job:
-    job_id: str
-    batch_id: str
+    ref: JobRef
     spec: JobSpec
 
     @property
+    def job_id(self) -> str:
+        return self.ref.id
+
+    @property
+    def batch_id(self) -> str:
+        return self.ref.batch_id
+
+    @property
     def index(self) -> int:
-        parts = split_job_id(self.job_id)
-        if parts is None:
-            raise ValueError(f"not a job id: {self.job_id!r}")
-        return parts[1]
-
-
-class RetryLater(Exception):
-    """Storage is down: these jobs (already handed back to `queued`) should run again later."""
-
-    def __init__(self, jobs: list[Job], cause: StorageUnavailable) -> None:
-        super().__init__(cause.message)
-        self.jobs = jobs
-        self.cause = cause
-
-
-class HandBack(Exception):
-    """The worker is stopping and its grace period is over: these jobs go back to the queue."""
-
-    def __init__(self, jobs: list[Job] | None = None) -> None:
-        super().__init__("shutting down")
-        self.jobs = jobs or []
-
-
-class Canceled(Exception):
-    """Every job of the running micro-batch was canceled: stop between steps."""
+        return self.ref.index
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -147,7 +134,7 @@ class Engine:
                     job for later in runs[n:] for job in later if not self.status.is_terminal(job.job_id)
                 ]
                 for job in pending:
-                    self.status.requeue(job.job_id)
+                    self.status.requeue(job.ref, transient=True)
                 raise RetryLater(pending, exc) from exc
 
     def run_micro_batch(self, jobs: list[Job]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from producer.schema import MAX_SEED, JobSpec, Mode
+from kandinsky_batch.schema import MAX_SEED, JobSpec, Mode
 from worker.pipelines import PipelineCache
 
 

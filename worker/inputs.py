@@ -18,10 +18,11 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image, ImageDraw
 
-from producer.errors import BadInput
-from producer.schema import JobSpec, Mode
-from producer.settings import Settings
-from producer.storage import Storage, file_root
+from kandinsky_batch.errors import BadInput
+from kandinsky_batch.schema import JobSpec, Mode
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.storage import Storage
+from kandinsky_batch.storage.file import file_root
 from worker.generate import Inputs
 from worker.remote import fetch_https
 

@@ -1,7 +1,7 @@
 """One PipelineCache per worker process: weights load once and are shared across modes.
 
-text2img, img2img and interpolate use one prior and one decoder (img2img is built
-from the decoder's components, so no weight is copied); inpaint adds only its
+text2img, img2img and interpolate use one prior and one decoder (img2img is made
+with `from_pipe` from the decoder's components, so no weight is copied); inpaint adds only its
 own decoder. Loads are counted so tests can prove nothing loads twice.
 """
 
@@ -21,8 +21,8 @@ from diffusers import (
 )
 from diffusers.utils import logging as diffusers_logging
 
-from producer.schema import Mode
-from producer.settings import Settings
+from kandinsky_batch.schema import Mode
+from kandinsky_batch.settings import Settings
 
 log = logging.getLogger(__name__)
 diffusers_logging.disable_progress_bar()  # one bar per load is noise in a worker's log
@@ -123,8 +123,8 @@ class PipelineCache:
     def img2img(self) -> Any:
         decoder = self.text2img()
         if self._img2img is None:
-            # Same modules as text2img: a view, not a second copy of the weights.
-            self._img2img = KandinskyImg2ImgPipeline(**decoder.components)
+            # diffusers' from_pipe reuses text2img's modules: a view, not a second copy of the weights.
+            self._img2img = KandinskyImg2ImgPipeline.from_pipe(decoder)
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
 

@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from producer.errors import BadInput
-from producer.settings import Settings
+from kandinsky_batch.errors import BadInput
+from kandinsky_batch.settings import Settings
 
 MAX_REDIRECTS = 3
 TOTAL_TIMEOUT_S = 20.0

@@ -2,7 +2,7 @@
 
 The three folders load through the same `from_pretrained` path as the Hub checkpoints
 (kandinsky-2-1-prior, kandinsky-2-1, kandinsky-2-1-inpaint), so the code under test cannot tell it
-got a toy. Component sizes follow diffusers' own fast tests (see FACTS.md).
+got a toy. Component sizes follow diffusers' own fast tests for the Kandinsky pipelines.
 """
 
 import contextlib

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from producer.settings import Settings
+from kandinsky_batch.settings import Settings
 
 from .tools import REPO, require_tool, run
 

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from producer.schema import JobSpec
-from producer.settings import Settings
+from kandinsky_batch.schema import JobSpec
+from kandinsky_batch.settings import Settings
 
 from .kube import settings_from
 

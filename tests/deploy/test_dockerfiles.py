@@ -136,5 +136,5 @@ def test_copied_sources_exist_and_the_context_is_filtered(dockerfile: Path) -> N
     text = Path(f"{dockerfile}.dockerignore").read_text(encoding="utf-8")
     ignore = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     assert ignore[0] == "*", "exclude everything, then allow what the image needs"
-    for needed in ("!pyproject.toml", "!producer/", "!worker/"):
+    for needed in ("!pyproject.toml", "!kandinsky_batch/", "!producer/", "!worker/"):
         assert needed in ignore

@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from producer.keys import queue_lists
-from producer.schema import Mode
+from kandinsky_batch.keys import queue_lists
+from kandinsky_batch.schema import Mode
 
 from .kube import K8S, Manifests, settings_from, worker_env
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from producer.schema import JobSpec
+from kandinsky_batch.schema import JobSpec
 
 from .kube import EXTERNAL_SECRETS, Manifests, container_env, main_container, settings_from
 from .tools import REPO

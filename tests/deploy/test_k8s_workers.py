@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from producer.schema import Mode
+from kandinsky_batch.schema import Mode
 
 from .kube import Manifests, main_container, pod_labels, selector_matches, settings_from, worker_env
 from .tools import REPO

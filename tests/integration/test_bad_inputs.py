@@ -24,14 +24,14 @@ from urllib.parse import urlparse
 import pytest
 from celery import Celery
 
+from kandinsky_batch.broker import make_celery
+from kandinsky_batch.errors import NotFound
+from kandinsky_batch.keys import TASK_NAME, job_id
+from kandinsky_batch.schema import JobState, JobStatus, Mode
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.storage.file import file_root
 from producer.cli import main
 from producer.client import Client
-from producer.errors import NotFound
-from producer.keys import TASK_NAME, job_id
-from producer.queue import make_celery
-from producer.schema import JobState, JobStatus, Mode
-from producer.settings import Settings
-from producer.storage import file_root
 from tests.conftest import WorkerProcess, make_settings, settings_env
 from tests.corpus import (
     BAD_SPEC,

@@ -10,11 +10,11 @@ from urllib.parse import urlparse
 import pytest
 from PIL import Image
 
+from kandinsky_batch.broker import make_celery
+from kandinsky_batch.keys import TASK_NAME, job_id
+from kandinsky_batch.schema import JobState, Mode
 from producer.cli import main
 from producer.client import Client
-from producer.keys import TASK_NAME, job_id
-from producer.queue import make_celery
-from producer.schema import JobState, Mode
 
 pytestmark = pytest.mark.integration
 

@@ -13,10 +13,10 @@ import redis
 import torch
 from PIL import Image
 
-from producer.keys import Keys, job_id
-from producer.schema import JobSpec, JobState, Mode
-from producer.status import StatusStore
-from producer.storage import FileStorage
+from kandinsky_batch.keys import JobRef, Keys
+from kandinsky_batch.schema import JobSpec, JobState, Mode
+from kandinsky_batch.storage.file import FileStorage
+from kandinsky_batch.store.status import StatusStore
 from tests.conftest import make_settings
 from tests.images import png_url
 from worker.engine import Engine, Job
@@ -52,7 +52,7 @@ def engine(cache: PipelineCache, redis_url, tiny_models, tmp_path) -> Iterator[E
 
 
 def submit(engine: Engine, batch: str, specs: list[dict]) -> list[Job]:
-    jobs = [Job(job_id(batch, i), batch, JobSpec(**{**TINY, **s}).with_seed()) for i, s in enumerate(specs)]
+    jobs = [Job(JobRef(batch, i), JobSpec(**{**TINY, **s}).with_seed()) for i, s in enumerate(specs)]
     engine.status.create_jobs(batch, [(j.index, j.spec.seed or 0) for j in jobs])
     return jobs
 

@@ -9,10 +9,10 @@ import uuid
 import pytest
 import redis
 
-from producer.envelope import task_envelope
-from producer.keys import TASK_NAME, queue_lists
-from producer.queue import make_celery
-from producer.settings import Settings
+from kandinsky_batch.broker import make_celery
+from kandinsky_batch.envelope import task_envelope
+from kandinsky_batch.keys import TASK_NAME, queue_lists
+from kandinsky_batch.settings import Settings
 
 pytestmark = pytest.mark.integration
 

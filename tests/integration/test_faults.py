@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import redis
 
+from kandinsky_batch.broker import make_celery
+from kandinsky_batch.keys import TASK_NAME, job_id
+from kandinsky_batch.schema import BatchStatus, JobSpec, JobState, Mode
+from kandinsky_batch.wire import build_message
 from producer.client import Client
-from producer.keys import TASK_NAME, job_id
-from producer.queue import make_celery
-from producer.schema import BatchStatus, JobSpec, JobState, Mode
-from producer.submit import build_message
 from tests.conftest import WorkerProcess, make_settings, settings_env
 from tests.s3server import TEST_KEY, S3Server, create_bucket
 
@@ -333,7 +333,7 @@ def test_storage_down_for_20s_jobs_retry_and_succeed_after(fault_settings, start
             server.start()
             final = client.wait(batch, timeout=120)
             assert isinstance(final, BatchStatus) and final.counts[JobState.SUCCEEDED] == 4
-            from producer.storage import open_storage
+            from kandinsky_batch.storage import open_storage
 
             store = open_storage(settings)
             for st in client.jobs(batch):

@@ -8,10 +8,10 @@ import uuid
 import pytest
 import redis
 
-from producer.keys import Keys, job_id
-from producer.leases import Lease, LeaseStore
-from producer.schema import JobState
-from producer.status import StatusStore
+from kandinsky_batch.keys import Keys, job_id
+from kandinsky_batch.schema import JobState
+from kandinsky_batch.store.status import StatusStore
+from worker.leases import Lease, LeaseStore
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from producer.schema import Mode
+from kandinsky_batch.schema import Mode
 from tests.conftest import make_settings
 from worker.pipelines import PipelineCache
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
+from kandinsky_batch.errors import NotFound
+from kandinsky_batch.keys import TASK_NAME, JobRef, queue_lists
+from kandinsky_batch.schema import JobState, Mode, Priority
+from kandinsky_batch.wire import build_message, validate_spec
 from producer.cli import main
 from producer.client import Client
-from producer.errors import NotFound
-from producer.keys import TASK_NAME, queue_lists
-from producer.schema import JobState, Mode, Priority
-from producer.submit import build_message, validate_spec
 from tests.conftest import WorkerProcess, make_settings
 from worker.delivery import resend
 
@@ -128,16 +128,18 @@ def test_the_reaper_resends_a_low_job_to_the_low_list(redis_url, tiny_models, tm
     with Client(settings) as client:
         [job] = client.submit_batch([tiny("handed back")], priority=Priority.LOW).job_ids
         client.redis.delete(low_list)  # as if a worker took the message, then died mid-job
-        batch, index = job.rsplit("-", 1)
-        client.status_store.receive(batch, [(int(index), 1)])
+        ref = JobRef.parse(job)
+        assert ref is not None
+        batch, index = ref.batch_id, ref.index
+        client.status_store.receive(batch, [(index, 1)])
         client.status_store.start(job, "dead-worker", 2, {**tiny("handed back"), "seed": 1})
         # The parts of a worker's context that `resend` uses: its settings and status store
         ctx = SimpleNamespace(settings=settings, status=client.status_store)
-        assert resend(ctx, client.app, job) == 1  # type: ignore[arg-type]
+        assert resend(ctx, ref) == 1  # type: ignore[arg-type]
         assert client.redis.llen(normal_list) == 0
         [raw] = client.redis.lrange(low_list, 0, -1)
         envelope = json.loads(raw)
         assert envelope["properties"]["priority"] == 9
         _, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
-        assert [j["index"] for j in kwargs["jobs"]] == [int(index)]
+        assert [j["index"] for j in kwargs["jobs"]] == [index]
         client.redis.delete(low_list)

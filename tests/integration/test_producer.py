@@ -21,14 +21,16 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from kandinsky_batch.keys import TASK_NAME, job_id
+from kandinsky_batch.manifest import manifest_lines, write_manifest
+from kandinsky_batch.schema import BatchStatus, JobState, Mode
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.storage import manifest_key
+from kandinsky_batch.storage.file import file_root
+from kandinsky_batch.wire import build_message, validate_spec
 from producer.cli import main
 from producer.client import Client
-from producer.keys import TASK_NAME, job_id
-from producer.manifest import manifest_lines, write_manifest
-from producer.schema import BatchStatus, JobState, Mode
-from producer.settings import Settings
-from producer.storage import file_root, manifest_key
-from producer.submit import Submitter, batch_id_for_file, build_message, submit_lines, validate_spec
+from producer.submit import Submitter, batch_id_for_file, submit_lines
 from producer.watch import watch
 from tests.images import png_url
 
@@ -333,6 +335,25 @@ def test_submit_wait_shows_progress_and_ends_with_a_summary(worker, cli_env, cap
     assert code == 0
     batch_id, summary = out.splitlines()
     assert summary.startswith(f"batch {batch_id}: 1 jobs:") and "succeeded 1" in summary
+
+
+def test_submit_wait_json_prints_one_object_with_the_final_batch(worker, cli_env, capsys):
+    code, out, _ = run(capsys, "submit", "--prompt", "wait in json", "--height", "64", "--width", "64",
+                       "--steps", "2", "--prior-steps", "2", "--wait", "--json")  # fmt: skip
+    assert code == 0
+    [line] = out.splitlines()  # one JSON document, not two
+    result = json.loads(line)
+    assert result["job_ids"] == [job_id(result["batch_id"], 0)]
+    assert result["batch"]["done"] and result["batch"]["counts"]["succeeded"] == 1
+
+
+def test_submit_with_no_valid_line_prints_no_batch_id(cli_env, capsys, tmp_path):
+    path = tmp_path / "all-bad.jsonl"
+    path.write_bytes(b'{"prompt": ""}\n{"prompt": "x", "height": 65}\n')
+    for extra in ([], ["--json"]):
+        code, out, err = run(capsys, "submit", "--file", str(path), *extra)
+        assert code == 1 and out == ""
+        assert "no job was submitted" in err and "line 2:" in err
 
 
 def test_retry_failed_sends_failed_jobs_again_with_their_spec(

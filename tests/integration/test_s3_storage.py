@@ -20,19 +20,20 @@ import pytest
 import redis
 from botocore.stub import Stubber
 
-from producer.errors import StorageUnavailable
-from producer.keys import Keys, job_id
-from producer.manifest import (
+from kandinsky_batch.errors import StorageUnavailable
+from kandinsky_batch.keys import Keys, job_id
+from kandinsky_batch.manifest import (
     MANIFEST_CONTENT_TYPE,
     SPOOL_MAX_BYTES,
     encode_line,
     manifest_lines,
     write_manifest,
 )
-from producer.s3 import MULTIPART_BYTES, S3Storage, make_client, parse_storage_url
-from producer.settings import Settings
-from producer.status import StatusStore
-from producer.storage import FileStorage, Storage, image_key, manifest_key, metadata_key, open_storage
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.storage import Storage, image_key, manifest_key, metadata_key, open_storage
+from kandinsky_batch.storage.file import FileStorage
+from kandinsky_batch.storage.s3 import MULTIPART_BYTES, S3Storage, make_client, parse_storage_url
+from kandinsky_batch.store.status import StatusStore
 from tests.s3server import S3Server, client, create_bucket, enforced_auth, running_s3_server
 
 pytestmark = pytest.mark.integration
@@ -443,7 +444,7 @@ def test_half_a_credential_pair_is_refused() -> None:
 
 
 def test_uploads_stay_on_the_botocore_client() -> None:
-    from producer.s3 import TRANSFER_CONFIG
+    from kandinsky_batch.storage.s3 import TRANSFER_CONFIG
 
     assert TRANSFER_CONFIG.preferred_transfer_client == "classic"
     assert TRANSFER_CONFIG.multipart_threshold == TRANSFER_CONFIG.multipart_chunksize == MULTIPART_BYTES

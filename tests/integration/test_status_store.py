@@ -7,11 +7,11 @@ import time
 import pytest
 import redis
 
-from producer import records
-from producer.errors import NotFound
-from producer.keys import Keys, job_id
-from producer.schema import JobState, Priority
-from producer.status import SCAN_CHUNK, Chunk, Created, StatusStore
+from kandinsky_batch.errors import NotFound
+from kandinsky_batch.keys import JobRef, Keys, job_id
+from kandinsky_batch.schema import JobState, Priority
+from kandinsky_batch.store import records
+from kandinsky_batch.store.status import SCAN_CHUNK, Chunk, Created, StatusStore
 
 pytestmark = pytest.mark.integration
 
@@ -185,7 +185,7 @@ def test_jobs_lists_hashes_and_records_in_index_order(store: StatusStore):
     assert [j.seed for j in listed] == [100 + i for i in range(SCAN_CHUNK + 3) if i != 5]
     assert listed[1].state is JobState.RUNNING
     assert {j.state for j in listed[2:]} == {JobState.QUEUED}
-    assert dict(store.job_states("r4"))[job_id("r4", SCAN_CHUNK + 2)] is JobState.QUEUED
+    assert dict(store.job_states("r4"))[JobRef("r4", SCAN_CHUNK + 2)] is JobState.QUEUED
 
 
 def test_records_in_several_shards_expire_with_their_batch_and_come_back_with_it(store: StatusStore):

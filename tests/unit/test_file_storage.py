@@ -1,16 +1,19 @@
-"""FileStorage writes are atomic: a reader sees the old object or the whole new one, never a part."""
+"""FileStorage writes are atomic (a reader sees the old object or the whole new one) and follow the umask."""
 
 from __future__ import annotations
 
 import io
+import os
+import stat
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
-from producer.errors import StorageUnavailable
-from producer.manifest import MANIFEST_CONTENT_TYPE
-from producer.storage import FileStorage
+from kandinsky_batch.errors import StorageUnavailable
+from kandinsky_batch.manifest import MANIFEST_CONTENT_TYPE
+from kandinsky_batch.storage.file import FileStorage
 
 
 class WatchedSource(io.RawIOBase):
@@ -80,3 +83,16 @@ def test_file_put_file_that_fails_on_a_new_key_leaves_nothing(tmp_path: Path) ->
         store.put_file("b/manifest.jsonl", WatchedSource([CHUNK], target, OSError("gone")), "text/plain")
 
     assert list(target.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_follow_the_umask_as_any_tools_files_do(tmp_path: Path, umask: int, mode: int):
+    old = os.umask(umask)
+    try:
+        store = FileStorage(tmp_path / "store")
+        image = store.put("b/j/0.png", b"png", "image/png")
+        manifest = store.put_file("b/manifest.jsonl", io.BytesIO(b"{}\n"), "application/x-ndjson")
+    finally:
+        os.umask(old)
+    for uri in (image, manifest):
+        assert stat.S_IMODE(Path(urlparse(uri).path).stat().st_mode) == mode

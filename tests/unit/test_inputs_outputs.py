@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from producer.errors import BadInput
-from producer.schema import JobSpec
-from producer.settings import Settings
-from producer.storage import FileStorage
+from kandinsky_batch.errors import BadInput
+from kandinsky_batch.schema import JobSpec
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.storage.file import FileStorage
 from tests.images import data_url, image_bytes, png_url
 from worker.inputs import InputLoader, decode_image
 from worker.outputs import encode_image

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from producer.manifest import SPOOL_MAX_BYTES, encode_line, manifest_line, spooled_lines
-from producer.schema import BatchStatus, JobError, JobState, JobStatus
+from kandinsky_batch.manifest import SPOOL_MAX_BYTES, encode_line, manifest_line, spooled_lines
+from kandinsky_batch.schema import BatchStatus, JobError, JobState, JobStatus
 from producer.watch import WatchSummary, summarize
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from producer.errors import BadInput
-from producer.settings import Settings
+from kandinsky_batch.errors import BadInput
+from kandinsky_batch.settings import Settings
 from worker.remote import Hop, PinnedHTTPSConnection, fetch_https, forbidden_reason
 
 MAX_BYTES = 4096

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from producer.errors import InvalidSpec
-from producer.schema import TERMINAL_STATES, JobSpec, JobState, Mode
-from producer.settings import Settings
-from producer.submit import validate_spec
+from kandinsky_batch.errors import InvalidSpec
+from kandinsky_batch.schema import TERMINAL_STATES, JobSpec, JobState, Mode
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.wire import validate_spec
 
 IMG = "data:image/png;base64,iVBORw0KGgo="
 

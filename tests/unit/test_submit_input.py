@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from producer.keys import MESSAGE_VERSION, job_id, split_job_id
-from producer.schema import JobSpec
-from producer.submit import LineError, build_message, read_lines
+from kandinsky_batch.keys import MESSAGE_VERSION, JobRef, job_id
+from kandinsky_batch.schema import JobSpec
+from kandinsky_batch.wire import build_message
+from producer.submit import LineError, read_lines
 
 
 def test_bad_lines_are_reported_with_their_numbers(tmp_path: Path):
@@ -44,6 +45,6 @@ def test_message_carries_shared_fields_once():
 
 
 def test_job_ids_carry_their_batch():
-    assert split_job_id(job_id("abc-def", 12)) == ("abc-def", 12)
-    assert split_job_id("nodash") is None
-    assert split_job_id("b-x") is None
+    assert JobRef.parse(job_id("abc-def", 12)) == JobRef("abc-def", 12)
+    assert JobRef.parse("nodash") is None
+    assert JobRef.parse("b-x") is None

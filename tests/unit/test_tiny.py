@@ -185,7 +185,7 @@ def test_same_generator_seed_gives_the_same_image(pipes: Pipes) -> None:
 
 
 def test_batch_with_per_image_generators_matches_each_alone_within_one_level(pipes: Pipes) -> None:
-    """Batched matmuls round differently, so promise 1/255, not bits (FACTS.md)."""
+    """Batched matmuls round differently, so promise 1/255, not bits."""
     prompts, seeds = ["a cat", "a dog", "a boat"], [1, 2, 3]
 
     def run(batch: list[str], batch_seeds: list[int]) -> np.ndarray:

@@ -1,10 +1,4 @@
-"""Where images, metadata and manifests go: `file:///dir` or `s3://bucket/prefix`.
-
-Shared by both sides: workers write, producers read results and manifests.
-
-Keys are deterministic (batch, job, image index), so a rerun of a job
-overwrites its objects instead of adding new ones.
-"""
+"""`file:///dir` storage: a folder on local disk, for one machine and for tests."""
 
 from __future__ import annotations
 
@@ -13,57 +7,29 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 from urllib.parse import unquote, urlparse
 
-from producer.errors import StorageUnavailable
-from producer.settings import Settings
+from kandinsky_batch.errors import StorageUnavailable
 
 
-class Storage(Protocol):
-    def put(self, key: str, data: bytes, content_type: str) -> str:
-        """Store `data` under `key`; return the object's URI."""
-        ...
-
-    def put_file(self, key: str, fileobj: IO[bytes], content_type: str) -> str:
-        """Store the rest of `fileobj` (from its position to its end) under `key`; return the URI.
-
-        For bodies too big to hold in memory at once, such as a big batch's manifest.
-        """
-        ...
-
-    def get(self, key: str) -> bytes:
-        """The object's bytes; KeyError if there is none."""
-        ...
-
-    def uri(self, key: str) -> str: ...
-
-    def key_for(self, uri: str) -> str | None:
-        """The key of one of this store's URIs, or None if the URI is elsewhere."""
-        ...
-
-    def check(self) -> None:
-        """Raise StorageUnavailable unless the store can be written."""
-        ...
-
-
-def image_key(batch_id: str, job_id: str, index: int, ext: str) -> str:
-    return f"{batch_id}/{job_id}/{index}.{ext}"
-
-
-def metadata_key(batch_id: str, job_id: str) -> str:
-    return f"{batch_id}/{job_id}.json"
-
-
-def manifest_key(batch_id: str) -> str:
-    return f"{batch_id}/manifest.jsonl"
+def _umask() -> int:
+    """The process umask (reading it means setting it, so set it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class FileStorage:
-    """A folder on local disk; each write is a temp file renamed into place (atomic)."""
+    """A folder on local disk; each write is a temp file renamed into place (atomic).
+
+    Files get the mode any tool's new files get (0666 less the umask), not mkstemp's 0600,
+    so a dataset folder shared by a team is readable by the team.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.mode = 0o666 & ~_umask()
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -87,6 +53,7 @@ class FileStorage:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
+                os.fchmod(fd, self.mode)
                 with os.fdopen(fd, "wb") as fh:
                     write(fh)
                 os.replace(tmp, path)
@@ -117,6 +84,10 @@ class FileStorage:
     def check(self) -> None:
         self.put(".kandinsky-batch-check", b"ok", "text/plain")
 
+    def presign(self, key: str, expires_s: int) -> str:
+        """A local file needs no signature: its `file://` URI."""
+        return self.uri(key)
+
 
 def file_root(url: str) -> Path:
     """The folder of a `file:///dir` URL (a plain path is accepted too)."""
@@ -124,17 +95,3 @@ def file_root(url: str) -> Path:
     if parsed.scheme not in ("", "file"):
         raise ValueError(f"not a file URL: {url}")
     return Path(unquote(parsed.path) if parsed.scheme else url)
-
-
-def open_storage(settings: Settings) -> Storage:
-    """The backend named by `storage_url`."""
-    scheme = urlparse(settings.storage_url).scheme
-    if scheme in ("", "file"):
-        return FileStorage(file_root(settings.storage_url))
-    if scheme == "s3":
-        from producer.s3 import S3Storage
-
-        return S3Storage.from_settings(settings)
-    raise ValueError(
-        f"unsupported storage URL {settings.storage_url!r}: use file:///dir or s3://bucket/prefix"
-    )

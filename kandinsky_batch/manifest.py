@@ -13,9 +13,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-from producer.schema import JobStatus
-from producer.status import StatusStore
-from producer.storage import Storage, manifest_key
+from kandinsky_batch.schema import JobStatus
+from kandinsky_batch.storage import Storage, manifest_key
+from kandinsky_batch.store.status import StatusStore
 
 MANIFEST_CONTENT_TYPE = "application/x-ndjson"
 SPOOL_MAX_BYTES = 4 * 1024 * 1024  # a manifest up to this size stays in memory, a bigger one goes to disk
@@ -25,7 +25,7 @@ def manifest_line(job: JobStatus) -> dict[str, Any]:
     """What the manifest keeps of one job (enough to find, reproduce or retry it)."""
     return {
         "job_id": job.job_id,
-        "index": int(job.job_id.rpartition("-")[2]),
+        "index": job.index,
         "state": job.state.value,
         "seed": job.seed,
         "outputs": job.outputs,

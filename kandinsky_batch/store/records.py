@@ -3,7 +3,7 @@
 A queued job costs a Redis hash of ~150 bytes; a dataset of millions of queued
 prompts would spend more on that than on its messages. So until a worker
 receives a job, its status lives in a record inside a string per batch shard
-(`SHARD_JOBS` jobs, read and written by the Lua scripts in producer/scripts.py):
+(`SHARD_JOBS` jobs, read and written by the Lua scripts in kandinsky_batch/store/lua/):
 flags, seed, and the time it was created. The producer writes a chunk's records
 and pushes its message in one script, so a job is recorded if and only if its
 message was sent. A worker's receive (or a transition such as cancel) turns the

@@ -180,6 +180,11 @@ class JobStatus(BaseModel):
     spec: dict[str, Any] | None = None  # wire form, once a worker has started the job
     priority: Priority = Priority.NORMAL
 
+    @property
+    def index(self) -> int:
+        """The job's index in its batch (its id is `{batch_id}-{index}`)."""
+        return int(self.job_id[len(self.batch_id) + 1 :])
+
 
 class BatchStatus(BaseModel):
     """Counts by state for one batch; their sum is always `total`."""
@@ -192,5 +197,18 @@ class BatchStatus(BaseModel):
     manifest: str | None = None
 
     @property
+    def finished(self) -> int:
+        """Jobs in a terminal state."""
+        return sum(self.counts.get(s, 0) for s in TERMINAL_STATES)
+
+    @property
     def done(self) -> bool:
-        return sum(self.counts.get(s, 0) for s in TERMINAL_STATES) == self.total
+        return is_finished(self)
+
+
+def is_finished(status: JobState | JobStatus | BatchStatus) -> bool:
+    """The one "finished" rule: a job in a terminal state, a batch whose every job is."""
+    if isinstance(status, BatchStatus):
+        return status.finished == status.total
+    state = status.state if isinstance(status, JobStatus) else status
+    return state in TERMINAL_STATES

@@ -27,8 +27,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from producer.errors import StorageUnavailable
-from producer.settings import Settings
+from kandinsky_batch.errors import StorageUnavailable
+from kandinsky_batch.settings import Settings
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from producer.schema import Mode
+from kandinsky_batch.schema import Mode
 
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-1-prior"
 DEFAULT_DECODER = "kandinsky-community/kandinsky-2-1"

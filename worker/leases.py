@@ -16,62 +16,8 @@ from typing import Any
 
 import redis
 
-from producer.keys import Keys
-
-# KEYS: leases, owners, job_1..job_n   ARGV: now, expiry, worker, spec_1..spec_n
-# Returns per job: 'mine' | 'held' (alive, another worker) | 'stale' (expired lease taken over)
-_ACQUIRE = """
-local now, expiry, worker = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local out = {}
-for i = 3, #KEYS do
-  local job = string.match(KEYS[i], ':job:(.*)$')
-  local score = tonumber(redis.call('ZSCORE', KEYS[1], job) or '-1')
-  local owner = redis.call('HGET', KEYS[2], job)
-  if score > now and owner and owner ~= worker then
-    out[i - 2] = 'held'
-  else
-    out[i - 2] = (score >= 0 and score <= now) and 'stale' or 'mine'
-    redis.call('ZADD', KEYS[1], expiry, job)
-    redis.call('HSET', KEYS[2], job, worker)
-    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HSET', KEYS[i], 'sp', ARGV[i + 1]) end
-  end
-end
-return out
-"""
-
-# KEYS: leases, owners   ARGV: expiry, worker, job_1..job_n  -> jobs renewed
-_RENEW = """
-local n = 0
-for i = 3, #ARGV do
-  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[2] then
-    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
-    n = n + 1
-  end
-end
-return n
-"""
-
-# KEYS: leases, owners   ARGV: worker, job_1..job_n  -> jobs released
-_RELEASE = """
-local n = 0
-for i = 2, #ARGV do
-  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[1] then
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    redis.call('HDEL', KEYS[2], ARGV[i])
-    n = n + 1
-  end
-end
-return n
-"""
-
-# KEYS: leases, owners   ARGV: now, expiry, reaper, job  -> 1 if the expired lease is now the reaper's
-_TAKE_EXPIRED = """
-local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[4]) or '-1')
-if score < 0 or score > tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('HSET', KEYS[2], ARGV[4], ARGV[3])
-return 1
-"""
+from kandinsky_batch.keys import Keys
+from kandinsky_batch.store import scripts
 
 
 class Lease(StrEnum):
@@ -85,10 +31,10 @@ class LeaseStore:
         self.redis = client
         self.keys = keys
         self.ttl_s = ttl_s
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-        self._take = client.register_script(_TAKE_EXPIRED)
+        self._acquire = client.register_script(scripts.lua("lease_acquire"))
+        self._renew = client.register_script(scripts.lua("lease_renew"))
+        self._release = client.register_script(scripts.lua("lease_release"))
+        self._take = client.register_script(scripts.lua("lease_take_expired"))
 
     def _expiry(self) -> float:
         return time.time() + self.ttl_s

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-from producer.keys import LOW_PRIORITY_STEP, PRIORITY_SEP, TASK_NAME
-from producer.schema import Mode, Priority
-from producer.settings import Settings
+from kandinsky_batch.keys import LOW_PRIORITY_STEP, PRIORITY_SEP, TASK_NAME
+from kandinsky_batch.schema import Mode, Priority
+from kandinsky_batch.settings import Settings
 
 
 def make_celery(settings: Settings) -> Celery:

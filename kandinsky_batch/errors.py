@@ -1,0 +1,101 @@
+"""The error tree. Every error carries a short machine `code` stored with the job.
+
+KandinskyBatchError
+├── PermanentError            never retried: the job fails at once
+│   ├── InvalidSpec           invalid_spec        bad field, unknown field, wrong mode inputs
+│   ├── BadMessage            bad_message         a queue message that is not our format
+│   ├── UnsupportedMode       unsupported_mode    mode not served by this worker
+│   ├── BadInput              bad_input           unreadable / too large / forbidden input image
+│   ├── OutOfMemory           out_of_memory       still OOM with a batch of one image
+│   └── AttemptsExhausted     attempts_exhausted  the job kept killing workers
+├── TransientError            retried with backoff up to a limit
+│   └── StorageUnavailable    storage_unavailable
+└── NotFound                  not_found           unknown job or batch id (producer side)
+
+ControlFlow                   not errors: how the engine tells the task what to do next
+├── HandBack                  the worker is stopping: these jobs go back to the queue
+├── RetryLater                storage is down: these jobs (back in `queued`) go out again later
+└── Canceled                  every job of the running micro-batch was canceled: stop between steps
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KandinskyBatchError(Exception):
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class PermanentError(KandinskyBatchError):
+    code = "permanent_error"
+
+
+class InvalidSpec(PermanentError):
+    code = "invalid_spec"
+
+
+class BadMessage(PermanentError):
+    code = "bad_message"
+
+
+class UnsupportedMode(PermanentError):
+    code = "unsupported_mode"
+
+
+class BadInput(PermanentError):
+    code = "bad_input"
+
+
+class OutOfMemory(PermanentError):
+    code = "out_of_memory"
+
+
+class AttemptsExhausted(PermanentError):
+    code = "attempts_exhausted"
+
+
+class TransientError(KandinskyBatchError):
+    code = "transient_error"
+
+
+class StorageUnavailable(TransientError):
+    code = "storage_unavailable"
+
+
+class NotFound(KandinskyBatchError):
+    code = "not_found"
+
+
+class ControlFlow(Exception):
+    """Raised by the engine, caught by the task."""
+
+
+class HandBack(ControlFlow):
+    """The worker is stopping and its grace period is over: these jobs go back to the queue."""
+
+    def __init__(self, jobs: list[Any] | None = None) -> None:
+        super().__init__("shutting down")
+        self.jobs: list[Any] = jobs or []
+
+
+class RetryLater(ControlFlow):
+    """Storage is down: these jobs (already handed back to `queued`) should run again later."""
+
+    def __init__(self, jobs: list[Any], cause: StorageUnavailable) -> None:
+        super().__init__(cause.message)
+        self.jobs: list[Any] = jobs
+        self.cause = cause
+
+
+class Canceled(ControlFlow):
+    """Every job of the running micro-batch was canceled: stop between steps."""
+
+
+def compute_backoff(attempt: int, base_s: float, max_s: float) -> float:
+    """Exponential backoff for retry `attempt` (1-based), capped at `max_s`."""
+    return float(min(max_s, base_s * 2 ** max(0, attempt - 1)))

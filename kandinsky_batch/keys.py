@@ -1,0 +1,160 @@
+"""Every Redis key, hash field and Celery name, defined once for producers, workers and the Lua.
+
+Job ids derive from their batch (`{batch_id}-{index}`), so a batch's jobs can be listed from its
+total alone and a job's batch is read from its id: `JobRef` is that pair, parsed once.
+The Lua scripts get the field names from here too (`lua_prelude`), so a rename is one line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+TASK_NAME = "kandinsky_batch.run_jobs"
+MESSAGE_VERSION = 1
+MAX_INDEX = 10**9 - 1  # a job's index in its batch (a billion lines is past any real batch)
+# What submit makes (hex digests, uuids) and what an open-format sender may add: never a path.
+BATCH_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+# Priorities ride on kombu's Redis priority lists: a queue's normal messages are the list named
+# after it, its low-priority ones the list `{queue}:9`. Workers pop every normal list before
+# any low one, so a big low-priority dataset never delays jobs sent at the normal priority.
+PRIORITY_SEP = ":"
+LOW_PRIORITY_STEP = 9
+EVENTS_MAX = 100_000  # entries kept in the event stream (approximate trim)
+DEAD_LETTERS_MAX = 100_000
+
+
+class JobField(StrEnum):
+    """Fields of a job's hash (`{prefix}:job:{job_id}`)."""
+
+    STATE = "st"
+    SEED = "sd"
+    CREATED = "ct"
+    ATTEMPTS = "a"  # starts, bumped by each `running`
+    CRASHES = "cr"  # times its worker died while it ran
+    RETRIES = "rt"  # hand-backs for transient errors (storage down)
+    PRIORITY = "pr"  # 'low', or absent for normal
+    WORKER = "w"
+    STARTED = "t0"
+    FINISHED = "t1"
+    STEP = "ps"
+    TOTAL_STEPS = "pt"
+    SPEC = "sp"  # wire form, from its first start on
+    OUTPUTS = "o"  # JSON list of URIs
+    METADATA = "m"
+    ERROR_CODE = "ec"
+    ERROR_MESSAGE = "em"
+
+
+class EventField(StrEnum):
+    """Fields of one event-stream entry."""
+
+    JOB = "job"
+    STATE = "state"
+
+
+class BatchField(StrEnum):
+    """Fields of a batch's hash (`{prefix}:batch:{batch_id}`) besides one counter per state."""
+
+    TOTAL = "total"
+    SPAN = "span"  # one past the highest index recorded: how many record shards there are
+    CREATED = "ct"
+    FINISHED = "ft"
+    MANIFEST = "mf"
+
+
+def is_batch_id(value: object) -> bool:
+    return isinstance(value, str) and BATCH_ID.match(value) is not None
+
+
+def is_index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INDEX
+
+
+@dataclass(frozen=True, order=True)
+class JobRef:
+    """One job: its batch and its index in it. `str(ref)` is the job id."""
+
+    batch_id: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.batch_id}-{self.index}"
+
+    @property
+    def id(self) -> str:
+        return str(self)
+
+    @classmethod
+    def parse(cls, job: str) -> JobRef | None:
+        """The ref of a job id, or None if it is not one."""
+        batch, sep, index = job.rpartition("-")
+        if not sep or not batch or not index.isdigit():
+            return None
+        return cls(batch, int(index))
+
+
+def queue_lists(queue: str) -> list[str]:
+    """The Redis lists behind one Celery queue, normal priority first (what KEDA and backpressure count)."""
+    return [queue, f"{queue}{PRIORITY_SEP}{LOW_PRIORITY_STEP}"]
+
+
+def job_id(batch_id: str, index: int) -> str:
+    return str(JobRef(batch_id, index))
+
+
+class Keys:
+    """Redis key names under one prefix (so tests and tenants can share a Redis)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def job(self, job: str | JobRef) -> str:
+        return f"{self.prefix}:job:{job}"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def records_prefix(self, batch_id: str) -> str:
+        return f"{self.prefix}:rec:{batch_id}:"
+
+    def records(self, batch_id: str, shard: int) -> str:
+        """String of packed records of the batch's not-yet-received jobs (store/records.py)."""
+        return f"{self.records_prefix(batch_id)}{shard}"
+
+    def leases(self) -> str:
+        """Sorted set: job id -> lease expiry (unix time)."""
+        return f"{self.prefix}:leases"
+
+    def owners(self) -> str:
+        """Hash: job id -> the worker holding its lease."""
+        return f"{self.prefix}:owners"
+
+    def events(self) -> str:
+        """Stream of status changes: `job`, `state` per entry."""
+        return f"{self.prefix}:events"
+
+    def worker(self, name: str) -> str:
+        """A worker's heartbeat: JSON of its modes and loads, expiring unless renewed."""
+        return f"{self.prefix}:worker:{name}"
+
+    def dead_letters(self) -> str:
+        """List of job ids that failed as attempts_exhausted, newest first."""
+        return f"{self.prefix}:dead"
+
+    def delayed(self) -> str:
+        """Sorted set: queue message (JSON of list and envelope) -> when it is due (unix time)."""
+        return f"{self.prefix}:delayed"
+
+
+def lua_prelude() -> str:
+    """The field names as Lua tables `F` (job), `B` (batch) and `E` (event), for every script."""
+    job = ", ".join(f"{f.name.lower()} = '{f.value}'" for f in JobField)
+    batch = ", ".join(f"{f.name.lower()} = '{f.value}'" for f in BatchField)
+    event = ", ".join(f"{f.name.lower()} = '{f.value}'" for f in EventField)
+    return (
+        f"local F = {{{job}}}\nlocal B = {{{batch}}}\nlocal E = {{{event}}}\n"
+        f"local EVENTS_MAX = {EVENTS_MAX}\n"
+    )

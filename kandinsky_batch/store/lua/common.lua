@@ -1,0 +1,104 @@
+-- Helpers and the record layout's constants, prepended to every status script.
+-- The __NAME__ tokens are filled in from kandinsky_batch/store/records.py at load time.
+local SHARD, REC = __SHARD__, __REC__
+local EXISTS, RECEIVED, LOW = __EXISTS__, __RECEIVED__, __LOW__
+
+local function each_shard(batch, rec_prefix, command, arg)
+  local span = tonumber(redis.call('HGET', batch, B.span) or '0')
+  for s = 0, math.floor((span - 1) / SHARD) do
+    if arg then redis.call(command, rec_prefix .. s, arg) else redis.call(command, rec_prefix .. s) end
+  end
+end
+
+-- flags, seed, created of the record at `index`, or nil for none
+local function read_record(rec, index)
+  local at = (index % SHARD) * REC
+  local raw = redis.call('GETRANGE', rec, at, at + REC - 1)
+  if #raw < REC or string.byte(raw, 1) == 0 then return nil end
+  return struct.unpack('>BI4I4', raw)
+end
+
+local function mark_received(rec, index, flags)
+  redis.call('SETRANGE', rec, (index % SHARD) * REC, string.char(bit.bor(flags, RECEIVED)))
+end
+
+-- count `fresh` new jobs into the batch, move its span, reopen it if it had finished
+local function add_fresh(batch, fresh, span, now, rec_prefix)
+  if fresh > 0 then
+    redis.call('HINCRBY', batch, B.total, fresh)
+    redis.call('HINCRBY', batch, 'queued', fresh)
+  end
+  if span > tonumber(redis.call('HGET', batch, B.span) or '0') then redis.call('HSET', batch, B.span, span) end
+  redis.call('HSETNX', batch, B.created, now)
+  if fresh > 0 and redis.call('HEXISTS', batch, B.finished) == 1 then
+    redis.call('HDEL', batch, B.finished)
+    redis.call('PERSIST', batch)
+    each_shard(batch, rec_prefix, 'PERSIST')
+  end
+end
+
+local TERMINAL = {succeeded = true, failed = true, canceled = true}
+
+-- Move one job to state `to` if it is in one of `allowed` (a comma list), keeping its batch's
+-- counters equal to its jobs' states; the one place a job changes state.
+-- k: {job, batch, events, leases, owners, rec}; a: {job_id, index, rec_prefix, to, allowed, now,
+-- ttl, fence, bump, deletes, sets}. `fence`, if not '', is the worker that must hold the job's
+-- live lease. Returns {'ok', previous, finished} | {'refused', current} | {'fenced', current} |
+-- {'missing', ''}; finished is 1 when this move completed the batch. Any state but `running`
+-- drops the job's lease. A job known only by its record is queued: its hash is made first.
+local function move(k, a)
+  local cur = redis.call('HGET', k.job, F.state)
+  local flags, seed, created
+  if not cur then
+    flags, seed, created = read_record(k.rec, a.index)
+    if not flags or bit.band(flags, RECEIVED) ~= 0 then return {'missing', ''} end
+    cur = 'queued'
+  end
+  local allowed = false
+  for s in string.gmatch(a.allowed, '[^,]+') do if s == cur then allowed = true end end
+  if not allowed then return {'refused', cur} end
+  if a.fence ~= '' then
+    local score = tonumber(redis.call('ZSCORE', k.leases, a.job_id) or '-1')
+    if redis.call('HGET', k.owners, a.job_id) ~= a.fence or score <= tonumber(a.now) then
+      return {'fenced', cur}
+    end
+  end
+  if flags then
+    redis.call('HSET', k.job, F.seed, seed, F.created, created)
+    if bit.band(flags, LOW) ~= 0 then redis.call('HSET', k.job, F.priority, 'low') end
+    mark_received(k.rec, a.index, flags)
+  end
+  local to, finished = a.to, 0
+  redis.call('HSET', k.job, F.state, to)
+  for _, field in ipairs(a.deletes) do redis.call('HDEL', k.job, field) end
+  for i = 1, #a.sets, 2 do redis.call('HSET', k.job, a.sets[i], a.sets[i + 1]) end
+  if a.bump ~= '' then redis.call('HINCRBY', k.job, a.bump, 1) end
+  if cur ~= to then
+    redis.call('HINCRBY', k.batch, cur, -1)
+    redis.call('HINCRBY', k.batch, to, 1)
+  end
+  if TERMINAL[to] then
+    redis.call('EXPIRE', k.job, a.ttl)
+    local b = redis.call('HMGET', k.batch, B.total, 'succeeded', 'failed', 'canceled', B.finished)
+    local done = (tonumber(b[2]) or 0) + (tonumber(b[3]) or 0) + (tonumber(b[4]) or 0)
+    if not b[5] and done == (tonumber(b[1]) or -1) then
+      redis.call('HSET', k.batch, B.finished, a.now)
+      redis.call('EXPIRE', k.batch, a.ttl)
+      each_shard(k.batch, a.rec_prefix, 'EXPIRE', a.ttl)
+      finished = 1
+    end
+  else
+    redis.call('PERSIST', k.job)
+    if redis.call('HEXISTS', k.batch, B.finished) == 1 then
+      redis.call('HDEL', k.batch, B.finished)
+      redis.call('PERSIST', k.batch)
+      each_shard(k.batch, a.rec_prefix, 'PERSIST')
+    end
+  end
+  if to ~= 'running' then
+    redis.call('ZREM', k.leases, a.job_id)
+    redis.call('HDEL', k.owners, a.job_id)
+  end
+  redis.call('XADD', k.events, 'MAXLEN', '~', EVENTS_MAX, '*', E.job, a.job_id, E.state, to)
+  return {'ok', cur, finished}
+end

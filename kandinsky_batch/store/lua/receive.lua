@@ -1,0 +1,36 @@
+-- KEYS: batch, then per job: its hash, its record shard
+-- ARGV: now, now_s, rec_prefix, low (0|1), then per job: index, seed
+-- A worker received a message: each job gets its hash (from its record, or new for an
+-- open-format message), so leases can keep its spec. Returns per job {flag, seed}:
+-- 0 = first seen here, 1 = known, 2 = finished and expired (only its record is left: not run again).
+local batch, now, now_s, rec_prefix = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local low = tonumber(ARGV[4])
+local out, fresh, span = {}, 0, 0
+for j = 0, (#KEYS - 1) / 2 - 1 do
+  local job, rec = KEYS[2 + 2 * j], KEYS[3 + 2 * j]
+  local index, seed = tonumber(ARGV[5 + 2 * j]), tonumber(ARGV[6 + 2 * j])
+  local sd = redis.call('HGET', job, F.seed)
+  if sd then
+    out[j + 1] = {1, tonumber(sd)}
+  else
+    local flags, stored, created = read_record(rec, index)
+    if not flags then
+      redis.call('HSET', job, F.state, 'queued', F.seed, seed, F.created, now)
+      if low == 1 then redis.call('HSET', job, F.priority, 'low') end
+      local f = EXISTS + RECEIVED + (low == 1 and LOW or 0)
+      redis.call('SETRANGE', rec, (index % SHARD) * REC, struct.pack('>BI4I4', f, seed, now_s))
+      fresh = fresh + 1
+      if index + 1 > span then span = index + 1 end
+      out[j + 1] = {0, seed}
+    elseif bit.band(flags, RECEIVED) ~= 0 then
+      out[j + 1] = {2, stored}
+    else
+      redis.call('HSET', job, F.state, 'queued', F.seed, stored, F.created, created)
+      if bit.band(flags, LOW) ~= 0 then redis.call('HSET', job, F.priority, 'low') end
+      mark_received(rec, index, flags)
+      out[j + 1] = {1, stored}
+    end
+  end
+end
+add_fresh(batch, fresh, span, now, rec_prefix)
+return out

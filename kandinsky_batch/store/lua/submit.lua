@@ -1,0 +1,55 @@
+-- KEYS: batch, record shard, [list to push onto, other lists of the queue (to measure)]
+-- ARGV: now, now_s, rec_prefix, flags, jobs (big-endian u32 index + u32 seed each, indices
+--       ascending, all in this shard), envelope ('' to push nothing)
+-- If every job is new: writes their records, pushes the envelope, returns {1, '', queue length}.
+-- Otherwise changes nothing and returns {0, the jobs' records (9 zero bytes = new), 0}: the
+-- caller sends the new ones again in a message of their own.
+local batch, rec = KEYS[1], KEYS[2]
+local now, now_s, rec_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local flags, jobs, envelope = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local n = #jobs / 8
+local index, seed = {}, {}
+for j = 1, n do index[j], seed[j] = struct.unpack('>I4I4', jobs, 8 * j - 7) end
+local lo, hi = index[1], index[n]
+local first, width = (lo % SHARD) * REC, (hi - lo + 1) * REC
+-- A chunk of consecutive lines is read and written as one range; a sparse one record by record.
+local dense = hi - lo + 1 <= 8 * n
+local block = dense and redis.call('GETRANGE', rec, first, first + width - 1) or nil
+local old, fresh = {}, 0
+for j = 1, n do
+  local raw
+  if dense then
+    local at = (index[j] - lo) * REC + 1
+    raw = string.sub(block, at, at + REC - 1)
+  else
+    local at = (index[j] % SHARD) * REC
+    raw = redis.call('GETRANGE', rec, at, at + REC - 1)
+  end
+  if #raw == REC and string.byte(raw, 1) ~= 0 then old[j] = raw else fresh = fresh + 1 end
+end
+if fresh < n then
+  local out = {}
+  for j = 1, n do out[j] = old[j] or string.rep('\0', REC) end
+  return {0, table.concat(out), 0}
+end
+local record = {}
+for j = 1, n do record[j] = struct.pack('>BI4I4', flags, seed[j], now_s) end
+if dense then
+  if #block < width then block = block .. string.rep('\0', width - #block) end
+  local pieces, pos = {}, 1
+  for j = 1, n do
+    local at = (index[j] - lo) * REC + 1
+    pieces[#pieces + 1] = string.sub(block, pos, at - 1)
+    pieces[#pieces + 1] = record[j]
+    pos = at + REC
+  end
+  pieces[#pieces + 1] = string.sub(block, pos)
+  redis.call('SETRANGE', rec, first, table.concat(pieces))
+else
+  for j = 1, n do redis.call('SETRANGE', rec, (index[j] % SHARD) * REC, record[j]) end
+end
+add_fresh(batch, n, hi + 1, now, rec_prefix)
+if envelope ~= '' then redis.call('LPUSH', KEYS[3], envelope) end
+local length = 0
+for i = 3, #KEYS do length = length + redis.call('LLEN', KEYS[i]) end
+return {1, '', length}

@@ -1,0 +1,213 @@
+"""Reading status from Redis: jobs (hash or record), batches, the event stream, dead letters, workers.
+
+Reads never change anything, so they live apart from the writes (store/status.py). A job that
+no worker has received yet is a 9-byte record (store/records.py), not a hash.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis
+
+from kandinsky_batch.errors import NotFound
+from kandinsky_batch.keys import BatchField, EventField, JobField, JobRef, Keys
+from kandinsky_batch.schema import (
+    BatchStatus,
+    JobError,
+    JobState,
+    JobStatus,
+    Priority,
+    Progress,
+    is_finished,
+)
+from kandinsky_batch.store import records
+
+SCAN_CHUNK = 512  # job hashes read per pipelined round trip
+SHARDS_PER_READ = 16  # record strings read per round trip (at most ~9 MiB)
+
+Read = Callable[[Any, str], Any]  # queue one read of a job hash on a pipeline
+
+
+def as_ref(job: str | JobRef) -> JobRef | None:
+    return job if isinstance(job, JobRef) else JobRef.parse(job)
+
+
+class StatusReader:
+    """Reads of job and batch status; StatusStore adds the writes."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+
+    def _record_key(self, ref: JobRef) -> str:
+        return self.keys.records(ref.batch_id, records.shard_of(ref.index))
+
+    def job(self, job: str | JobRef) -> JobStatus:
+        ref = as_ref(job)
+        if ref is not None:
+            raw, record = self._with_record(ref, lambda pipe, key: pipe.hgetall(key))
+            if raw:
+                return job_status_from_hash(ref, raw)
+            if record is not None and record.unreceived:
+                return job_status_from_record(ref, record)
+        raise NotFound(f"job {str(job)!r} not found")
+
+    def state(self, job: str | JobRef) -> JobState | None:
+        ref = as_ref(job)
+        if ref is None:
+            return None
+        raw, record = self._with_record(ref, lambda pipe, key: pipe.hget(key, JobField.STATE))
+        if raw:
+            return JobState(raw.decode())
+        return JobState.QUEUED if record is not None and record.unreceived else None
+
+    def field(self, job: str | JobRef, name: JobField) -> str | None:
+        raw = self.redis.hget(self.keys.job(job), name)
+        return raw.decode() if isinstance(raw, bytes) else None
+
+    def _with_record(self, ref: JobRef, read: Read) -> tuple[Any, records.Record | None]:
+        """A read of the job's hash and its record, in one round trip."""
+        start = records.byte_offset(ref.index)
+        pipe = self.redis.pipeline(transaction=False)
+        read(pipe, self.keys.job(ref))
+        pipe.getrange(self._record_key(ref), start, start + records.RECORD_BYTES - 1)
+        raw, packed = pipe.execute()
+        return raw, records.decode(packed)
+
+    def is_terminal(self, job: str | JobRef) -> bool:
+        state = self.state(job)
+        return state is not None and is_finished(state)
+
+    def batch(self, batch_id: str) -> BatchStatus:
+        raw: dict[bytes, bytes] = self.redis.hgetall(self.keys.batch(batch_id))  # type: ignore[assignment]
+        if not raw or BatchField.TOTAL.encode() not in raw:
+            raise NotFound(f"batch {batch_id!r} not found")
+        text = {k.decode(): v.decode() for k, v in raw.items()}
+        return BatchStatus(
+            batch_id=batch_id,
+            total=int(text[BatchField.TOTAL]),
+            counts={s: int(text.get(s.value, 0)) for s in JobState},
+            created_at=_float(text.get(BatchField.CREATED)),
+            finished_at=_float(text.get(BatchField.FINISHED)),
+            manifest=text.get(BatchField.MANIFEST),
+        )
+
+    def _chunks(self, batch_id: str, read: Read) -> Iterator[tuple[JobRef, Any, records.Record]]:
+        """`(ref, hash reply or None, record)` for every job of a batch, in index order.
+
+        The batch's record strings say which indices are jobs, so a sparse batch costs nothing for
+        its gaps; only received jobs have a hash to read, SCAN_CHUNK per pipelined round trip.
+        """
+        self.batch(batch_id)  # NotFound, never an empty answer, for an unknown batch
+        span = int(self.redis.hget(self.keys.batch(batch_id), BatchField.SPAN) or 0)
+        shards = range(records.shard_of(span - 1) + 1 if span else 0)
+        for first in range(0, len(shards), SHARDS_PER_READ):
+            group = shards[first : first + SHARDS_PER_READ]
+            pipe = self.redis.pipeline(transaction=False)
+            for shard in group:
+                pipe.get(self.keys.records(batch_id, shard))
+            for shard, packed in zip(group, pipe.execute(), strict=True):
+                found = records.decode_all(packed or b"", shard * records.SHARD_JOBS)
+                for start in range(0, len(found), SCAN_CHUNK):
+                    yield from self._with_hashes(batch_id, found[start : start + SCAN_CHUNK], read)
+
+    def _with_hashes(
+        self, batch_id: str, found: list[tuple[int, records.Record]], read: Read
+    ) -> Iterator[tuple[JobRef, Any, records.Record]]:
+        received = [JobRef(batch_id, index) for index, record in found if not record.unreceived]
+        pipe = self.redis.pipeline(transaction=False)
+        for ref in received:
+            read(pipe, self.keys.job(ref))
+        replies = dict(zip(received, pipe.execute() if received else [], strict=True))
+        for index, record in found:
+            ref = JobRef(batch_id, index)
+            yield ref, replies.get(ref), record
+
+    def jobs(self, batch_id: str) -> Iterator[JobStatus]:
+        """Every job of a batch in index order (expired or never-used indices left out)."""
+        for ref, raw, record in self._chunks(batch_id, lambda pipe, key: pipe.hgetall(key)):
+            if raw:
+                yield job_status_from_hash(ref, raw)
+            elif record.unreceived:
+                yield job_status_from_record(ref, record)
+
+    def job_states(self, batch_id: str) -> Iterator[tuple[JobRef, JobState]]:
+        """`(ref, state)` for every job of a batch, cheaper than `jobs`."""
+        for ref, raw, record in self._chunks(batch_id, lambda pipe, key: pipe.hget(key, JobField.STATE)):
+            if raw:
+                yield ref, JobState(raw.decode())
+            elif record.unreceived:
+                yield ref, JobState.QUEUED
+
+    def outputs_of(self, jobs: list[str]) -> list[list[str]]:
+        """Each job's output URIs, in one round trip (empty for a job with none)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job in jobs:
+            pipe.hget(self.keys.job(job), JobField.OUTPUTS)
+        return [json.loads(raw) if raw else [] for raw in pipe.execute()]
+
+    # -- the event stream, dead letters, workers --------------------------------------
+
+    def last_event_id(self) -> bytes | str:
+        last: Any = self.redis.xrevrange(self.keys.events(), count=1)
+        return last[0][0] if last else "0-0"
+
+    def events_after(self, last_id: bytes | str, count: int) -> list[tuple[bytes, str, JobState]]:
+        """Up to `count` status changes after `last_id`: (entry id, job id, new state)."""
+        answer: Any = self.redis.xread({self.keys.events(): last_id}, count=count)
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = answer[0][1] if answer else []
+        job, state = EventField.JOB.encode(), EventField.STATE.encode()
+        return [(eid, f[job].decode(), JobState(f[state].decode())) for eid, f in entries]
+
+    def dead_letters(self, limit: int) -> list[str]:
+        """Ids of jobs that failed as attempts_exhausted, newest first."""
+        raw: Any = self.redis.lrange(self.keys.dead_letters(), 0, max(0, limit - 1))
+        return [j.decode() for j in raw]
+
+    def worker_info(self, name: str) -> dict[str, Any] | None:
+        """What a worker's last heartbeat said, or None once it has expired."""
+        raw: Any = self.redis.get(self.keys.worker(name))
+        return json.loads(raw) if raw else None
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+def job_status_from_hash(ref: JobRef, raw: dict[bytes, bytes]) -> JobStatus:
+    f = {k.decode(): v.decode() for k, v in raw.items()}
+    error = None
+    if JobField.ERROR_CODE in f:
+        error = JobError(code=f[JobField.ERROR_CODE], message=f.get(JobField.ERROR_MESSAGE, ""))
+    return JobStatus(
+        job_id=ref.id,
+        batch_id=ref.batch_id,
+        state=JobState(f[JobField.STATE]),
+        attempts=int(f.get(JobField.ATTEMPTS, 0)),
+        seed=int(f[JobField.SEED]) if f.get(JobField.SEED) else None,
+        created_at=_float(f.get(JobField.CREATED)),
+        started_at=_float(f.get(JobField.STARTED)),
+        finished_at=_float(f.get(JobField.FINISHED)),
+        progress=Progress(step=int(f.get(JobField.STEP, 0)), total=int(f.get(JobField.TOTAL_STEPS, 0))),
+        worker=f.get(JobField.WORKER),
+        outputs=json.loads(f[JobField.OUTPUTS]) if JobField.OUTPUTS in f else [],
+        metadata=f.get(JobField.METADATA),
+        error=error,
+        spec=json.loads(f[JobField.SPEC]) if JobField.SPEC in f else None,
+        priority=Priority(f.get(JobField.PRIORITY, Priority.NORMAL.value)),
+    )
+
+
+def job_status_from_record(ref: JobRef, record: records.Record) -> JobStatus:
+    """A queued job that no worker has received yet."""
+    return JobStatus(
+        job_id=ref.id,
+        batch_id=ref.batch_id,
+        state=JobState.QUEUED,
+        seed=record.seed,
+        created_at=float(record.created),
+        priority=Priority.LOW if record.flags & records.LOW else Priority.NORMAL,
+    )

@@ -1,0 +1,367 @@
+"""Job and batch status in Redis, changed only here, by atomic Lua scripts (store/lua/).
+
+A batch hash holds one counter per state; every job transition moves one unit between two
+counters in the same script that changes the job, so the counters always equal the sum of the
+jobs' states and `status BATCH` is one read. A job that no worker has received yet is a 9-byte
+record (store/records.py), not a hash: that keeps a queued prompt cheap in Redis memory and in
+submit time. Queue pushes, delayed re-sends, dead letters, crash counts and heartbeats are
+written here too, so the schema has one writer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any
+
+import redis
+
+from kandinsky_batch.errors import AttemptsExhausted
+from kandinsky_batch.keys import DEAD_LETTERS_MAX, BatchField, JobField, JobRef, Keys
+from kandinsky_batch.schema import JobState, Priority
+from kandinsky_batch.store import records, scripts
+from kandinsky_batch.store.reads import SCAN_CHUNK, StatusReader, as_ref
+
+__all__ = ["SCAN_CHUNK", "Chunk", "Created", "Pushed", "Recovered", "StatusStore"]
+
+RELEASE_PER_PASS = 1000  # delayed messages pushed per script call
+
+
+class Created(IntEnum):
+    NEW = 0
+    EXISTS = 1
+    GONE = 2  # finished and expired: only its record is left, it is not run again
+
+
+class Recovered(StrEnum):
+    QUEUED = "queued"  # handed back: it runs again
+    FAILED = "failed"  # attempts exhausted: a dead letter now
+    REFUSED = "refused"  # it was not running (someone else moved it first)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Jobs to record, and the message that carries them (pushed onto `lists[0]`)."""
+
+    batch_id: str
+    jobs: Sequence[tuple[int, int]]  # (index, seed), ascending, all in one record shard
+    priority: Priority
+    envelope: str = ""  # nothing is pushed when empty
+    lists: Sequence[str] = ()  # the queue's lists: `Pushed.queue_length` sums them
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """What `StatusStore.submit` did with one chunk."""
+
+    sent: bool  # every job was new: recorded, and the message pushed
+    created: list[Created]  # per job (all NEW when sent)
+    queue_length: int  # messages waiting on the queue's lists after the push
+
+
+class StatusStore(StatusReader):
+    """Reads and changes job/batch status. Shared by the producer and the worker."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: int) -> None:
+        super().__init__(client, keys)
+        self.ttl_s = ttl_s
+        # Called with the batch id by whichever transition finishes a batch (writes its manifest).
+        self.on_batch_done: Callable[[str], None] | None = None
+        self._submit = client.register_script(scripts.lua("submit"))
+        self._receive = client.register_script(scripts.lua("receive"))
+        self._transition = client.register_script(scripts.lua("transition"))
+        self._recover = client.register_script(scripts.lua("recover"))
+        self._release_due = client.register_script(scripts.lua("release_due"))
+
+    # -- queues ----------------------------------------------------------------------
+
+    def submit(self, chunks: Sequence[Chunk]) -> list[Pushed]:
+        """Record each chunk's jobs as queued and push its message, atomically per chunk.
+
+        A chunk goes only if every job in it is new; otherwise it changes nothing and its
+        `created` says which are new, so the caller can send those in a message of their own.
+        All chunks go in one pipelined round trip.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for chunk in chunks:
+            jobs = chunk.jobs
+            indices = [index for index, _ in jobs]
+            if indices != sorted(set(indices)) or records.shard_of(indices[0]) != records.shard_of(
+                indices[-1]
+            ):
+                raise ValueError("a chunk's indices must be distinct, ascending and in one shard")
+            keys = [
+                self.keys.batch(chunk.batch_id),
+                self._record_key(JobRef(chunk.batch_id, jobs[0][0])),
+                *chunk.lists,
+            ]
+            flags = records.EXISTS | (records.LOW if chunk.priority is Priority.LOW else 0)
+            packed = b"".join(i.to_bytes(4, "big") + seed.to_bytes(4, "big") for i, seed in jobs)
+            args: list[Any] = [
+                _now(),
+                int(time.time()),
+                self.keys.records_prefix(chunk.batch_id),
+                flags,
+                packed,
+                chunk.envelope,
+            ]
+            self._submit(keys=keys, args=args, client=pipe)
+        pushed = []
+        for chunk, (sent, found, length) in zip(chunks, pipe.execute(), strict=True):
+            if sent:
+                pushed.append(Pushed(True, [Created.NEW] * len(chunk.jobs), int(length)))
+            else:
+                decoded = [records.decode(found, n * records.RECORD_BYTES) for n in range(len(chunk.jobs))]
+                pushed.append(
+                    Pushed(False, [Created.NEW if r is None else Created.EXISTS for r in decoded], 0)
+                )
+        return pushed
+
+    def create_jobs(
+        self, batch_id: str, jobs: Sequence[tuple[int, int]], priority: Priority = Priority.NORMAL
+    ) -> list[Created]:
+        """Record `(index, seed)` jobs as queued with no message (tests, benchmarks, tools)."""
+        created: list[Created] = []
+        for shard_jobs in records.by_shard(jobs):
+            [first] = self.submit([Chunk(batch_id, shard_jobs, priority)])
+            created += first.created
+            new = [job for job, flag in zip(shard_jobs, first.created, strict=True) if flag is Created.NEW]
+            if not first.sent and new:
+                self.submit([Chunk(batch_id, new, priority)])
+        return created
+
+    def push(self, queue_list: str, envelope: str, delay_s: float = 0.0) -> None:
+        """Put a message for jobs already recorded on a queue list, now or after `delay_s`.
+
+        A delayed message waits in a sorted set that every worker's reaper drains
+        (`release_due`), so it survives the worker that delayed it.
+        """
+        if delay_s <= 0:
+            self.redis.lpush(queue_list, envelope)
+            return
+        member = json.dumps([queue_list, envelope], separators=(",", ":"))
+        self.redis.zadd(self.keys.delayed(), {member: time.time() + delay_s})
+
+    def release_due(self) -> int:
+        """Push every delayed message that is due onto its list; how many went."""
+        released = 0
+        while True:
+            n = int(self._release_due(keys=[self.keys.delayed()], args=[time.time(), RELEASE_PER_PASS]))
+            released += n
+            if n < RELEASE_PER_PASS:
+                return released
+
+    def queue_length(self, lists: Sequence[str]) -> int:
+        """Messages waiting on a queue's lists (both priorities), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in lists:
+            pipe.llen(name)
+        return sum(pipe.execute())
+
+    # -- worker side -----------------------------------------------------------------
+
+    def receive(
+        self, batch_id: str, jobs: Sequence[tuple[int, int]], priority: Priority = Priority.NORMAL
+    ) -> list[tuple[Created, int]]:
+        """A worker read these `(index, seed)` jobs from a message: give each its hash.
+
+        Jobs the producer never recorded (open-format messages) are created here. Per job:
+        NEW, EXISTS or GONE (finished and expired), and its stored seed.
+        """
+        if not jobs:
+            return []
+        keys = [self.keys.batch(batch_id)]
+        args: list[Any] = [
+            _now(),
+            int(time.time()),
+            self.keys.records_prefix(batch_id),
+            int(priority is Priority.LOW),
+        ]
+        for index, seed in jobs:
+            ref = JobRef(batch_id, index)
+            keys += [self.keys.job(ref), self._record_key(ref)]
+            args += [index, seed]
+        return [(Created(int(flag)), int(seed)) for flag, seed in self._receive(keys=keys, args=args)]
+
+    def heartbeat(self, worker: str, info: dict[str, Any], ttl_s: int) -> None:
+        """Show a worker alive (and what it serves) for `ttl_s` seconds."""
+        self.redis.set(self.keys.worker(worker), json.dumps(info), ex=ttl_s)
+
+    def set_manifest(self, batch_id: str, uri: str) -> None:
+        self.redis.hset(self.keys.batch(batch_id), BatchField.MANIFEST, uri)
+
+    # -- transitions -----------------------------------------------------------------
+
+    def _job_keys(self, ref: JobRef) -> list[str]:
+        return [
+            self.keys.job(ref),
+            self.keys.batch(ref.batch_id),
+            self.keys.events(),
+            self.keys.leases(),
+            self.keys.owners(),
+            self._record_key(ref),
+        ]
+
+    def _transition_call(
+        self,
+        ref: JobRef,
+        to: JobState,
+        allowed_from: Iterable[JobState],
+        fields: Mapping[str, Any] | None,
+        bump: JobField | None,
+        delete: Sequence[str],
+        fence: str,
+    ) -> tuple[list[str], list[Any]]:
+        args: list[Any] = [
+            to.value,
+            ",".join(s.value for s in allowed_from),
+            _now(),
+            self.ttl_s,
+            bump or "",
+            ref.id,
+            ref.index,
+            self.keys.records_prefix(ref.batch_id),
+            fence,
+            len(delete),
+            *delete,
+        ]
+        for name, value in (fields or {}).items():
+            args += [name, value]
+        return self._job_keys(ref), args
+
+    def _outcome(self, batch_id: str, reply: list[Any]) -> tuple[bool, JobState | None]:
+        outcome, state, *finished = reply
+        if outcome == b"missing":
+            return False, None
+        if finished and finished[0] == 1 and self.on_batch_done is not None:
+            self.on_batch_done(batch_id)
+        return outcome == b"ok", JobState(state.decode())
+
+    def transition(
+        self,
+        job: str | JobRef,
+        to: JobState,
+        allowed_from: Iterable[JobState],
+        fields: Mapping[str, Any] | None = None,
+        bump: JobField | None = None,
+        delete: Sequence[str] = (),
+        fence: str = "",
+    ) -> tuple[bool, JobState | None]:
+        """Move a job to `to` if it is in one of `allowed_from`, set `fields`, drop `delete`.
+
+        With `fence`, only while that worker holds the job's live lease. Returns (moved, state
+        before the call); state is None for an unknown job.
+        """
+        ref = as_ref(job)
+        if ref is None:
+            return False, None
+        keys, args = self._transition_call(ref, to, allowed_from, fields, bump, delete, fence)
+        return self._outcome(ref.batch_id, self._transition(keys=keys, args=args))
+
+    def start(
+        self, job: str | JobRef, worker: str, total_steps: int, spec: dict[str, Any]
+    ) -> tuple[bool, JobState | None]:
+        """Claim a queued job (or one redelivered while marked running) for `worker`.
+
+        The spec (wire form) is kept with the job from here on, for manifests and retries.
+        """
+        fields: dict[str, Any] = {
+            JobField.WORKER: worker,
+            JobField.STARTED: _now(),
+            JobField.STEP: 0,
+            JobField.TOTAL_STEPS: total_steps,
+            JobField.SPEC: json.dumps(spec),
+        }
+        allowed = (JobState.QUEUED, JobState.RUNNING)
+        return self.transition(job, JobState.RUNNING, allowed, fields, bump=JobField.ATTEMPTS)
+
+    def succeed(self, job: str | JobRef, outputs: list[str], metadata: str) -> bool:
+        fields: dict[str, Any] = {
+            JobField.OUTPUTS: json.dumps(outputs),
+            JobField.METADATA: metadata,
+            JobField.FINISHED: _now(),
+        }
+        moved, _ = self.transition(job, JobState.SUCCEEDED, (JobState.RUNNING,), fields)
+        return moved
+
+    def fail(self, job: str | JobRef, code: str, message: str) -> bool:
+        fields: dict[str, Any] = {
+            JobField.ERROR_CODE: code,
+            JobField.ERROR_MESSAGE: message[:2000],
+            JobField.FINISHED: _now(),
+        }
+        moved, _ = self.transition(job, JobState.FAILED, (JobState.QUEUED, JobState.RUNNING), fields)
+        return moved
+
+    def requeue(self, job: str | JobRef, transient: bool = False) -> bool:
+        """A running job back to queued; `transient` counts it as a retry (storage down)."""
+        bump = JobField.RETRIES if transient else None
+        moved, _ = self.transition(job, JobState.QUEUED, (JobState.RUNNING,), bump=bump)
+        return moved
+
+    def retry(self, job: str | JobRef) -> bool:
+        """A failed job back to queued, its old error dropped in the same step."""
+        drop = (JobField.ERROR_CODE, JobField.ERROR_MESSAGE, JobField.FINISHED)
+        moved, _ = self.transition(job, JobState.QUEUED, (JobState.FAILED,), delete=drop)
+        return moved
+
+    def recover(self, job: str | JobRef, max_attempts: int) -> Recovered:
+        """A running job whose worker died: back to queued, or failed and a dead letter, in one step."""
+        ref = as_ref(job)
+        if ref is None:
+            return Recovered.REFUSED
+        err = AttemptsExhausted("its worker died during %d attempts; not retried again")
+        args: list[Any] = [
+            _now(),
+            self.ttl_s,
+            ref.id,
+            ref.index,
+            self.keys.records_prefix(ref.batch_id),
+            max_attempts,
+            DEAD_LETTERS_MAX,
+            err.code,
+            err.message,
+        ]
+        outcome, _, finished, _ = self._recover(
+            keys=[*self._job_keys(ref), self.keys.dead_letters()], args=args
+        )
+        if finished == 1 and self.on_batch_done is not None:
+            self.on_batch_done(ref.batch_id)
+        return Recovered(outcome.decode())
+
+    def cancel(self, job: str | JobRef) -> bool:
+        return self.cancel_many([job]) == 1
+
+    def cancel_many(self, jobs: Iterable[str | JobRef]) -> int:
+        """Cancel queued or running jobs, one pipelined round trip per SCAN_CHUNK; how many moved."""
+        moved = 0
+        batch: list[JobRef] = []
+        for job in jobs:
+            ref = as_ref(job)
+            if ref is not None:
+                batch.append(ref)
+            if len(batch) >= SCAN_CHUNK:
+                moved += self._cancel_pipelined(batch)
+                batch = []
+        return moved + (self._cancel_pipelined(batch) if batch else 0)
+
+    def _cancel_pipelined(self, refs: list[JobRef]) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        allowed = (JobState.QUEUED, JobState.RUNNING)
+        for ref in refs:
+            keys, args = self._transition_call(
+                ref, JobState.CANCELED, allowed, {JobField.FINISHED: _now()}, None, (), ""
+            )
+            self._transition(keys=keys, args=args, client=pipe)
+        replies = pipe.execute()
+        return sum(self._outcome(ref.batch_id, reply)[0] for ref, reply in zip(refs, replies, strict=True))
+
+    def progress(self, job: str | JobRef, step: int, total: int) -> None:
+        self.redis.hset(self.keys.job(job), mapping={JobField.STEP: step, JobField.TOTAL_STEPS: total})
+
+
+def _now() -> str:
+    return f"{time.time():.3f}"

@@ -1,0 +1,54 @@
+"""The worker's heartbeat: renews the leases of the jobs in progress and shows the worker alive.
+
+While serving (not stopping) it also touches the ready file that `worker check` reads. A task
+that overran `job_time_limit_s` is treated as hung: the heartbeat stops, so the liveness probe
+restarts the worker and the reaper hands its jobs back once their leases expire.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import redis
+
+from worker.check import HEARTBEAT_S
+
+if TYPE_CHECKING:
+    from worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.interval = min(HEARTBEAT_S, ctx.settings.lease_ttl_s / 3)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self.beat()
+        self.thread.start()
+
+    def beat(self) -> None:
+        ctx, s = self.ctx, self.ctx.settings
+        if ctx.overran():
+            log.error("the current task has run over %d s; no longer renewing its leases", s.job_time_limit_s)
+            return
+        if ctx.stopping_since is None:
+            s.ready_file.parent.mkdir(parents=True, exist_ok=True)
+            s.ready_file.write_text(json.dumps({"worker": ctx.name, "at": time.time()}))
+        info = {"modes": [m.value for m in s.modes], "at": time.time(), "loads": dict(ctx.cache.loads)}
+        try:
+            ctx.leases.renew(ctx.name, sorted(ctx.current))
+            ctx.status.heartbeat(ctx.name, info, ttl_s=int(HEARTBEAT_S * 6))
+        except redis.RedisError as exc:
+            log.warning("heartbeat to Redis failed: %s", exc)
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.interval):
+            self.beat()
