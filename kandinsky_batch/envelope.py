@@ -62,3 +62,59 @@ def task_envelope(task: str, kwargs: dict[str, Any], queue: str, priority: int, 
 
 
 _HOST = socket.gethostname()
+
+
+MAX_ENVELOPE_BYTES = 64 * 1024 * 1024  # far above a chunk of jobs with inline images
+
+
+def envelope_problem(item: object, task: str) -> str | None:
+    """Why a popped queue item is not a JSON call of `task` that a worker can run, or None.
+
+    Checked before Celery sees the item, so any bytes on a queue are dropped with one warning
+    instead of stopping the worker or making it reconnect.
+    """
+    if not isinstance(item, dict):
+        return f"not a JSON object but {type(item).__name__}"
+    body, headers, props = item.get("body"), item.get("headers"), item.get("properties")
+    if not isinstance(body, str):
+        return "no string 'body'"
+    if len(body) > MAX_ENVELOPE_BYTES:
+        return f"a body of {len(body)} bytes, over {MAX_ENVELOPE_BYTES}"
+    if item.get("content-type") != "application/json":
+        return f"content-type {item.get('content-type')!r}, not application/json"
+    if item.get("content-encoding", "utf-8") not in ("utf-8", "utf8"):
+        return f"content-encoding {item.get('content-encoding')!r}, not utf-8"
+    if not isinstance(headers, dict) or headers.get("task") != task or not isinstance(headers.get("id"), str):
+        return f"headers do not name task {task!r} with an id"
+    if not isinstance(props, dict) or not isinstance(props.get("delivery_info"), dict):
+        return "no 'properties' with a 'delivery_info' object"
+    if not isinstance(props.get("delivery_tag"), str | int) or isinstance(props.get("delivery_tag"), bool):
+        return "no delivery_tag"
+    priority = props.get("priority", 0)
+    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
+        return f"priority {priority!r} is not an integer"
+    return _body_problem(body, props.get("body_encoding"))
+
+
+def _body_problem(body: str, encoding: object) -> str | None:
+    if encoding not in ("base64", None):
+        return f"body_encoding {encoding!r}, not base64"
+    try:
+        raw = base64.b64decode(body, validate=True) if encoding == "base64" else body.encode()
+    except ValueError:
+        return "body is not valid base64"
+    try:
+        call = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "body is not UTF-8"
+    except (ValueError, RecursionError):
+        return "body is not JSON"
+    if not (
+        isinstance(call, list)
+        and len(call) == 3
+        and isinstance(call[0], list)
+        and isinstance(call[1], dict)
+        and (call[2] is None or isinstance(call[2], dict))
+    ):
+        return "body is not [args, kwargs, embed]"
+    return None

@@ -7,7 +7,8 @@ KandinskyBatchError
 │   ├── UnsupportedMode       unsupported_mode    mode not served by this worker
 │   ├── BadInput              bad_input           unreadable / too large / forbidden input image
 │   ├── OutOfMemory           out_of_memory       still OOM with a batch of one image
-│   └── AttemptsExhausted     attempts_exhausted  the job kept killing workers
+│   ├── AttemptsExhausted     attempts_exhausted  the job kept killing workers
+│   └── InternalError         internal_error      anything unexpected (a bug): the traceback is logged
 ├── TransientError            retried with backoff up to a limit
 │   └── StorageUnavailable    storage_unavailable
 └── NotFound                  not_found           unknown job or batch id (producer side)
@@ -15,7 +16,8 @@ KandinskyBatchError
 ControlFlow                   not errors: how the engine tells the task what to do next
 ├── HandBack                  the worker is stopping: these jobs go back to the queue
 ├── RetryLater                storage is down: these jobs (back in `queued`) go out again later
-└── Canceled                  every job of the running micro-batch was canceled: stop between steps
+├── Canceled                  every job of the running micro-batch was canceled: stop between steps
+└── LeaseLost                 this worker no longer holds the job's lease: stop, write nothing more
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ class AttemptsExhausted(PermanentError):
     code = "attempts_exhausted"
 
 
+class InternalError(PermanentError):
+    code = "internal_error"
+
+
 class TransientError(KandinskyBatchError):
     code = "transient_error"
 
@@ -94,6 +100,11 @@ class RetryLater(ControlFlow):
 
 class Canceled(ControlFlow):
     """Every job of the running micro-batch was canceled: stop between steps."""
+
+
+class LeaseLost(ControlFlow):
+    """This worker's lease on a job expired (it was paused, or cut off from Redis): another worker
+    may run the job now, so this one must not write anything more for it."""
 
 
 def compute_backoff(attempt: int, base_s: float, max_s: float) -> float:

@@ -144,6 +144,14 @@ class Keys:
         """List of job ids that failed as attempts_exhausted, newest first."""
         return f"{self.prefix}:dead"
 
+    def running(self) -> str:
+        """Sorted set: job id -> when it last started, for every job in state `running`.
+
+        How the reaper finds a running job that no lease covers (its worker lost it), in
+        O(running jobs), and how in-flight jobs are counted without reading every job.
+        """
+        return f"{self.prefix}:running"
+
     def delayed(self) -> str:
         """Sorted set: queue message (JSON of list and envelope) -> when it is due (unix time)."""
         return f"{self.prefix}:delayed"

@@ -44,7 +44,8 @@ TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCE
 
 Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
 Uri = Annotated[str, Field(min_length=1, max_length=MAX_URI_CHARS)]
-Side = Annotated[int, Field(ge=64, le=4096, multiple_of=64)]
+MAX_SIDE = 4096  # the most KANDINSKY_BATCH_MAX_SIDE may allow
+Side = Annotated[int, Field(ge=64, multiple_of=64)]
 Rect = tuple[int, int, int, int]
 
 
@@ -92,10 +93,10 @@ class JobSpec(BaseModel):
     @field_validator("height", "width")
     @classmethod
     def _within_max_side(cls, value: int, info: ValidationInfo) -> int:
-        # The operator's limit arrives as validation context; 4096 is the hard cap.
-        max_side = (info.context or {}).get("max_side")
-        if max_side is not None and value > max_side:
-            raise ValueError(f"must be at most {max_side} (the configured max_side)")
+        # The operator's limit arrives as validation context; without one, the most it may be.
+        max_side = (info.context or {}).get("max_side") or MAX_SIDE
+        if value > max_side:
+            raise ValueError(f"must be at most {max_side}, the maximum side (KANDINSKY_BATCH_MAX_SIDE)")
         return value
 
     @field_validator("mask")

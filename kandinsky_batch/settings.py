@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from kandinsky_batch.schema import Mode
+from kandinsky_batch.schema import MAX_SIDE, Mode
 
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-1-prior"
 DEFAULT_DECODER = "kandinsky-community/kandinsky-2-1"
@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     # What a worker serves and how it batches.
     modes: Annotated[list[Mode], NoDecode] = Field(default_factory=lambda: list(Mode))
     max_batch_size: int = Field(8, ge=1, le=64)
-    max_side: int = Field(1024, ge=64, multiple_of=64)
+    max_side: int = Field(1024, ge=64, le=MAX_SIDE, multiple_of=64)
     worker_name: str = ""
     ready_file: Path = Path("/tmp/kandinsky-batch-worker.ready")
     progress_interval_s: float = Field(0.5, ge=0)

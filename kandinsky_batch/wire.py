@@ -28,7 +28,9 @@ def format_validation_error(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "spec"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "finite_number" or _not_finite(err.get("input")):
-            msg = f"must be a finite number, not {err.get('input')!r}"
+            value = err.get("input")
+            named = "NaN" if value != value else ("infinity" if value > 0 else "minus infinity")
+            msg = f"must be a finite number, not {named}"
         parts.append(f"{where}: {msg}")
     return "; ".join(parts)
 

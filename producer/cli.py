@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+import redis
 from pydantic import ValidationError
 from rich.console import Console
 
 from kandinsky_batch.errors import KandinskyBatchError
 from kandinsky_batch.manifest import encode_line, manifest_line
+from kandinsky_batch.redis_client import describe
 from kandinsky_batch.schema import BatchStatus, JobState, Mode, Priority
 from kandinsky_batch.settings import Settings
 from producer.client import Client
@@ -349,6 +351,13 @@ def demo(ctx: click.Context, out: Path, count: int, timeout: float) -> None:
     ctx.exit(run_demo(_settings(ctx), out.resolve(), count, timeout, console))
 
 
+def _redis_url() -> str:
+    try:
+        return Settings().redis_url
+    except ValidationError:
+        return "(invalid settings)"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         rc = cli.main(args=argv, prog_name="kandinsky-batch", standalone_mode=False)
@@ -364,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         click.echo(f"error: invalid settings: {exc}", err=True)
         return 2
+    except redis.RedisError as exc:
+        click.echo(f"error: {describe(exc, _redis_url())}", err=True)
+        return 1
     return rc if isinstance(rc, int) else 0
 
 

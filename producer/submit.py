@@ -23,7 +23,7 @@ from typing import Any
 
 from kandinsky_batch.enqueue import outgoing
 from kandinsky_batch.errors import InvalidSpec
-from kandinsky_batch.keys import job_id
+from kandinsky_batch.keys import MAX_INDEX, is_index, job_id
 from kandinsky_batch.schema import MAX_SEED, JobSpec, Mode, Priority
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.store.records import by_shard
@@ -199,6 +199,9 @@ def submit_lines(
             on_line(number)
         if isinstance(item, LineError):
             result.errors.append(item)
+            continue
+        if not is_index(number - 1):
+            result.errors.append(LineError(number, f"past the last job index of a batch ({MAX_INDEX})"))
             continue
         data = {**defaults, **item} if isinstance(item, dict) else item
         try:

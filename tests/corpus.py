@@ -137,13 +137,36 @@ SUBMIT_REFUSALS = [
     ),
     refused(
         "width-over-max-side",
-        "width: must be at most 1024 (the configured max_side)",
+        "width: must be at most 1024, the maximum side (KANDINSKY_BATCH_MAX_SIDE)",
         argv=(*FOX, "--width=1088"),
     ),
     refused(
-        "height-over-hard-cap",
-        "height: Input should be less than or equal to 4096",
+        "height-far-over-max-side",
+        "height: must be at most 1024, the maximum side (KANDINSKY_BATCH_MAX_SIDE)",
         argv=(*FOX, "--height=8192"),
+    ),
+    refused(
+        "guidance-nan",
+        "guidance_scale: must be a finite number, not NaN",
+        argv=(*FOX, "--guidance-scale=nan"),
+    ),
+    refused(
+        "strength-infinite", "strength: must be a finite number, not infinity", argv=(*FOX, "--strength=inf")
+    ),
+    refused(
+        "file-prior-guidance-nan-literal",
+        "line 1: prior_guidance_scale: must be a finite number, not NaN",
+        lines=b'{"prompt": "a fox", "prior_guidance_scale": NaN}\n',
+    ),
+    refused(
+        "file-weight-minus-infinity",
+        "line 1: conditions.0.weight: must be a finite number, not minus infinity",
+        lines=b'{"mode": "interpolate", "conditions": [{"text": "a", "weight": -Infinity}, {"text": "b", "weight": 1}]}\n',
+    ),
+    refused(
+        "file-malformed-control-character",
+        "line 1: malformed JSON at column 14: Invalid control character",
+        lines=b'{"prompt": "a\x01 fox"}\n',
     ),
     refused(
         "steps-zero",

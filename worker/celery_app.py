@@ -14,6 +14,7 @@ from celery.signals import worker_ready, worker_shutting_down
 
 from kandinsky_batch.broker import make_celery
 from kandinsky_batch.keys import TASK_NAME
+from kandinsky_batch.schema import Mode
 from kandinsky_batch.settings import Settings
 from worker import guards
 from worker.context import WorkerContext, get_context, set_context
@@ -25,9 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> Celery:
-    guards.install()
+    guards.install(settings.queue_for(mode) for mode in Mode)
     app = make_celery(settings)
-    app.task(name=TASK_NAME, bind=True, Strategy="worker.guards:checked_strategy")(run_jobs)
+    app.task(name=TASK_NAME, bind=True)(run_jobs)
     return app
 
 

@@ -11,7 +11,7 @@ import time
 import redis
 
 from kandinsky_batch.errors import KandinskyBatchError
-from kandinsky_batch.redis_client import connect
+from kandinsky_batch.redis_client import connect, describe
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import open_storage
 
@@ -31,7 +31,7 @@ def problems(settings: Settings) -> list[str]:
         with connect(settings.redis_url, socket_timeout=3, retries=0) as client:
             client.ping()
     except redis.RedisError as exc:
-        found.append(f"Redis unreachable at {settings.redis_url}: {exc}")
+        found.append(describe(exc, settings.redis_url))
     try:
         open_storage(settings).check()
     except (KandinskyBatchError, ValueError, OSError) as exc:

@@ -55,6 +55,7 @@ class WorkerContext:
         engine = Engine(settings, cache, storage, status, name)
         ctx = cls(settings, name, client, keys, status, leases, storage, cache, engine)
         engine.stop_deadline = ctx.stop_deadline
+        engine.leases = leases
         status.on_batch_done = ctx.write_manifest
         return ctx
 

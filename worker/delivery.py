@@ -19,8 +19,10 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+import redis
+
 from kandinsky_batch.enqueue import enqueue
-from kandinsky_batch.errors import StorageUnavailable, compute_backoff
+from kandinsky_batch.errors import InternalError, StorageUnavailable, compute_backoff
 from kandinsky_batch.keys import JobField, JobRef
 from kandinsky_batch.schema import JobSpec, JobState
 from kandinsky_batch.store.status import Recovered
@@ -35,17 +37,27 @@ RELEASE_INTERVAL_S = 1.0  # how often the reaper pushes due delayed re-sends
 
 
 def claim(ctx: WorkerContext, jobs: list[Job]) -> list[Job]:
-    """The jobs this worker may run now; the rest are someone else's or dead."""
+    """The jobs this worker may run now, leased to it; the rest are someone else's or dead.
+
+    A job still marked running that this worker could lease lost its worker (an expired lease,
+    or none at all): it is recovered first, which counts the crash, then leased again.
+    """
+    if not jobs:
+        return []
     outcomes = ctx.leases.acquire(ctx.name, [(j.job_id, j.spec.wire()) for j in jobs])
+    states = ctx.status.states_of([j.ref for j in jobs])
     mine = []
-    for job, outcome in zip(jobs, outcomes, strict=True):
+    for job, outcome, state in zip(jobs, outcomes, states, strict=True):
         if outcome is Lease.HELD:
             log.info("skipping %s: another live worker holds it", job.job_id)
-        elif outcome is Lease.STALE and ctx.status.state(job.ref) is JobState.RUNNING:
-            if recover(ctx, job.ref) and ctx.leases.acquire(ctx.name, [(job.job_id, job.spec.wire())]):
-                mine.append(job)
-        else:
+        elif state is not JobState.RUNNING:
             mine.append(job)
+        elif recover(ctx, job.ref):
+            [again] = ctx.leases.acquire(ctx.name, [(job.job_id, job.spec.wire())])
+            if again is Lease.HELD:
+                log.info("skipping %s: another live worker took it meanwhile", job.job_id)
+            else:
+                mine.append(job)
     return mine
 
 
@@ -60,18 +72,27 @@ def recover(ctx: WorkerContext, job: JobRef) -> bool:
 
 
 def reap_once(ctx: WorkerContext) -> int:
-    """Hand back and re-send every job whose lease expired; returns how many were re-sent."""
+    """Hand back and re-send every job whose worker is gone; returns how many were re-sent.
+
+    Those are jobs whose lease expired, and jobs left running with no lease at all. The reaper
+    leases each to itself first (so one reaper handles it), as `reaper:<name>`: a worker that
+    receives the job meanwhile takes that lease over instead of skipping the job.
+    """
+    reaper = f"reaper:{ctx.name}"
+    taken = [job for job in ctx.leases.expired() if ctx.leases.take_expired(reaper, job)]
+    started_before = time.time() - ctx.settings.lease_ttl_s
+    taken += [
+        job for job in ctx.status.unleased_running(started_before) if ctx.leases.take_orphan(reaper, job)
+    ]
     sent = 0
-    for job in ctx.leases.expired():
-        if not ctx.leases.take_expired(ctx.name, job):
-            continue  # another reaper or a renewing worker got there first
+    for job in taken:
         ref = JobRef.parse(job)
         state = ctx.status.state(job)
         if ref is not None and state is JobState.RUNNING and not recover(ctx, ref):
             continue
         if ref is not None and state in (JobState.RUNNING, JobState.QUEUED):
             sent += resend(ctx, ref)
-        ctx.leases.release(ctx.name, [job])
+        ctx.leases.release(reaper, [job])
     return sent
 
 
@@ -105,6 +126,19 @@ def retry_later(ctx: WorkerContext, jobs: list[Job], cause: StorageUnavailable) 
     log.warning("storage unavailable; %d jobs retry in %.1f s", len(again), delay)
     priority = ctx.status.job(again[0].ref).priority
     enqueue(ctx.status, s, again[0].batch_id, [(j.index, j.spec) for j in again], priority, delay)
+
+
+def fail_unfinished(ctx: WorkerContext, jobs: list[Job], exc: Exception) -> None:
+    """An error nothing expected: every job of the task this worker still holds fails with
+    `internal_error` (the traceback goes to the log), so none is left running for good."""
+    log.error("task failed unexpectedly; failing its unfinished jobs", exc_info=exc)
+    err = InternalError(f"{type(exc).__name__}: {exc}")
+    try:
+        for job in jobs:
+            ctx.status.fail(job.ref, err.code, err.message, fence=ctx.name)
+    except redis.RedisError as again:
+        # Redis is gone too: the jobs stay running with no lease, and a reaper recovers them.
+        log.warning("could not record the failure (%s); the reaper will hand the jobs back", again)
 
 
 def hand_back(ctx: WorkerContext, jobs: list[Job]) -> None:

@@ -18,13 +18,17 @@ from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from typing import Any
 
+import redis
 import torch
 from PIL import Image
 
 from kandinsky_batch.errors import (
     Canceled,
+    ControlFlow,
     HandBack,
+    InternalError,
     KandinskyBatchError,
+    LeaseLost,
     OutOfMemory,
     PermanentError,
     RetryLater,
@@ -32,14 +36,16 @@ from kandinsky_batch.errors import (
     compute_backoff,
 )
 from kandinsky_batch.keys import JobRef
-from kandinsky_batch.schema import JobSpec, JobState
+from kandinsky_batch.schema import JobSpec
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import Storage, image_key, metadata_key
 from kandinsky_batch.store.status import StatusStore
 from worker.generate import Inputs, Item, StepCallback, compat_key, decoder_steps, generate
 from worker.inputs import InputLoader
+from worker.leases import LeaseStore
 from worker.outputs import encode_image, extension
 from worker.pipelines import PipelineCache
+from worker.progress import StepCheck
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +120,20 @@ class Engine:
         self.sleep: Callable[[float], None] = time.sleep
         # Set when the worker is told to stop: (monotonic) time its grace period ends.
         self.stop_deadline: Callable[[], float | None] = lambda: None
+        # The worker's leases: with them, every start, write and finish is fenced on holding the
+        # job's live lease. Without (tests of the engine alone) nothing is fenced.
+        self.leases: LeaseStore | None = None
+
+    @property
+    def fence(self) -> str:
+        """The worker name the store's fenced transitions check, or '' when not fenced."""
+        return self.worker_name if self.leases is not None else ""
+
+    def held(self, jobs: list[Job]) -> set[str]:
+        """Ids of the jobs whose live lease this worker holds (all of them when not fenced)."""
+        if self.leases is None:
+            return {job.job_id for job in jobs}
+        return self.leases.held(self.worker_name, [job.job_id for job in jobs])
 
     def run(self, jobs: list[Job]) -> None:
         """Run every job; on a storage outage hand the unfinished ones back and raise RetryLater.
@@ -134,14 +154,20 @@ class Engine:
                     job for later in runs[n:] for job in later if not self.status.is_terminal(job.job_id)
                 ]
                 for job in pending:
-                    self.status.requeue(job.ref, transient=True)
+                    self.status.requeue(job.ref, transient=True, fence=self.fence)
                 raise RetryLater(pending, exc) from exc
+            except (ControlFlow, redis.RedisError):
+                raise
+            except Exception as exc:  # a bug for some parameter mix, a CUDA error that is not OOM, ...
+                log.exception("micro-batch %s failed unexpectedly", [job.job_id for job in run])
+                for job in run:
+                    self.fail(job, InternalError(f"{type(exc).__name__}: {exc}"))
 
     def run_micro_batch(self, jobs: list[Job]) -> None:
         claimed: list[tuple[Job, Inputs]] = []
         for job in jobs:
             moved, before = self.status.start(
-                job.job_id, self.worker_name, decoder_steps(job.spec), job.spec.wire()
+                job.ref, self.worker_name, decoder_steps(job.spec), job.spec.wire(), fence=bool(self.fence)
             )
             if not moved:
                 log.info("skipping %s: it is %s", job.job_id, before.value if before else "unknown")
@@ -158,23 +184,33 @@ class Engine:
             for k in range(job.spec.num_images)
         ]
         started = time.time()
+        progress = StepCheck(self, [job for job, _ in claimed])
         try:
-            images = self._generate_splitting(items, _Progress(self, [job for job, _ in claimed]))
+            images = self._generate_splitting(items, progress)
         except Canceled:
             log.info("micro-batch canceled: %s", [job.job_id for job, _ in claimed])
+            return
+        except LeaseLost:
+            log.warning("micro-batch stopped, its leases are gone: %s", [job.job_id for job, _ in claimed])
             return
         timing = {"generate_s": round(time.time() - started, 3)}
         batch_info = {"size": len(items), "jobs": [job.job_id for job, _ in claimed]}
         for job, _ in claimed:
+            if job.job_id in progress.lost:
+                log.warning("not storing %s: this worker lost its lease", job.job_id)
+                continue
             mine = [images[i] for i, it in enumerate(items) if it.job_id == job.job_id]
             failure = next((img for img in mine if isinstance(img, KandinskyBatchError)), None)
-            if isinstance(failure, PermanentError):
-                self.fail(job, failure)
-            else:
-                self.store(job, [img for img in mine if isinstance(img, Image.Image)], timing, batch_info)
+            try:
+                if isinstance(failure, PermanentError):
+                    self.fail(job, failure)
+                else:
+                    self.store(job, [img for img in mine if isinstance(img, Image.Image)], timing, batch_info)
+            except LeaseLost:
+                log.warning("stopped storing %s: this worker lost its lease", job.job_id)
 
     def _generate_splitting(
-        self, items: list[Item], progress: _Progress
+        self, items: list[Item], progress: StepCheck
     ) -> list[Image.Image | KandinskyBatchError]:
         """On out-of-memory, free memory and retry in halves down to single images."""
         try:
@@ -200,7 +236,12 @@ class Engine:
 
     def fail(self, job: Job, exc: KandinskyBatchError) -> None:
         log.info("job %s failed: %s: %s", job.job_id, exc.code, exc.message)
-        self.status.fail(job.job_id, exc.code, exc.message)
+        self.status.fail(job.ref, exc.code, exc.message, fence=self.fence)
+
+    def _check_held(self, job: Job) -> None:
+        """The fence before a write: LeaseLost unless this worker still holds the job's lease."""
+        if job.job_id not in self.held([job]):
+            raise LeaseLost(job.job_id)
 
     def store(
         self, job: Job, images: list[Image.Image], timing: dict[str, float], batch: dict[str, Any]
@@ -215,6 +256,7 @@ class Engine:
                 image, fmt, self.settings.output_quality, {**params, "index": k}
             )
             key = image_key(job.batch_id, job.job_id, k, extension(fmt))
+            self._check_held(job)
             uris.append(self._put(key, data, content_type))
         status = self.status.job(job.job_id)
         meta = {
@@ -228,8 +270,9 @@ class Engine:
             "started_at": status.started_at,
         }
         body = json.dumps(meta, ensure_ascii=False, indent=1).encode()
+        self._check_held(job)
         meta_uri = self._put(metadata_key(job.batch_id, job.job_id), body, "application/json")
-        if not self.status.succeed(job.job_id, uris, meta_uri):
+        if not self.status.succeed(job.ref, uris, meta_uri, fence=self.fence):
             log.info(
                 "job %s finished as %s elsewhere; outputs kept", job.job_id, self.status.state(job.job_id)
             )
@@ -286,28 +329,3 @@ def versions() -> dict[str, str]:
                 _VERSIONS[name] = "unknown"
         _VERSIONS["python"] = platform.python_version()
     return _VERSIONS
-
-
-class _Progress:
-    """Per-step callback: throttled progress writes and a cancellation check."""
-
-    def __init__(self, engine: Engine, jobs: list[Job]) -> None:
-        self.engine = engine
-        self.jobs = jobs
-        self.last = 0.0
-
-    def __call__(self, step: int, total: int) -> None:
-        now = time.monotonic()
-        deadline = self.engine.stop_deadline()
-        if deadline is not None and now > deadline:
-            raise HandBack()
-        if step < total and now - self.last < self.engine.settings.progress_interval_s:
-            return
-        self.last = now
-        status = self.engine.status
-        states = [status.state(job.job_id) for job in self.jobs]
-        if all(s is JobState.CANCELED for s in states):
-            raise Canceled()
-        for job, state in zip(self.jobs, states, strict=True):
-            if state is JobState.RUNNING:
-                status.progress(job.job_id, step, total)

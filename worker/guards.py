@@ -1,66 +1,60 @@
-"""Guards so that garbage on a queue is dropped with a log line instead of stopping the worker.
+"""Guards so that any bytes on a queue are dropped with one warning instead of stopping the worker.
 
-Anyone who can write to Redis can push anything onto a queue list. Two kinds of
-garbage would otherwise stop a Celery worker (and, put back on the queue at exit,
-every worker after it): a list item that is not JSON (kombu's Redis transport
-fails decoding it) and a task message whose body is not `[args, kwargs, embed]`.
+Anyone who can write to Redis can push anything onto a queue list. kombu's Redis transport pops
+an item, decodes it and hands it to Celery; garbage there (not JSON, a JSON list, an envelope
+whose body is not base64, ...) would make the worker exit or reconnect. The guard checks every
+item popped from one of our task queues (kandinsky_batch.envelope.envelope_problem) before it
+is delivered, and drops the bad ones: they were popped, never acknowledged as tasks, so nothing
+else sees them. A good envelope whose call is not ours to run then fails its jobs with a code
+(worker/messages.py).
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import kombu.transport.redis as kombu_redis
-from celery.exceptions import InvalidTaskError
-from celery.worker.strategy import default as default_strategy
+
+from kandinsky_batch.envelope import envelope_problem
+from kandinsky_batch.keys import TASK_NAME
 
 log = logging.getLogger(__name__)
 _original_loads = kombu_redis.loads
+_original_deliver = kombu_redis.Transport._deliver
+_queues: frozenset[str] = frozenset()
 
 
-def _undecodable(raw: Any) -> dict[str, Any]:
-    """A stand-in message that Celery rejects as undecodable (and so acks and logs)."""
-    log.error("dropping a queue item that is not a kombu message: %.200r", raw)
-    return {
-        "body": "",
-        "content-type": "application/json",
-        "content-encoding": "utf-8",
-        "headers": {},
-        "properties": {
-            "delivery_tag": uuid.uuid4().hex,
-            "delivery_info": {"exchange": "", "routing_key": ""},
-        },
-    }
+class Garbage:
+    """What the tolerant decoder returns for an item that is not JSON at all."""
+
+    def __init__(self, raw: Any, reason: str) -> None:
+        self.raw, self.reason = raw, reason
 
 
 def _tolerant_loads(raw: Any, *args: Any, **kwargs: Any) -> Any:
     try:
-        value = _original_loads(raw, *args, **kwargs)
-    except ValueError:
-        return _undecodable(raw)
-    return value if isinstance(value, dict | list) else _undecodable(raw)
+        return _original_loads(raw, *args, **kwargs)
+    except (ValueError, TypeError, RecursionError) as exc:
+        return Garbage(raw, f"not JSON ({type(exc).__name__})")
 
 
-def install() -> None:
-    """Make kombu's Redis transport survive list items that are not JSON."""
+def _guarded_deliver(self: Any, message: Any, queue: str) -> Any:
+    if queue in _queues or isinstance(message, Garbage):
+        problem = message.reason if isinstance(message, Garbage) else envelope_problem(message, TASK_NAME)
+        if problem is not None:
+            raw = message.raw if isinstance(message, Garbage) else message
+            log.warning(
+                "dropped an item of queue %s that is not a task message: %s: %.200r", queue, problem, raw
+            )
+            return None
+    return _original_deliver(self, message, queue)
+
+
+def install(queues: Iterable[str]) -> None:
+    """Check every item popped from `queues` (the worker's task queues) before Celery gets it."""
+    global _queues
+    _queues = frozenset(queues)
     kombu_redis.loads = _tolerant_loads  # type: ignore[assignment]
-
-
-def checked_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
-    """Celery's default strategy, refusing (InvalidTaskError) bodies not shaped [args, kwargs, embed]."""
-    handle = default_strategy(task, app, consumer, **kwargs)
-
-    def checked(message: Any, body: Any, *args: Any, **kw: Any) -> Any:
-        payload = body if body is not None else message.decode()
-        if not (
-            isinstance(payload, list | tuple)
-            and len(payload) == 3
-            and isinstance(payload[0], list | tuple)
-            and isinstance(payload[1], dict)
-        ):
-            raise InvalidTaskError(f"message body is not [args, kwargs, embed]: {str(payload)[:200]}")
-        return handle(message, body, *args, **kw)
-
-    return checked
+    kombu_redis.Transport._deliver = _guarded_deliver  # type: ignore[method-assign]

@@ -2,8 +2,11 @@
 
 A sorted set maps job -> lease expiry and a hash maps job -> worker. A worker
 leases every job of a message before running it; a second delivery while the
-lease is alive is skipped; an expired lease means its worker died, and the
-reaper hands the job back. Status transitions away from `running` drop the lease.
+lease is alive is skipped; an expired lease means its worker died (or was paused
+past its TTL), and the reaper hands the job back. An expired lease is never renewed,
+and a worker writes only while it holds a job's live lease (`held`), so a worker that
+lost a lease writes nothing more for that job. Status transitions away from `running`
+drop the lease. The scripts are the store's (kandinsky_batch/store/lua/lease_*.lua).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class LeaseStore:
         self._renew = client.register_script(scripts.lua("lease_renew"))
         self._release = client.register_script(scripts.lua("lease_release"))
         self._take = client.register_script(scripts.lua("lease_take_expired"))
+        self._take_orphan = client.register_script(scripts.lua("lease_take_orphan"))
 
     def _expiry(self) -> float:
         return time.time() + self.ttl_s
@@ -48,11 +52,26 @@ class LeaseStore:
         return [Lease(r.decode()) for r in self._acquire(keys=keys, args=args)]
 
     def renew(self, worker: str, jobs: Sequence[str]) -> int:
+        """Extend `worker`'s live leases of `jobs`; how many it still held."""
         if not jobs:
             return 0
-        return int(
-            self._renew(keys=[self.keys.leases(), self.keys.owners()], args=[self._expiry(), worker, *jobs])
-        )
+        keys = [self.keys.leases(), self.keys.owners()]
+        return int(self._renew(keys=keys, args=[time.time(), self._expiry(), worker, *jobs]))
+
+    def held(self, worker: str, jobs: Sequence[str]) -> set[str]:
+        """Which of `jobs` `worker` holds a live lease on now (the fence before any write)."""
+        if not jobs:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.keys.owners(), list(jobs))
+        pipe.zmscore(self.keys.leases(), list(jobs))
+        owners, scores = pipe.execute()
+        now, me = time.time(), worker.encode()
+        return {
+            job
+            for job, owner, score in zip(jobs, owners, scores, strict=True)
+            if owner == me and score is not None and score > now
+        }
 
     def release(self, worker: str, jobs: Sequence[str]) -> int:
         if not jobs:
@@ -68,6 +87,11 @@ class LeaseStore:
         """Atomically take over one expired lease, so exactly one reaper handles the job."""
         keys = [self.keys.leases(), self.keys.owners()]
         return bool(self._take(keys=keys, args=[time.time(), self._expiry(), reaper, job]))
+
+    def take_orphan(self, reaper: str, job: str) -> bool:
+        """Lease a job that has no lease at all to the reaper (a running job its worker let go)."""
+        keys = [self.keys.leases(), self.keys.owners()]
+        return bool(self._take_orphan(keys=keys, args=[self._expiry(), reaper, job]))
 
     def owner(self, job: str) -> str | None:
         raw = self.redis.hget(self.keys.owners(), job)

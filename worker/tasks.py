@@ -12,7 +12,7 @@ from celery.exceptions import Reject
 from kandinsky_batch.broker import priority_from_kombu
 from kandinsky_batch.errors import HandBack, RetryLater
 from worker.context import get_context
-from worker.delivery import claim, hand_back, retry_later
+from worker.delivery import claim, fail_unfinished, hand_back, retry_later
 from worker.messages import read_message
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ def run_jobs(task: Task, **message: Any) -> None:
         raise Reject("worker shutting down", requeue=True) from exc
     except RetryLater as exc:
         retry_later(ctx, exc.jobs, exc.cause)
+    except Exception as exc:  # nothing the engine expected: fail what is left, keep serving
+        fail_unfinished(ctx, jobs, exc)
     finally:
         ctx.leases.release(ctx.name, sorted(ctx.current))
         ctx.current, ctx.task_started = set(), None

@@ -64,6 +64,25 @@ class StatusReader:
             return JobState(raw.decode())
         return JobState.QUEUED if record is not None and record.unreceived else None
 
+    def states_of(self, refs: list[JobRef]) -> list[JobState | None]:
+        """The states of received jobs (those with a hash), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for ref in refs:
+            pipe.hget(self.keys.job(ref), JobField.STATE)
+        return [JobState(raw.decode()) if raw else None for raw in pipe.execute()]
+
+    def unleased_running(self, started_before: float, limit: int = 100) -> list[str]:
+        """Jobs running since before `started_before` (unix time) that no lease covers.
+
+        Their worker lost them without handing them back; O(running jobs), never O(jobs).
+        """
+        raw: Any = self.redis.zrangebyscore(self.keys.running(), "-inf", started_before, start=0, num=limit)
+        jobs = [j.decode() for j in raw]
+        if not jobs:
+            return []
+        scores = self.redis.zmscore(self.keys.leases(), jobs)
+        return [job for job, score in zip(jobs, scores, strict=True) if score is None]
+
     def field(self, job: str | JobRef, name: JobField) -> str | None:
         raw = self.redis.hget(self.keys.job(job), name)
         return raw.decode() if isinstance(raw, bytes) else None

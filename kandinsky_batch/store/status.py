@@ -203,6 +203,7 @@ class StatusStore(StatusReader):
             self.keys.leases(),
             self.keys.owners(),
             self._record_key(ref),
+            self.keys.running(),
         ]
 
     def _transition_call(
@@ -262,11 +263,12 @@ class StatusStore(StatusReader):
         return self._outcome(ref.batch_id, self._transition(keys=keys, args=args))
 
     def start(
-        self, job: str | JobRef, worker: str, total_steps: int, spec: dict[str, Any]
+        self, job: str | JobRef, worker: str, total_steps: int, spec: dict[str, Any], fence: bool = False
     ) -> tuple[bool, JobState | None]:
-        """Claim a queued job (or one redelivered while marked running) for `worker`.
+        """Start a queued job on `worker`; with `fence`, only while `worker` holds its live lease.
 
         The spec (wire form) is kept with the job from here on, for manifests and retries.
+        A job still marked running must be recovered first (`recover`): that counts its crash.
         """
         fields: dict[str, Any] = {
             JobField.WORKER: worker,
@@ -275,31 +277,34 @@ class StatusStore(StatusReader):
             JobField.TOTAL_STEPS: total_steps,
             JobField.SPEC: json.dumps(spec),
         }
-        allowed = (JobState.QUEUED, JobState.RUNNING)
-        return self.transition(job, JobState.RUNNING, allowed, fields, bump=JobField.ATTEMPTS)
+        allowed = (JobState.QUEUED,)
+        fenced = worker if fence else ""
+        return self.transition(job, JobState.RUNNING, allowed, fields, bump=JobField.ATTEMPTS, fence=fenced)
 
-    def succeed(self, job: str | JobRef, outputs: list[str], metadata: str) -> bool:
+    def succeed(self, job: str | JobRef, outputs: list[str], metadata: str, fence: str = "") -> bool:
         fields: dict[str, Any] = {
             JobField.OUTPUTS: json.dumps(outputs),
             JobField.METADATA: metadata,
             JobField.FINISHED: _now(),
         }
-        moved, _ = self.transition(job, JobState.SUCCEEDED, (JobState.RUNNING,), fields)
+        moved, _ = self.transition(job, JobState.SUCCEEDED, (JobState.RUNNING,), fields, fence=fence)
         return moved
 
-    def fail(self, job: str | JobRef, code: str, message: str) -> bool:
+    def fail(self, job: str | JobRef, code: str, message: str, fence: str = "") -> bool:
+        """Fail a queued or running job; with `fence`, only while that worker holds its live lease."""
         fields: dict[str, Any] = {
             JobField.ERROR_CODE: code,
             JobField.ERROR_MESSAGE: message[:2000],
             JobField.FINISHED: _now(),
         }
-        moved, _ = self.transition(job, JobState.FAILED, (JobState.QUEUED, JobState.RUNNING), fields)
+        allowed = (JobState.QUEUED, JobState.RUNNING)
+        moved, _ = self.transition(job, JobState.FAILED, allowed, fields, fence=fence)
         return moved
 
-    def requeue(self, job: str | JobRef, transient: bool = False) -> bool:
+    def requeue(self, job: str | JobRef, transient: bool = False, fence: str = "") -> bool:
         """A running job back to queued; `transient` counts it as a retry (storage down)."""
         bump = JobField.RETRIES if transient else None
-        moved, _ = self.transition(job, JobState.QUEUED, (JobState.RUNNING,), bump=bump)
+        moved, _ = self.transition(job, JobState.QUEUED, (JobState.RUNNING,), bump=bump, fence=fence)
         return moved
 
     def retry(self, job: str | JobRef) -> bool:

@@ -190,3 +190,14 @@ def test_example_batches_are_valid_job_specs(example: Path) -> None:
     lines = [line for line in example.read_text(encoding="utf-8").splitlines() if line.strip()]
     specs = [JobSpec.model_validate_json(line) for line in lines]
     assert {spec.mode for spec in specs} == {"text2img", "img2img", "inpaint", "interpolate"}
+
+
+def test_redis_requires_a_password_and_every_client_url_carries_it(services: dict[str, dict[str, Any]]) -> None:
+    command = services["redis"]["command"]
+    password = command[command.index("--requirepass") + 1]
+    assert password and env_of(services["redis"])["REDISCLI_AUTH"] == password
+    clients = [s for s in services.values() if "KANDINSKY_BATCH_REDIS_URL" in env_of(s)]
+    assert clients
+    for service in clients:
+        url = urlsplit(env_of(service)["KANDINSKY_BATCH_REDIS_URL"])
+        assert (url.hostname, url.password) == ("redis", password)

@@ -3,13 +3,12 @@
 Two real workers take the corpus (tests/corpus.py): `main` serves every mode with https
 inputs allowed and small input caps; `plain` serves img2img only, with the defaults
 (https inputs off). Bad inputs go in through the CLI and straight onto the queues as raw
-Celery messages (and as raw queue items). Throughout, the workers keep serving, every
+Celery messages (raw queue items: tests/integration/test_queue_garbage.py). Throughout, the workers keep serving, every
 message is consumed, and batch counters add up; a good job submitted last succeeds.
 """
 
 from __future__ import annotations
 
-import base64
 import errno
 import json
 import os
@@ -205,15 +204,6 @@ def assert_drained(client: Client, queue: str) -> None:
         time.sleep(0.05)
 
 
-def revive(worker: WorkerProcess, client: Client) -> None:
-    """After a crash: drop what is left on the worker's queues (a poison message would crash it again)."""
-    if worker.alive():
-        return
-    for mode in worker.settings.modes:
-        client.redis.delete(worker.settings.queue_for(mode))
-    worker.start()
-
-
 # -- the corpus ---------------------------------------------------------------------------------
 
 
@@ -367,59 +357,6 @@ def _release(fifo: Path) -> None:
             raise
     else:
         os.close(fd)
-
-
-def _kombu_item(queue: str, body: Any, *, raw_body: str | None = None, **overrides: Any) -> bytes:
-    """A message as kombu's Redis transport stores it, with the parts a test wants broken."""
-    headers = {"lang": "py", "task": TASK_NAME, "id": str(uuid.uuid4()), "retries": 0, "eta": None}
-    item: dict[str, Any] = {
-        "body": raw_body if raw_body is not None else base64.b64encode(json.dumps(body).encode()).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": headers,
-        "properties": {
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }
-    for key, value in overrides.items():
-        item[key] = {**item[key], **value} if isinstance(value, dict) else value
-    return json.dumps(item).encode()
-
-
-QUEUE_ITEMS: list[Any] = [
-    pytest.param(lambda q: b"{}", id="item-json-not-a-message"),
-    pytest.param(
-        lambda q: _kombu_item(q, None, raw_body=base64.b64encode(b"{not json").decode()), id="body-not-json"
-    ),
-    pytest.param(lambda q: _kombu_item(q, [[], [1, 2], {}]), id="kwargs-not-a-mapping"),
-    pytest.param(
-        lambda q: _kombu_item(q, [[], {}, {}], **{"content-type": "application/x-python-serialize"}),
-        id="pickle-content-type",
-    ),
-    pytest.param(lambda q: _kombu_item(q, [[], {}, {}], headers={"task": "no.such.task"}), id="unknown-task"),
-    # Last, so that while these still crash the worker it is restarted once, not after each.
-    pytest.param(lambda q: b"this is not JSON", id="item-not-json"),
-    pytest.param(lambda q: _kombu_item(q, {"batch_id": "x"}), id="body-not-args-kwargs-embed"),
-]
-
-
-@pytest.mark.parametrize("make_item", QUEUE_ITEMS)
-def test_garbage_on_the_queue_is_consumed_and_the_worker_keeps_serving(
-    make_item: Callable[[str], bytes], workers, clients, apps, settings_by_name
-):
-    # Given bytes pushed onto a queue by something that is not our producer (plain worker: it may crash)
-    settings, client, worker = settings_by_name["plain"], clients["plain"], workers["plain"]
-    revive(worker, client)  # so that one crash does not fail the cases after it
-    queue = settings.queue_for(Mode.IMG2IMG)
-    client.redis.lpush(queue, make_item(queue))
-    # Then the worker reads past it and keeps serving
-    assert_failed(probe(apps["plain"], client, worker, queue), "invalid_spec", ("height",))
-    assert_drained(client, queue)
-    assert worker.alive()
 
 
 def test_a_bad_line_is_reported_on_one_stderr_line_however_long_its_reason(

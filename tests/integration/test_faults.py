@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -24,60 +23,13 @@ from kandinsky_batch.keys import TASK_NAME, job_id
 from kandinsky_batch.schema import BatchStatus, JobSpec, JobState, Mode
 from kandinsky_batch.wire import build_message
 from producer.client import Client
-from tests.conftest import WorkerProcess, make_settings, settings_env
+from tests.conftest import settings_env
+from tests.integration.conftest import LEASE_TTL, wait_for
 from tests.s3server import TEST_KEY, S3Server, create_bucket
 
 pytestmark = pytest.mark.integration
 
 TINY = {"height": 64, "width": 64, "num_inference_steps": 6, "prior_num_inference_steps": 2}
-LEASE_TTL = 2.0
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@pytest.fixture
-def fault_settings(redis_url, tiny_models, tmp_path):
-    def build(**overrides: Any):
-        values = {"lease_ttl_s": LEASE_TTL, "chunk_size": 1, "visibility_timeout_s": 3600}
-        url = overrides.pop("redis_url", redis_url)
-        return make_settings(url, tiny_models, tmp_path, **{**values, **overrides})
-
-    return build
-
-
-@pytest.fixture
-def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start(
-        settings, step_sleep: float = 0.4, kill_prompt: str | None = None, name: str = "w"
-    ) -> WorkerProcess:
-        env = {"KB_TEST_STEP_SLEEP_S": str(step_sleep)}
-        if kill_prompt:
-            env["KB_TEST_KILL_PROMPT"] = kill_prompt
-        settings = settings.model_copy(
-            update={
-                "worker_name": f"{name}{len(started)}",
-                "ready_file": tmp_path / f"ready-{name}{len(started)}",
-            }
-        )
-        proc = WorkerProcess(
-            settings, tmp_path / f"{name}{len(started)}.log", module="tests.fault_worker", env=env
-        )
-        started.append(proc)
-        return proc.start()
-
-    yield start
-    for proc in started:
-        proc.kill()
 
 
 def outputs_on_disk(settings, batch: str) -> dict[str, list[str]]:

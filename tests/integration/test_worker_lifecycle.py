@@ -40,7 +40,7 @@ def test_worker_check_is_ready_only_while_a_warm_worker_serves(redis_url, tiny_m
 def test_worker_check_fails_when_redis_is_unreachable(redis_url, tiny_models, tmp_path):
     settings = make_settings("redis://127.0.0.1:1/0", tiny_models, tmp_path)
     result = check(settings)
-    assert result.returncode == 1 and "Redis unreachable" in result.stderr
+    assert result.returncode == 1 and "cannot reach Redis at" in result.stderr
 
 
 def test_a_missing_bucket_stops_the_worker_at_start_with_a_clear_message(redis_url, tiny_models, tmp_path):

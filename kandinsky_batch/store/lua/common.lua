@@ -41,7 +41,7 @@ local TERMINAL = {succeeded = true, failed = true, canceled = true}
 
 -- Move one job to state `to` if it is in one of `allowed` (a comma list), keeping its batch's
 -- counters equal to its jobs' states; the one place a job changes state.
--- k: {job, batch, events, leases, owners, rec}; a: {job_id, index, rec_prefix, to, allowed, now,
+-- k: {job, batch, events, leases, owners, rec, running}; a: {job_id, index, rec_prefix, to, allowed, now,
 -- ttl, fence, bump, deletes, sets}. `fence`, if not '', is the worker that must hold the job's
 -- live lease. Returns {'ok', previous, finished} | {'refused', current} | {'fenced', current} |
 -- {'missing', ''}; finished is 1 when this move completed the batch. Any state but `running`
@@ -95,7 +95,10 @@ local function move(k, a)
       each_shard(k.batch, a.rec_prefix, 'PERSIST')
     end
   end
-  if to ~= 'running' then
+  if to == 'running' then
+    redis.call('ZADD', k.running, a.now, a.job_id)
+  else
+    redis.call('ZREM', k.running, a.job_id)
     redis.call('ZREM', k.leases, a.job_id)
     redis.call('HDEL', k.owners, a.job_id)
   end

@@ -1,8 +1,11 @@
--- KEYS: leases, owners   ARGV: expiry, worker, job_1..job_n  -> jobs renewed
+-- KEYS: leases, owners   ARGV: now, expiry, worker, job_1..job_n  -> jobs renewed
+-- Only a live lease of this worker is renewed: one that expired is lost for good (its job may be
+-- handed to another worker already), so a worker that was paused past its TTL cannot revive it.
 local n = 0
-for i = 3, #ARGV do
-  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[2] then
-    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
+for i = 4, #ARGV do
+  local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]) or '-1')
+  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[3] and score > tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[i])
     n = n + 1
   end
 end
