@@ -192,7 +192,9 @@ def test_example_batches_are_valid_job_specs(example: Path) -> None:
     assert {spec.mode for spec in specs} == {"text2img", "img2img", "inpaint", "interpolate"}
 
 
-def test_redis_requires_a_password_and_every_client_url_carries_it(services: dict[str, dict[str, Any]]) -> None:
+def test_redis_requires_a_password_and_every_client_url_carries_it(
+    services: dict[str, dict[str, Any]],
+) -> None:
     command = services["redis"]["command"]
     password = command[command.index("--requirepass") + 1]
     assert password and env_of(services["redis"])["REDISCLI_AUTH"] == password
