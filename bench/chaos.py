@@ -52,6 +52,7 @@ def main() -> int:
     result("chaos_lost", report.lost, "jobs")
     result("chaos_duplicated", report.duplicated, "jobs")
     result("chaos_late_writes", report.late_writes, "files")
+    result("chaos_writes_fenced_off", report.fenced, "times")
     result("chaos_problems", len(report.problems), "problems")
     result("chaos_drain", report.drain_s, "s")
     return 0 if not report.problems and not (report.lost or report.duplicated or report.late_writes) else 1

@@ -87,6 +87,7 @@ class Report:
     lost: int = 0  # jobs not terminal after the drain
     duplicated: int = 0  # jobs that ran on two workers at once
     late_writes: int = 0  # files written after their job succeeded, or by another worker
+    fenced: int = 0  # times a worker stopped writing for jobs whose lease it had lost
     problems: list[str] = field(default_factory=list)
     drain_s: float = 0.0
 
@@ -96,7 +97,7 @@ class Report:
         return [
             f"jobs {self.jobs} in {self.batches} batches; faults {faults}",
             f"end states {states}; lost {self.lost}; duplicated {self.duplicated}; "
-            f"late writes {self.late_writes}; drained in {self.drain_s:.1f} s",
+            f"late writes {self.late_writes}; writes fenced off {self.fenced}; drained in {self.drain_s:.1f} s",
             *self.problems[:20],
         ]
 
@@ -168,7 +169,7 @@ class Chaos:
             kind = "burst"
         self.report.faults[kind] += 1
         if kind == "burst":
-            threading.Thread(target=self.submit_burst, args=(self.rng.randint(5, 15),), daemon=True).start()
+            threading.Thread(target=self.submit_burst, args=(self.rng.randint(10, 40),), daemon=True).start()
         elif kind == "redis":
             self.redis_server.kill()
             time.sleep(self.rng.uniform(0.5, 2.0))
@@ -202,13 +203,13 @@ class Chaos:
             t.join()
         supervisor = threading.Thread(target=self.supervise, daemon=True)
         supervisor.start()
-        self.submit_burst(20)
+        self.submit_burst(40)
         end = time.monotonic() + duration_s
         while time.monotonic() < end:
             time.sleep(self.rng.uniform(*gap_s))
             self.fault()
+        drained = time.monotonic()  # the drain: from the last fault until every batch is done
         time.sleep(self.settings.lease_ttl_s * 3)  # let the last pause end and its leases expire
-        drained = time.monotonic()
         self.wait_drained(drain_timeout_s)
         self.report.drain_s = time.monotonic() - drained
         self.stopped.set()
@@ -261,6 +262,9 @@ class Chaos:
                 self._check_files(batch_id, jobs)
                 self._check_manifest(batch_id, jobs)
         self._check_no_temp_files()
+        for log in self.root.glob("w*.log"):
+            text = log.read_text(errors="replace")
+            r.fenced += sum(text.count(m) for m in ("leases are gone", "lost its lease"))
 
     def _ran_twice_at_once(self, client: Client) -> set[str]:
         """Jobs with `running` followed by `running` in the event stream (two workers at once)."""

@@ -142,14 +142,14 @@ def fail_unfinished(ctx: WorkerContext, jobs: list[Job], exc: Exception) -> None
 
 
 def hand_back(ctx: WorkerContext, jobs: list[Job]) -> None:
-    """Shutting down: running jobs go back to queued, and no lease is kept."""
+    """Shutting down: running jobs this worker still holds go back to queued, and no lease is kept."""
     for job in jobs:
-        ctx.status.transition(job.ref, JobState.QUEUED, [JobState.RUNNING])
+        ctx.status.transition(job.ref, JobState.QUEUED, [JobState.RUNNING], fence=ctx.name)
     ctx.leases.release(ctx.name, [j.job_id for j in jobs])
 
 
 class Reaper:
-    """Pushes due delayed re-sends every second and reaps expired leases every half lease TTL."""
+    """Pushes due delayed re-sends every second; every half lease TTL, hands back what dead workers held."""
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx

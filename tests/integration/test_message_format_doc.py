@@ -60,12 +60,12 @@ NAMES = table_after("## Names")
 
 
 def key(name: str, key_prefix: str, **parts: object) -> str:
-    """A key from the Names table, e.g. `{key_prefix}:job:{job_id}`."""
-    [pattern] = [codes(v)[0] for k, v in NAMES.items() if k == name]
-    text = pattern.replace("{key_prefix}", key_prefix)
+    """A key from the Names table, e.g. `{key_prefix}:job:{job_id}` (the shard part is `{index // N}`)."""
+    text = codes(NAMES[name])[0].replace("{key_prefix}", key_prefix)
+    text = re.sub(r"\{index // \d+\}", "{shard}", text)
     for part, value in parts.items():
         text = text.replace("{" + part + "}", str(value))
-    return text.replace("{index // 65536}", str(parts.get("shard", "")))
+    return text
 
 
 def read_as_documented(
