@@ -25,6 +25,7 @@ def outgoing(
     mode: Mode,
     jobs: Sequence[tuple[int, dict[str, Any]]],
     priority: Priority,
+    tenant: str = "",
 ) -> Chunk:
     """One queue message for `(index, wire spec)` jobs of one mode, and the lists it goes on."""
     queue = settings.queue_for(mode)
@@ -39,7 +40,7 @@ def outgoing(
     seeds = [(index, int(wire.get("seed", 0))) for index, wire in jobs]
     # The message goes onto the first list; the submit script sums the lengths of all of them.
     ordered = lists[::-1] if priority is Priority.LOW else lists
-    return Chunk(batch_id, seeds, priority, envelope, ordered)
+    return Chunk(batch_id, seeds, priority, envelope, ordered, tenant)
 
 
 def enqueue(

@@ -63,6 +63,7 @@ class BatchField(StrEnum):
     CREATED = "ct"
     FINISHED = "ft"
     MANIFEST = "mf"
+    TENANT = "tn"  # who submitted it over HTTP (absent for the SDK, the CLI and open-format senders)
 
 
 def is_batch_id(value: object) -> bool:
@@ -143,6 +144,10 @@ class Keys:
     def dead_letters(self) -> str:
         """List of job ids that failed as attempts_exhausted, newest first."""
         return f"{self.prefix}:dead"
+
+    def api_keys(self) -> str:
+        """Hash: sha256 of an API key -> JSON of its id, tenant and limits (never the key itself)."""
+        return f"{self.prefix}:apikeys"
 
     def running(self) -> str:
         """Sorted set: job id -> when it last started, for every job in state `running`.

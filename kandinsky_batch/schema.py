@@ -196,6 +196,7 @@ class BatchStatus(BaseModel):
     created_at: float | None = None
     finished_at: float | None = None
     manifest: str | None = None
+    tenant: str | None = None  # set for batches submitted over HTTP
 
     @property
     def finished(self) -> int:

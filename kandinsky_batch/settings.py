@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     output_format: Literal["png", "webp", "jpeg"] = "png"
     output_quality: int = Field(95, ge=1, le=100)
 
+    # The HTTP API server.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_workers: int = Field(1, ge=1, le=64)
+    api_wait_max_s: float = Field(60.0, ge=0, le=60)  # the most `Prefer: wait=N` waits
+
     @field_validator("modes", "input_roots", mode="before")
     @classmethod
     def _modes_from_csv(cls, value: object) -> object:

@@ -21,6 +21,7 @@ from kandinsky_batch.manifest import encode_line, manifest_line
 from kandinsky_batch.redis_client import describe
 from kandinsky_batch.schema import BatchStatus, JobState, Mode, Priority
 from kandinsky_batch.settings import Settings
+from producer.cli_api import api, keys
 from producer.client import Client
 from producer.show import all_succeeded, print_status
 from producer.watch import WatchSummary, watch
@@ -356,6 +357,10 @@ def _redis_url() -> str:
         return Settings().redis_url
     except ValidationError:
         return "(invalid settings)"
+
+
+cli.add_command(api)
+cli.add_command(keys)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,19 +76,48 @@ def read_lines(path: Path) -> Iterator[tuple[int, Any]]:
         yield from _read_csv(path)
         return
     with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
+        yield from parse_jsonl(fh)
+
+
+def parse_jsonl(lines: Iterable[bytes]) -> Iterator[tuple[int, Any]]:
+    """`(line number, parsed object or LineError)` for raw JSONL lines; blank lines are skipped."""
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, LineError(number, f"not UTF-8 ({exc.reason} at byte {exc.start})")
+            continue
+        try:
+            yield number, json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            if isinstance(exc, RecursionError):
+                yield number, LineError(number, "malformed JSON: nested too deep")
                 continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield number, LineError(number, f"not UTF-8 ({exc.reason} at byte {exc.start})")
-                continue
-            try:
-                yield number, json.loads(text)
-            except json.JSONDecodeError as exc:
-                reason = exc.msg.removesuffix(" at")  # "Invalid control character at" ends so
-                yield number, LineError(number, f"malformed JSON at column {exc.colno}: {reason}")
+            reason = exc.msg.removesuffix(" at")  # "Invalid control character at" ends so
+            yield number, LineError(number, f"malformed JSON at column {exc.colno}: {reason}")
+
+
+def split_lines(chunks: Iterable[bytes], max_line: int) -> Iterator[bytes]:
+    """The lines of a byte stream that arrives in chunks (an upload), each at most `max_line` bytes.
+
+    A longer line is cut short (its first `max_line` bytes), so it fails as malformed JSON
+    instead of growing memory without bound.
+    """
+    rest, skipping = b"", False
+    for chunk in chunks:
+        *lines, tail = (rest + chunk).split(b"\n")
+        for line in lines:
+            if not skipping:
+                yield line
+            skipping = False
+        rest = b"" if skipping else tail
+        if len(rest) > max_line:
+            yield rest[:max_line]
+            rest, skipping = b"", True
+    if rest and not skipping:
+        yield rest
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
@@ -109,12 +138,18 @@ class Submitter:
     """Sends validated jobs for one batch in chunks, with backpressure on queue length."""
 
     def __init__(
-        self, settings: Settings, status: StatusStore, batch_id: str, priority: Priority = Priority.NORMAL
+        self,
+        settings: Settings,
+        status: StatusStore,
+        batch_id: str,
+        priority: Priority = Priority.NORMAL,
+        tenant: str = "",
     ) -> None:
         self.settings = settings
         self.status = status
         self.batch_id = batch_id
         self.priority = priority
+        self.tenant = tenant  # recorded as the batch's owner (HTTP API submits)
         self.result = SubmitResult(batch_id)
         self._pending: dict[Mode, list[tuple[int, dict[str, Any]]]] = {}
         self._outbox: list[tuple[Mode, list[tuple[int, dict[str, Any]]], Chunk]] = []
@@ -145,7 +180,7 @@ class Submitter:
 
     def _send(self, mode: Mode, jobs: list[tuple[int, dict[str, Any]]]) -> None:
         """Queue one message for the next pipeline, once its queue has room for it."""
-        chunk = outgoing(self.settings, self.batch_id, mode, jobs, self.priority)
+        chunk = outgoing(self.settings, self.batch_id, mode, jobs, self.priority, self.tenant)
         if mode not in self._lengths:
             self._lengths[mode] = self.status.queue_length(chunk.lists)
         while (

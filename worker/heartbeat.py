@@ -44,12 +44,11 @@ class Heartbeat:
             s.ready_file.write_text(json.dumps({"worker": ctx.name, "at": time.time()}))
         info = {"modes": [m.value for m in s.modes], "at": time.time(), "loads": dict(ctx.cache.loads)}
         try:
-            current = sorted(ctx.current)
-            renewed = ctx.leases.renew(ctx.name, current)
-            if renewed < len(current):
+            renewed, lost = ctx.leases.renew(ctx.name, sorted(ctx.current))
+            if lost:
                 # Expired while this worker was paused or cut off: the jobs may run elsewhere now.
                 # The engine sees it at its next step or write, and stops writing for them.
-                log.warning("lost %d of %d leases", len(current) - renewed, len(current))
+                log.warning("lost %d leases (%d still held)", lost, renewed)
             ctx.status.heartbeat(ctx.name, info, ttl_s=int(HEARTBEAT_S * 6))
         except redis.RedisError as exc:
             log.warning("heartbeat to Redis failed: %s", exc)

@@ -51,12 +51,13 @@ class LeaseStore:
         args: list[Any] = [time.time(), self._expiry(), worker, *[json.dumps(spec) for _, spec in jobs]]
         return [Lease(r.decode()) for r in self._acquire(keys=keys, args=args)]
 
-    def renew(self, worker: str, jobs: Sequence[str]) -> int:
-        """Extend `worker`'s live leases of `jobs`; how many it still held."""
+    def renew(self, worker: str, jobs: Sequence[str]) -> tuple[int, int]:
+        """Extend `worker`'s live leases of `jobs`: (renewed, lost to expiry or another worker)."""
         if not jobs:
-            return 0
+            return 0, 0
         keys = [self.keys.leases(), self.keys.owners()]
-        return int(self._renew(keys=keys, args=[time.time(), self._expiry(), worker, *jobs]))
+        renewed, lost = self._renew(keys=keys, args=[time.time(), self._expiry(), worker, *jobs])
+        return int(renewed), int(lost)
 
     def held(self, worker: str, jobs: Sequence[str]) -> set[str]:
         """Which of `jobs` `worker` holds a live lease on now (the fence before any write)."""

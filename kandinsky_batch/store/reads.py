@@ -112,17 +112,20 @@ class StatusReader:
             created_at=_float(text.get(BatchField.CREATED)),
             finished_at=_float(text.get(BatchField.FINISHED)),
             manifest=text.get(BatchField.MANIFEST),
+            tenant=text.get(BatchField.TENANT),
         )
 
-    def _chunks(self, batch_id: str, read: Read) -> Iterator[tuple[JobRef, Any, records.Record]]:
-        """`(ref, hash reply or None, record)` for every job of a batch, in index order.
+    def _chunks(
+        self, batch_id: str, read: Read, start: int = 0
+    ) -> Iterator[tuple[JobRef, Any, records.Record]]:
+        """`(ref, hash reply or None, record)` for every job of a batch from index `start`, in order.
 
         The batch's record strings say which indices are jobs, so a sparse batch costs nothing for
         its gaps; only received jobs have a hash to read, SCAN_CHUNK per pipelined round trip.
         """
         self.batch(batch_id)  # NotFound, never an empty answer, for an unknown batch
         span = int(self.redis.hget(self.keys.batch(batch_id), BatchField.SPAN) or 0)
-        shards = range(records.shard_of(span - 1) + 1 if span else 0)
+        shards = range(records.shard_of(start), records.shard_of(span - 1) + 1 if span else 0)
         for first in range(0, len(shards), SHARDS_PER_READ):
             group = shards[first : first + SHARDS_PER_READ]
             pipe = self.redis.pipeline(transaction=False)
@@ -130,8 +133,9 @@ class StatusReader:
                 pipe.get(self.keys.records(batch_id, shard))
             for shard, packed in zip(group, pipe.execute(), strict=True):
                 found = records.decode_all(packed or b"", shard * records.SHARD_JOBS)
-                for start in range(0, len(found), SCAN_CHUNK):
-                    yield from self._with_hashes(batch_id, found[start : start + SCAN_CHUNK], read)
+                found = [(index, record) for index, record in found if index >= start]
+                for at in range(0, len(found), SCAN_CHUNK):
+                    yield from self._with_hashes(batch_id, found[at : at + SCAN_CHUNK], read)
 
     def _with_hashes(
         self, batch_id: str, found: list[tuple[int, records.Record]], read: Read
@@ -145,9 +149,9 @@ class StatusReader:
             ref = JobRef(batch_id, index)
             yield ref, replies.get(ref), record
 
-    def jobs(self, batch_id: str) -> Iterator[JobStatus]:
-        """Every job of a batch in index order (expired or never-used indices left out)."""
-        for ref, raw, record in self._chunks(batch_id, lambda pipe, key: pipe.hgetall(key)):
+    def jobs(self, batch_id: str, start: int = 0) -> Iterator[JobStatus]:
+        """Every job of a batch from index `start`, in index order (expired or unused indices left out)."""
+        for ref, raw, record in self._chunks(batch_id, lambda pipe, key: pipe.hgetall(key), start):
             if raw:
                 yield job_status_from_hash(ref, raw)
             elif record.unreceived:

@@ -51,6 +51,7 @@ class Chunk:
     priority: Priority
     envelope: str = ""  # nothing is pushed when empty
     lists: Sequence[str] = ()  # the queue's lists: `Pushed.queue_length` sums them
+    tenant: str = ""  # the batch's owner, recorded with its first chunk ('' for none)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class StatusStore(StatusReader):
                 flags,
                 packed,
                 chunk.envelope,
+                chunk.tenant,
             ]
             self._submit(keys=keys, args=args, client=pipe)
         pushed = []

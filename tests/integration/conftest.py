@@ -1,13 +1,23 @@
-"""Fixtures for the fault tests: fault workers (tests/fault_worker.py) with short leases."""
+"""Fixtures for the fault tests (fault workers with short leases) and the API tests (a real uvicorn)."""
 
 from __future__ import annotations
 
+import json
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.store.apikeys import ApiKeys
+from producer.client import Client
+from producer.launch import worker_env
 from tests.conftest import WorkerProcess, make_settings
 
 LEASE_TTL = 2.0
@@ -64,3 +74,71 @@ def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for proc in started:
         proc.kill()
+
+
+# -- the HTTP API: a real `kandinsky-batch api` process on loopback --------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def api_settings(module_settings: Settings) -> Settings:
+    return module_settings.model_copy(update={"api_port": free_port()})
+
+
+@pytest.fixture(scope="module")
+def server(api_settings: Settings, worker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("api") / "api.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "producer.cli", "api"],
+            env=worker_env(api_settings),
+            stdout=out,
+            stderr=out,
+        )
+    url = f"http://127.0.0.1:{api_settings.api_port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    yield url
+    proc.terminate()
+    # A graceful shutdown: uvicorn finishes its requests, then exits by the signal it caught.
+    assert proc.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
+    assert "Finished server process" in log.read_text()
+
+
+@pytest.fixture(scope="module")
+def keys(api_settings: Settings) -> dict[str, str]:
+    """A key of a second tenant, and an admin key (`acme_key` is made through the CLI)."""
+    with Client(api_settings) as client:
+        store = ApiKeys(client.redis, client.status_store.keys)
+        _, other = store.create("globex")
+        _, admin = store.create("ops", admin=True)
+    return {"globex": other, "admin": admin}
+
+
+@pytest.fixture(scope="module")
+def acme_key(api_settings: Settings) -> str:
+    """A key made with `kandinsky-batch keys create`, as an operator would."""
+    env = worker_env(api_settings)
+    out = subprocess.run(
+        [sys.executable, "-m", "producer.cli", "keys", "create", "--tenant", "acme", "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    made = json.loads(out.stdout)
+    assert made["tenant"] == "acme" and made["key"].startswith("kb_")
+    return str(made["key"])
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

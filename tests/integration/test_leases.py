@@ -54,9 +54,23 @@ def test_renewal_keeps_a_lease_alive_and_only_the_owner_renews(stores):
     leases.acquire("w1", [(job, {})])
     for _ in range(3):
         time.sleep(0.5)
-        assert leases.renew("w1", [job]) == 1
-        assert leases.renew("w2", [job]) == 0
+        assert leases.renew("w1", [job]) == (1, 0)
+        assert leases.renew("w2", [job]) == (0, 1)  # another's lease: not renewed, lost to w2
     assert leases.expired() == []
+
+
+def test_an_expired_lease_is_never_renewed_and_a_finished_job_is_not_lost(stores):
+    leases, status = stores
+    status.create_jobs("b", [(0, 1), (1, 2)])
+    status.receive("b", [(0, 1), (1, 2)])
+    expired, done = job_id("b", 0), job_id("b", 1)
+    leases.acquire("w1", [(expired, {}), (done, {})])
+    status.start(done, "w1", 1, {})
+    status.succeed(done, [], "m")  # leaving running drops its lease
+    time.sleep(1.1)
+    assert leases.renew("w1", [expired, done]) == (0, 1)
+    assert leases.held("w1", [expired, done]) == set()
+    assert leases.expired() == [expired]
 
 
 def test_only_one_reaper_takes_an_expired_lease(stores):

@@ -1,6 +1,6 @@
 -- KEYS: batch, record shard, [list to push onto, other lists of the queue (to measure)]
 -- ARGV: now, now_s, rec_prefix, flags, jobs (big-endian u32 index + u32 seed each, indices
---       ascending, all in this shard), envelope ('' to push nothing)
+--       ascending, all in this shard), envelope ('' to push nothing), tenant ('' for none)
 -- If every job is new: writes their records, pushes the envelope, returns {1, '', queue length}.
 -- Otherwise changes nothing and returns {0, the jobs' records (9 zero bytes = new), 0}: the
 -- caller sends the new ones again in a message of their own.
@@ -49,6 +49,7 @@ else
   for j = 1, n do redis.call('SETRANGE', rec, (index[j] % SHARD) * REC, record[j]) end
 end
 add_fresh(batch, n, hi + 1, now, rec_prefix)
+if ARGV[7] ~= '' then redis.call('HSETNX', batch, B.tenant, ARGV[7]) end
 if envelope ~= '' then redis.call('LPUSH', KEYS[3], envelope) end
 local length = 0
 for i = 3, #KEYS do length = length + redis.call('LLEN', KEYS[i]) end

@@ -1,0 +1,70 @@
+"""API keys for the HTTP API: each belongs to one tenant; only a hash of it is kept in Redis.
+
+A key is shown once, when it is made (`kandinsky-batch keys create`). Redis holds its sha256,
+mapped to the key's id, tenant and limits, so a copy of Redis gives nobody a usable key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass
+
+import redis
+
+from kandinsky_batch.keys import Keys
+
+KEY_PREFIX = "kb_"
+TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """What a key allows; never the key itself."""
+
+    id: str
+    tenant: str
+    admin: bool = False
+    rate_per_s: float = 20.0  # requests per second
+    max_queued: int = 100_000  # unfinished jobs of its tenant
+    created: float = 0.0
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class ApiKeys:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.key = keys.api_keys()
+
+    def create(
+        self, tenant: str, *, admin: bool = False, rate_per_s: float = 20.0, max_queued: int = 100_000
+    ) -> tuple[ApiKey, str]:
+        """A new key for `tenant`: its record, and the secret (shown once, stored only as a hash)."""
+        if not TENANT.match(tenant):
+            raise ValueError(f"a tenant is 1 to 64 of letters, digits, '_', '.', '-'; not {tenant!r}")
+        record = ApiKey(secrets.token_hex(6), tenant, admin, rate_per_s, max_queued, round(time.time(), 3))
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        self.redis.hset(self.key, _digest(secret), json.dumps(asdict(record)))
+        return record, secret
+
+    def verify(self, secret: str) -> ApiKey | None:
+        """The key's record, or None for an unknown or revoked key."""
+        raw = self.redis.hget(self.key, _digest(secret))
+        return ApiKey(**json.loads(raw)) if isinstance(raw, bytes) else None
+
+    def all(self) -> list[ApiKey]:
+        records = [ApiKey(**json.loads(raw)) for raw in self.redis.hvals(self.key)]
+        return sorted(records, key=lambda r: (r.tenant, r.created))
+
+    def revoke(self, key_id: str) -> bool:
+        """Remove the key with this id; False if there is none."""
+        for digest, raw in self.redis.hscan_iter(self.key):
+            if json.loads(raw)["id"] == key_id:
+                return bool(self.redis.hdel(self.key, digest))
+        return False

@@ -1,0 +1,55 @@
+"""Who is calling: the API key in `Authorization: Bearer ...`, and which tenant's ids it may see.
+
+Another tenant's job or batch answers 404, never 403: a key learns nothing of work it cannot see.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from kandinsky_batch.errors import NotFound
+from kandinsky_batch.keys import JobRef
+from kandinsky_batch.schema import BatchStatus
+from kandinsky_batch.store.apikeys import ApiKey
+from producer.api.problems import Problem
+from producer.client import Client
+
+bearer = HTTPBearer(auto_error=False, description="An API key made with `kandinsky-batch keys create`.")
+
+
+def client_of(request: Request) -> Client:
+    client: Client = request.app.state.client
+    return client
+
+
+def caller(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> ApiKey:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Problem(401, "Unauthorized", "send an API key as `Authorization: Bearer <key>`")
+    key = request.app.state.keys.verify(credentials.credentials)
+    if key is None:
+        raise Problem(401, "Unauthorized", "unknown or revoked API key")
+    return key
+
+
+def owned_batch(client: Client, key: ApiKey, batch_id: str) -> BatchStatus:
+    """The batch if this key's tenant owns it (an admin key sees every tenant's); else NotFound."""
+    batch = client.status_store.batch(batch_id)
+    if not key.admin and batch.tenant != key.tenant:
+        raise NotFound(f"batch {batch_id!r} not found")
+    return batch
+
+
+def owned_job(client: Client, key: ApiKey, job_id: str) -> JobRef:
+    ref = JobRef.parse(job_id)
+    if ref is None:
+        raise NotFound(f"job {job_id!r} not found")
+    try:
+        owned_batch(client, key, ref.batch_id)
+    except NotFound:
+        raise NotFound(f"job {job_id!r} not found") from None
+    return ref

@@ -1,0 +1,165 @@
+"""`/v1/batches`: upload a JSONL batch (streamed, in bounded memory), read, page, cancel, retry.
+
+An upload is read chunk by chunk and handed line by line to the bulk submitter in a worker
+thread through a bounded queue, so a 1M-line body never sits in memory whole, and the event loop
+only moves bytes. Bad lines are reported by number, as `submit --file` does; the rest go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from kandinsky_batch.schema import JobState, Priority
+from producer.api.auth import owned_batch
+from producer.api.jobs import Caller, Sdk, tenant_batch_id
+from producer.api.problems import Problem
+from producer.submit import SubmitResult, Submitter, new_batch_id, parse_jsonl, split_lines, submit_lines
+from producer.watch import summarize
+
+router = APIRouter(prefix="/v1")
+MAX_BODY_BYTES = 2 * 1024**3  # one upload; a 1M-line dataset is ~100-300 MB
+MAX_LINE_BYTES = 16 * 1024**2  # one job, inline images included
+PAGE_MAX = 1000
+
+
+class Inbox:
+    """The chunks of one upload, from the event loop to the submitting thread; `None` ends it."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self.ended = False
+
+    def chunks(self) -> Iterator[bytes]:
+        while not self.ended:
+            chunk = self.queue.get()
+            if chunk is None:
+                self.ended = True
+            else:
+                yield chunk
+
+
+def _submit(submitter: Submitter, inbox: Inbox, defaults: dict[str, Any]) -> SubmitResult:
+    lines = parse_jsonl(split_lines(inbox.chunks(), MAX_LINE_BYTES))
+    try:
+        return submit_lines(submitter, lines, defaults)
+    finally:
+        for _ in inbox.chunks():  # drain, so the reader is never left blocked on a full queue
+            pass
+
+
+NDJSON_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "One job spec (a JSON object) per line.",
+        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.post("/batches", status_code=202, summary="Submit a JSONL batch", openapi_extra=NDJSON_BODY)
+async def submit_batch(
+    request: Request,
+    key: Caller,
+    client: Sdk,
+    priority: Priority = Priority.NORMAL,
+    defaults: Annotated[str | None, Query(description="JSON object of spec fields every line gets.")] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> dict[str, Any]:
+    """One job per line. Answers with the batch id, the job count and the bad lines by number."""
+    try:
+        base = json.loads(defaults) if defaults else {}
+    except json.JSONDecodeError as exc:
+        raise Problem(
+            422, "Invalid request", f"defaults: not JSON ({exc.msg})", fields=["defaults"]
+        ) from None
+    if not isinstance(base, dict):
+        raise Problem(422, "Invalid request", "defaults: must be a JSON object", fields=["defaults"])
+    batch_id = tenant_batch_id(key.tenant, idempotency_key) if idempotency_key else new_batch_id()
+    submitter = Submitter(client.settings, client.status_store, batch_id, priority, tenant=key.tenant)
+    inbox = Inbox()
+    task = asyncio.ensure_future(run_in_threadpool(_submit, submitter, inbox, base))
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise Problem(413, "Body too large", f"an upload is at most {MAX_BODY_BYTES} bytes")
+            if chunk:
+                await run_in_threadpool(inbox.queue.put, chunk)
+    finally:
+        await run_in_threadpool(inbox.queue.put, None)
+    result = await task
+    if not result.indices and not result.errors:
+        raise Problem(422, "Invalid request", "the body has no job lines", fields=["body"])
+    return {
+        "batch_id": result.batch_id,
+        "jobs": len(result.indices),
+        "sent": result.sent,
+        "skipped": result.skipped,
+        "errors": [{"line": e.line, "reason": e.reason} for e in result.errors],
+        "urls": {"get": str(request.url_for("get_batch", batch_id=result.batch_id))},
+    }
+
+
+@router.get("/batches/{batch_id}", summary="A batch's counts by state, rate and ETA")
+def get_batch(request: Request, batch_id: str, key: Caller, client: Sdk) -> dict[str, Any]:
+    batch = owned_batch(client, key, batch_id)
+    summary = summarize(batch)
+    rate = summary.jobs_per_s
+    left = batch.total - batch.finished
+    return {
+        **batch.model_dump(mode="json"),
+        "done": batch.done,
+        "jobs_per_s": rate,
+        "eta_s": round(left / rate, 1) if rate and left else (0.0 if batch.done else None),
+        "manifest_url": client.url_for(batch.manifest) if batch.manifest else None,
+        "urls": {"jobs": str(request.url_for("list_jobs", batch_id=batch_id))},
+    }
+
+
+@router.get("/batches/{batch_id}/jobs", summary="A batch's jobs, a page at a time")
+def list_jobs(
+    request: Request,
+    batch_id: str,
+    key: Caller,
+    client: Sdk,
+    state: JobState | None = None,
+    cursor: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 100,
+) -> dict[str, Any]:
+    """Jobs from index `cursor` on, at most `limit`; `next_cursor` is null at the end.
+
+    A page reads at most 10 x `limit` jobs, so a rare `state` costs a few pages, never a scan.
+    """
+    owned_batch(client, key, batch_id)
+    jobs, next_cursor = [], None
+    for scanned, job in enumerate(client.status_store.jobs(batch_id, start=cursor), start=1):
+        if state is None or job.state is state:
+            jobs.append(job.model_dump(mode="json", exclude={"metadata", "spec"}))
+        if len(jobs) >= limit or scanned >= 10 * limit:
+            next_cursor = job.index + 1
+            break
+    return {"jobs": jobs, "next_cursor": next_cursor}
+
+
+@router.post("/batches/{batch_id}/cancel", summary="Cancel every unfinished job of a batch")
+def cancel_batch(batch_id: str, key: Caller, client: Sdk) -> dict[str, Any]:
+    owned_batch(client, key, batch_id)
+    return {"canceled": client.cancel(batch_id)}
+
+
+@router.post("/batches/{batch_id}/retry-failed", summary="Send a batch's failed jobs again")
+def retry_failed(batch_id: str, key: Caller, client: Sdk) -> dict[str, Any]:
+    owned_batch(client, key, batch_id)
+    result = client.retry_failed(batch_id)
+    return {
+        "retried": result.retried,
+        "not_retried": [{"job_id": job, "reason": why} for job, why in result.not_retried],
+    }

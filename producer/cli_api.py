@@ -1,0 +1,95 @@
+"""The CLI's HTTP API commands: `api` serves it, `keys create|list|revoke` manage its keys."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+import click
+from rich.console import Console
+
+from kandinsky_batch.store.apikeys import ApiKeys
+from producer.client import Client
+
+console = Console(stderr=True)
+
+
+@click.command()
+@click.pass_context
+def api(ctx: click.Context) -> None:
+    """Serve the HTTP API on KANDINSKY_BATCH_API_HOST:API_PORT (uvicorn; API_WORKERS processes)."""
+    import uvicorn
+
+    s = ctx.obj
+    options: dict[str, Any] = {"host": s.api_host, "port": s.api_port, "timeout_graceful_shutdown": 30}
+    if s.api_workers == 1:
+        from producer.api.app import create_app
+
+        uvicorn.run(create_app(s), **options)
+    else:  # each worker process builds its app from the environment
+        uvicorn.run("producer.api.app:app_from_env", factory=True, workers=s.api_workers, **options)
+
+
+@click.group()
+def keys() -> None:
+    """API keys for the HTTP API: one per client, each of one tenant."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="Whose jobs the key submits and sees.")
+@click.option("--rate", default="20/s", show_default=True, help="Requests per second, as N/s.")
+@click.option(
+    "--max-queued", type=int, default=100_000, show_default=True, help="Unfinished jobs of the tenant."
+)
+@click.option("--admin", is_flag=True, help="May read every tenant's jobs and usage.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def keys_create(
+    ctx: click.Context, tenant: str, rate: str, max_queued: int, admin: bool, as_json: bool
+) -> None:
+    """Make a key and print it once: only its hash is kept."""
+    per_s = float(rate.removesuffix("/s"))
+    with Client(ctx.obj) as client:
+        try:
+            record, secret = _api_keys(client).create(
+                tenant, admin=admin, rate_per_s=per_s, max_queued=max_queued
+            )
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"key": secret, **asdict(record)}))
+    else:
+        click.echo(secret)
+        console.print(f"key {record.id} for tenant {record.tenant}: shown once, store it now", markup=False)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def keys_list(ctx: click.Context, as_json: bool) -> None:
+    """Every key's id, tenant and limits (never the keys themselves)."""
+    with Client(ctx.obj) as client:
+        for record in _api_keys(client).all():
+            if as_json:
+                click.echo(json.dumps(asdict(record)))
+            else:
+                admin = " admin" if record.admin else ""
+                click.echo(
+                    f"{record.id}  {record.tenant}  {record.rate_per_s:g}/s  max {record.max_queued}{admin}"
+                )
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke a key by its id: it stops working at once."""
+    with Client(ctx.obj) as client:
+        if not _api_keys(client).revoke(key_id):
+            raise click.ClickException(f"no key with id {key_id!r}")
+    click.echo(f"revoked {key_id}")
+
+
+def _api_keys(client: Client) -> ApiKeys:
+    return ApiKeys(client.redis, client.status_store.keys)
