@@ -149,6 +149,10 @@ class Keys:
         """Hash: sha256 of an API key -> JSON of its id, tenant and limits (never the key itself)."""
         return f"{self.prefix}:apikeys"
 
+    def rate(self, key_id: str) -> str:
+        """Hash: one API key's token bucket (tokens left, when last counted)."""
+        return f"{self.prefix}:rate:{key_id}"
+
     def running(self) -> str:
         """Sorted set: job id -> when it last started, for every job in state `running`.
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import redis
 
 from kandinsky_batch.keys import Keys
+from kandinsky_batch.store import scripts
 
 KEY_PREFIX = "kb_"
 TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -40,7 +41,9 @@ def _digest(secret: str) -> str:
 class ApiKeys:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
+        self.keys = keys
         self.key = keys.api_keys()
+        self._rate = client.register_script(scripts.lua("rate"))
 
     def create(
         self, tenant: str, *, admin: bool = False, rate_per_s: float = 20.0, max_queued: int = 100_000
@@ -57,6 +60,14 @@ class ApiKeys:
         """The key's record, or None for an unknown or revoked key."""
         raw = self.redis.hget(self.key, _digest(secret))
         return ApiKey(**json.loads(raw)) if isinstance(raw, bytes) else None
+
+    def take(self, key: ApiKey) -> float:
+        """Count one request against the key's rate: 0 if it may go, else seconds until it may."""
+        burst = max(1.0, key.rate_per_s)  # a second's worth of requests at once
+        allowed, wait_ms = self._rate(
+            keys=[self.keys.rate(key.id)], args=[time.time(), key.rate_per_s, burst]
+        )
+        return 0.0 if allowed else int(wait_ms) / 1000
 
     def all(self) -> list[ApiKey]:
         records = [ApiKey(**json.loads(raw)) for raw in self.redis.hvals(self.key)]

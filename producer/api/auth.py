@@ -5,6 +5,7 @@ Another tenant's job or batch answers 404, never 403: a key learns nothing of wo
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -30,9 +31,14 @@ def caller(
 ) -> ApiKey:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Problem(401, "Unauthorized", "send an API key as `Authorization: Bearer <key>`")
-    key = request.app.state.keys.verify(credentials.credentials)
+    keys = request.app.state.keys
+    key = keys.verify(credentials.credentials)
     if key is None:
         raise Problem(401, "Unauthorized", "unknown or revoked API key")
+    wait_s = keys.take(key)
+    if wait_s:
+        detail = f"this key may make {key.rate_per_s:g} requests per second"
+        raise Problem(429, "Too many requests", detail, headers={"Retry-After": str(math.ceil(wait_s))})
     return key
 
 

@@ -10,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from kandinsky_batch.keys import JobRef
 from kandinsky_batch.schema import JobState, Priority
 from producer.api.auth import owned_batch
 from producer.api.jobs import Caller, Sdk, tenant_batch_id
 from producer.api.problems import Problem
+from producer.client import Client
 from producer.submit import SubmitResult, Submitter, new_batch_id, parse_jsonl, split_lines, submit_lines
 from producer.watch import summarize
 
@@ -147,6 +151,52 @@ def list_jobs(
             next_cursor = job.index + 1
             break
     return {"jobs": jobs, "next_cursor": next_cursor}
+
+
+@router.get(
+    "/batches/{batch_id}/events",
+    summary="Server-Sent Events of a batch's jobs",
+    response_class=StreamingResponse,
+)
+def batch_events(batch_id: str, key: Caller, client: Sdk) -> StreamingResponse:
+    """`batch` (counts) first, a `job` event per state change, `done` when every job is finished.
+
+    Read from the status event stream from the moment of the request; a comment every 15 s
+    keeps idle connections open.
+    """
+    owned_batch(client, key, batch_id)
+    return StreamingResponse(_events(client, batch_id), media_type="text/event-stream")
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _events(client: Client, batch_id: str) -> Iterator[bytes]:
+    store = client.status_store
+    last = store.last_event_id()
+    batch = store.batch(batch_id)
+    yield _sse("batch", {"batch_id": batch_id, "counts": batch.model_dump(mode="json")["counts"]})
+    quiet_since = time.monotonic()
+    while True:
+        # Seen done before the read: the change that finished it is in the stream, so it is read.
+        batch = store.batch(batch_id)
+        entries = store.events_after(last, 1000)
+        if entries:
+            last = entries[-1][0]
+        for _, job, state in entries:
+            ref = JobRef.parse(job)
+            if ref is not None and ref.batch_id == batch_id:
+                yield _sse("job", {"job_id": job, "state": state.value})
+                quiet_since = time.monotonic()
+        if batch.done and len(entries) < 1000:
+            break
+        if time.monotonic() - quiet_since > 15:
+            yield b": keep-alive\n\n"
+            quiet_since = time.monotonic()
+        if len(entries) < 1000:
+            time.sleep(0.25)
+    yield _sse("done", {"batch_id": batch_id, "counts": batch.model_dump(mode="json")["counts"]})
 
 
 @router.post("/batches/{batch_id}/cancel", summary="Cancel every unfinished job of a batch")

@@ -12,6 +12,7 @@ import pytest
 
 from kandinsky_batch.keys import JobRef
 from kandinsky_batch.settings import Settings
+from kandinsky_batch.store.apikeys import ApiKeys
 from producer.client import Client
 from tests.integration.conftest import auth
 
@@ -104,3 +105,35 @@ def test_an_empty_upload_and_bad_defaults_are_problems(server: str, acme_key: st
         bad = http.post("/v1/batches?defaults=[1]", content=lines({"prompt": "x"}), headers=auth(acme_key))
         assert bad.status_code == 422 and bad.json()["fields"] == ["defaults"]
         assert http.get("/healthz").status_code == 200
+
+
+def test_events_stream_each_jobs_changes_until_the_batch_is_done(server: str, acme_key: str):
+    with httpx.Client(base_url=server, timeout=120) as http:
+        body = lines(*[{"prompt": f"watched {i}", **TINY} for i in range(2)])
+        batch_id = http.post("/v1/batches", content=body, headers=auth(acme_key)).json()["batch_id"]
+        events: list[tuple[str, dict]] = []
+        with http.stream("GET", f"/v1/batches/{batch_id}/events", headers=auth(acme_key)) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            event = ""
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    event = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    events.append((event, json.loads(line.removeprefix("data: "))))
+    assert events[0][0] == "batch" and events[-1][0] == "done"
+    assert events[-1][1]["counts"]["succeeded"] == 2
+    finished = {data["job_id"] for kind, data in events if kind == "job" and data["state"] == "succeeded"}
+    started_before = events[0][1]["counts"]["succeeded"]
+    assert len(finished) == 2 - started_before  # every job that finished while watching was seen
+
+
+def test_a_key_over_its_rate_gets_429_with_retry_after(server: str, api_settings: Settings):
+    with Client(api_settings) as client:
+        _, slow = ApiKeys(client.redis, client.status_store.keys).create("slowpoke", rate_per_s=2)
+    with httpx.Client(base_url=server, timeout=30) as http:
+        answers = [http.get("/v1/batches/none", headers=auth(slow)) for _ in range(6)]
+    codes = [a.status_code for a in answers]
+    assert codes[:2] == [404, 404] and 429 in codes, codes
+    limited = next(a for a in answers if a.status_code == 429)
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.headers["content-type"] == "application/problem+json"

@@ -1,0 +1,176 @@
+"""The SDK over HTTP: `HttpClient(url, key)` has the methods of `Client`, for callers with no Redis.
+
+It speaks only the documented API (docs/openapi.json); problem documents come back as the SDK's
+own errors (404 NotFound, 422 InvalidSpec, others KandinskyBatchError with an `http_<status>` code).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kandinsky_batch.errors import InvalidSpec, KandinskyBatchError, NotFound
+from kandinsky_batch.keys import JobRef
+from kandinsky_batch.schema import BatchStatus, JobSpec, JobStatus, Priority, is_finished
+from producer.client import JobResult, RetryResult
+from producer.submit import LineError, SubmitResult
+
+UPLOAD_CHUNK = 1 << 20
+
+
+class HttpClient:
+    def __init__(self, url: str, key: str, timeout_s: float = 90.0) -> None:
+        headers = {"Authorization": f"Bearer {key}"}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        answer = self.http.request(method, path, **kwargs)
+        if answer.status_code >= 400:
+            raise _error(answer)
+        return answer.json()
+
+    # -- submit ----------------------------------------------------------------------
+
+    def submit(
+        self,
+        spec: JobSpec | dict[str, Any],
+        priority: Priority = Priority.NORMAL,
+        idempotency_key: str | None = None,
+    ) -> str:
+        data = spec.model_dump(mode="json", exclude_defaults=True) if isinstance(spec, JobSpec) else spec
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        job = self._call("POST", "/v1/jobs", json=data, params={"priority": priority.value}, headers=headers)
+        return str(job["job_id"])
+
+    def submit_batch(
+        self,
+        jobs: Iterable[JobSpec | dict[str, Any]] | Path,
+        *,
+        defaults: dict[str, Any] | None = None,
+        priority: Priority = Priority.NORMAL,
+        idempotency_key: str | None = None,
+    ) -> SubmitResult:
+        """A JSONL file or an iterable of specs as one batch, streamed to the server."""
+        params = {"priority": priority.value, **({"defaults": json.dumps(defaults)} if defaults else {})}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = _file_chunks(jobs) if isinstance(jobs, Path) else _spec_lines(jobs)
+        answer = self._call("POST", "/v1/batches", content=body, params=params, headers=headers)
+        result = SubmitResult(answer["batch_id"], sent=answer["sent"], skipped=answer["skipped"])
+        result.errors = [LineError(e["line"], e["reason"]) for e in answer["errors"]]
+        result.indices = [job.index for job in self._jobs(answer["batch_id"])]
+        return result
+
+    # -- read ------------------------------------------------------------------------
+
+    def status(self, id_: str) -> JobStatus | BatchStatus:
+        if JobRef.parse(id_) is not None:
+            try:
+                return _job_status(self._call("GET", f"/v1/jobs/{id_}"))
+            except NotFound:
+                pass
+        try:
+            return BatchStatus.model_validate(self._call("GET", f"/v1/batches/{id_}"))
+        except NotFound:
+            raise NotFound(f"job or batch {id_!r} not found") from None
+
+    def _jobs(self, batch_id: str) -> Iterator[JobStatus]:
+        cursor: int | None = 0
+        while cursor is not None:
+            page = self._call("GET", f"/v1/batches/{batch_id}/jobs", params={"cursor": cursor, "limit": 1000})
+            yield from (JobStatus.model_validate(job) for job in page["jobs"])
+            cursor = page["next_cursor"]
+
+    def wait(self, id_: str, timeout: float | None = None, poll_s: float = 0.5) -> JobStatus | BatchStatus:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            current = self.status(id_)
+            if is_finished(current):
+                return current
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{id_} not finished after {timeout} s")
+            time.sleep(poll_s)
+
+    def results(self, id_: str, download_to: Path | None = None) -> list[JobResult]:
+        """Each job's state and output URLs; with `download_to`, the images copied there too."""
+        found = self.status(id_)
+        jobs = [found] if isinstance(found, JobStatus) else list(self._jobs(found.batch_id))
+        results = []
+        for job in jobs:
+            urls = _job_status(self._call("GET", f"/v1/jobs/{job.job_id}")).outputs
+            result = JobResult(
+                job_id=job.job_id, state=job.state, seed=job.seed, outputs=urls, urls=urls, error=job.error
+            )
+            if download_to is not None:
+                result.files = [
+                    str(self._download(url, download_to / job.job_id, k)) for k, url in enumerate(urls)
+                ]
+            results.append(result)
+        return results
+
+    def _download(self, url: str, folder: Path, index: int) -> Path:
+        answer = self.http.get(url, follow_redirects=True)
+        if answer.status_code >= 400:
+            raise _error(answer)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{index}.png"
+        path.write_bytes(answer.content)
+        return path
+
+    # -- change ----------------------------------------------------------------------
+
+    def cancel(self, id_: str) -> int:
+        found = self.status(id_)
+        path = f"/v1/jobs/{id_}/cancel" if isinstance(found, JobStatus) else f"/v1/batches/{id_}/cancel"
+        return int(self._call("POST", path)["canceled"])
+
+    def retry_failed(self, batch_id: str) -> RetryResult:
+        answer = self._call("POST", f"/v1/batches/{batch_id}/retry-failed")
+        return RetryResult(
+            batch_id, answer["retried"], [(j["job_id"], j["reason"]) for j in answer["not_retried"]]
+        )
+
+
+def _job_status(data: dict[str, Any]) -> JobStatus:
+    """A job as the API shows it (its outputs are URLs here, not storage URIs)."""
+    return JobStatus.model_validate(data)
+
+
+def _spec_lines(jobs: Iterable[JobSpec | dict[str, Any]]) -> Iterator[bytes]:
+    for job in jobs:
+        data = job.model_dump(mode="json", exclude_defaults=True) if isinstance(job, JobSpec) else job
+        yield json.dumps(data, ensure_ascii=False).encode() + b"\n"
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        while chunk := fh.read(UPLOAD_CHUNK):
+            yield chunk
+
+
+def _error(answer: httpx.Response) -> KandinskyBatchError:
+    try:
+        problem = answer.json()
+        detail = problem.get("detail") or problem.get("title") or answer.reason_phrase
+    except ValueError:
+        detail = answer.text[:300] or answer.reason_phrase
+    if answer.status_code == 404:
+        return NotFound(detail)
+    if answer.status_code == 422:
+        return InvalidSpec(detail)
+    error = KandinskyBatchError(f"HTTP {answer.status_code}: {detail}")
+    error.code = f"http_{answer.status_code}"
+    return error
