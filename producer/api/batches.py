@@ -62,7 +62,10 @@ NDJSON_BODY = {
     "requestBody": {
         "required": True,
         "description": "One job spec (a JSON object) per line.",
-        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        "content": {
+            "application/x-ndjson": {"schema": {"type": "string"}},
+            "text/plain": {"schema": {"type": "string"}},
+        },
     }
 }
 
