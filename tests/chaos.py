@@ -113,6 +113,7 @@ class Chaos:
         self.paused: set[int] = set()
         self.stopped = threading.Event()
         self.batches: dict[str, int] = {}  # batch id -> jobs submitted
+        self.burst = (10, 40)  # jobs per burst of submits (set by `run`)
         self.report = Report()
         self.lock = threading.Lock()
 
@@ -169,7 +170,8 @@ class Chaos:
             kind = "burst"
         self.report.faults[kind] += 1
         if kind == "burst":
-            threading.Thread(target=self.submit_burst, args=(self.rng.randint(10, 40),), daemon=True).start()
+            size = self.rng.randint(*self.burst)
+            threading.Thread(target=self.submit_burst, args=(size,), daemon=True).start()
         elif kind == "redis":
             self.redis_server.kill()
             time.sleep(self.rng.uniform(0.5, 2.0))
@@ -195,7 +197,15 @@ class Chaos:
 
     # -- the run --------------------------------------------------------------------------
 
-    def run(self, duration_s: float, gap_s: tuple[float, float], drain_timeout_s: float) -> Report:
+    def run(
+        self,
+        duration_s: float,
+        gap_s: tuple[float, float],
+        drain_timeout_s: float,
+        burst: tuple[int, int] = (10, 40),
+    ) -> Report:
+        """Faults for `duration_s`, one every `gap_s` s; bursts of `burst` jobs; then drain and check."""
+        self.burst = burst
         threads = [threading.Thread(target=self._spawn, args=(slot,)) for slot in range(len(self.slots))]
         for t in threads:
             t.start()
@@ -203,7 +213,7 @@ class Chaos:
             t.join()
         supervisor = threading.Thread(target=self.supervise, daemon=True)
         supervisor.start()
-        self.submit_burst(40)
+        self.submit_burst(burst[1])
         end = time.monotonic() + duration_s
         while time.monotonic() < end:
             time.sleep(self.rng.uniform(*gap_s))

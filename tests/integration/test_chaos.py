@@ -17,6 +17,7 @@ from tests.conftest import IN_CI
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(600)
 def test_a_minute_of_faults_loses_strands_and_duplicates_nothing(tiny_models: Path, tmp_path: Path):
     if shutil.which("redis-server") is None:
         if IN_CI:
@@ -24,7 +25,8 @@ def test_a_minute_of_faults_loses_strands_and_duplicates_nothing(tiny_models: Pa
         pytest.skip("redis-server is not installed")
     seed = random.randrange(10**6)
     with chaos_run(tmp_path, tiny_models, workers=3, seed=seed) as chaos:
-        report = chaos.run(duration_s=60, gap_s=(2.0, 4.0), drain_timeout_s=300)
+        # Small bursts keep the drain short on a 2-core CI machine; bench/chaos.py uses 10-40.
+        report = chaos.run(duration_s=60, gap_s=(2.0, 4.0), drain_timeout_s=300, burst=(5, 15))
     print(f"chaos seed {seed}:", *report.lines(), sep="\n")
     assert report.problems == []
     assert (report.lost, report.duplicated, report.late_writes) == (0, 0, 0)
