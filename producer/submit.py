@@ -56,8 +56,13 @@ def new_batch_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def batch_id_for_key(key: str) -> str:
-    """A single job's batch id, derived from its idempotency key."""
+def batch_id_for_key(key: str, tenant: str = "") -> str:
+    """The batch of a keyed submit: the same key (of the same tenant) gives the same batch.
+
+    Keys of HTTP callers are namespaced by their tenant, so two tenants never share a batch.
+    """
+    if tenant:
+        return "h" + hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest()[:19]
     return "k" + hashlib.sha256(key.encode()).hexdigest()[:19]
 
 

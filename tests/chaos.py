@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 import redis
 
+from kandinsky_batch.errors import NotFound
 from kandinsky_batch.schema import JobState, JobStatus, is_finished
 from kandinsky_batch.settings import Settings
 from producer.client import Client
@@ -233,7 +234,7 @@ class Chaos:
                 try:
                     if all(client.status_store.batch(b).done for b in self.batches):
                         return
-                except Exception:  # a batch whose submit is still retrying is not found yet
+                except (NotFound, redis.RedisError):  # a submit still retrying; Redis restarting
                     pass
                 time.sleep(1)
 

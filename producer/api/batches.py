@@ -21,10 +21,18 @@ from starlette.concurrency import run_in_threadpool
 from kandinsky_batch.keys import JobRef
 from kandinsky_batch.schema import JobState, Priority
 from producer.api.auth import owned_batch
-from producer.api.jobs import Caller, Sdk, tenant_batch_id
+from producer.api.jobs import Caller, Sdk
 from producer.api.problems import Problem
 from producer.client import Client
-from producer.submit import SubmitResult, Submitter, new_batch_id, parse_jsonl, split_lines, submit_lines
+from producer.submit import (
+    SubmitResult,
+    Submitter,
+    batch_id_for_key,
+    new_batch_id,
+    parse_jsonl,
+    split_lines,
+    submit_lines,
+)
 from producer.watch import summarize
 
 router = APIRouter(prefix="/v1")
@@ -88,7 +96,7 @@ async def submit_batch(
         ) from None
     if not isinstance(base, dict):
         raise Problem(422, "Invalid request", "defaults: must be a JSON object", fields=["defaults"])
-    batch_id = tenant_batch_id(key.tenant, idempotency_key) if idempotency_key else new_batch_id()
+    batch_id = batch_id_for_key(idempotency_key, key.tenant) if idempotency_key else new_batch_id()
     submitter = Submitter(client.settings, client.status_store, batch_id, priority, tenant=key.tenant)
     inbox = Inbox()
     task = asyncio.ensure_future(run_in_threadpool(_submit, submitter, inbox, base))

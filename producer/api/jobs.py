@@ -6,7 +6,6 @@ batch id and index, and its batch carries the tenant that submitted it.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from pathlib import Path
@@ -23,18 +22,13 @@ from kandinsky_batch.store.apikeys import ApiKey
 from kandinsky_batch.wire import validate_spec
 from producer.api.auth import caller, client_of, owned_job
 from producer.client import Client
-from producer.submit import Submitter, new_batch_id
+from producer.submit import Submitter, batch_id_for_key, new_batch_id
 
 router = APIRouter(prefix="/v1")
 _WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+(?:\.\d+)?)")
 
 Caller = Annotated[ApiKey, Depends(caller)]
 Sdk = Annotated[Client, Depends(client_of)]
-
-
-def tenant_batch_id(tenant: str, idempotency_key: str) -> str:
-    """The batch of a keyed submit: the same tenant and key give the same batch, other tenants never."""
-    return "h" + hashlib.sha256(f"{tenant}\0{idempotency_key}".encode()).hexdigest()[:19]
 
 
 def job_view(request: Request, client: Client, job: JobStatus) -> dict[str, Any]:
@@ -67,7 +61,7 @@ def submit_job(
     """Answers 202 with the job; with `Prefer: wait=N`, 200 with the finished job if it ends within N s."""
     job_spec = validate_spec(spec, client.settings)
     key_text = idempotency_key or job_spec.idempotency_key
-    batch_id = tenant_batch_id(key.tenant, key_text) if key_text else new_batch_id()
+    batch_id = batch_id_for_key(key_text, key.tenant) if key_text else new_batch_id()
     submitter = Submitter(client.settings, client.status_store, batch_id, priority, tenant=key.tenant)
     submitter.add(0, job_spec)
     job_id = submitter.close().job_ids[0]

@@ -19,6 +19,7 @@ from kandinsky_batch.store.apikeys import ApiKeys
 from producer.client import Client
 from producer.launch import worker_env
 from tests.conftest import WorkerProcess, make_settings
+from tests.s3server import TEST_KEY
 
 LEASE_TTL = 2.0
 
@@ -41,6 +42,18 @@ def fault_settings(redis_url, tiny_models, tmp_path):
         return make_settings(url, tiny_models, tmp_path, **{**values, **overrides})
 
     return build
+
+
+def s3_settings(endpoint: str, bucket: str) -> dict[str, Any]:
+    """Settings overrides for a bucket of moto's S3 server, failing fast (one try per request)."""
+    return {
+        "storage_url": f"s3://{bucket}/run",
+        "s3_endpoint_url": endpoint,
+        "s3_region": "us-east-1",
+        "s3_access_key_id": TEST_KEY,
+        "s3_secret_access_key": TEST_KEY,
+        "s3_max_attempts": 1,
+    }
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from kandinsky_batch.schema import BatchStatus, JobSpec, JobState, Mode
 from kandinsky_batch.wire import build_message
 from producer.client import Client
 from tests.conftest import settings_env
-from tests.integration.conftest import LEASE_TTL, wait_for
-from tests.s3server import TEST_KEY, S3Server, create_bucket
+from tests.integration.conftest import LEASE_TTL, s3_settings, wait_for
+from tests.s3server import S3Server, create_bucket
 
 pytestmark = pytest.mark.integration
 
@@ -264,14 +264,7 @@ def test_storage_down_for_20s_jobs_retry_and_succeed_after(fault_settings, start
     server = S3Server()
     endpoint = server.start()
     bucket = create_bucket(endpoint)
-    settings = fault_settings(
-        storage_url=f"s3://{bucket}/run",
-        s3_endpoint_url=endpoint,
-        s3_region="us-east-1",
-        s3_access_key_id=TEST_KEY,
-        s3_secret_access_key=TEST_KEY,
-        s3_max_attempts=1,
-    )
+    settings = fault_settings(**s3_settings(endpoint, bucket))
     start_worker(settings, step_sleep=0.1)
     try:
         with Client(settings) as client:

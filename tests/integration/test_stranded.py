@@ -26,8 +26,8 @@ from kandinsky_batch.keys import JobField, JobRef, Keys
 from kandinsky_batch.schema import BatchStatus, JobState
 from kandinsky_batch.store.status import Recovered, StatusStore
 from producer.client import Client
-from tests.integration.conftest import wait_for
-from tests.s3server import TEST_KEY, S3Server, create_bucket
+from tests.integration.conftest import s3_settings, wait_for
+from tests.s3server import S3Server, create_bucket
 
 pytestmark = pytest.mark.integration
 
@@ -157,12 +157,7 @@ def test_a_delayed_retry_survives_the_worker_that_delayed_it(fault_settings, sta
     endpoint = server.start()
     bucket = create_bucket(endpoint)
     settings = fault_settings(
-        storage_url=f"s3://{bucket}/run",
-        s3_endpoint_url=endpoint,
-        s3_region="us-east-1",
-        s3_access_key_id=TEST_KEY,
-        s3_secret_access_key=TEST_KEY,
-        s3_max_attempts=1,
+        **s3_settings(endpoint, bucket),
         upload_retry_window_s=0.0,
         retry_backoff_s=6.0,
         retry_backoff_max_s=6.0,
