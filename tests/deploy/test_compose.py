@@ -6,7 +6,12 @@ is installed, without the compose plugin), so the structural checks below carry 
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,12 +23,13 @@ from kandinsky_batch.schema import JobSpec
 from kandinsky_batch.settings import Settings
 
 from .kube import settings_from
+from .test_dockerfiles import PRODUCER, final_stage
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker" / "compose.yaml"
 HERE = COMPOSE_FILE.parent
 TOP_LEVEL = {"name", "services", "volumes", "networks", "configs", "secrets", "include", "models"}
 CHECK = ["CMD", "kandinsky-batch", "worker", "check"]
-PARTS = {"redis", "minio", "minio-init", "worker-gpu", "worker-cpu", "tiny-model", "producer"}
+PARTS = {"redis", "minio", "minio-init", "api", "worker-gpu", "worker-cpu", "tiny-model", "producer"}
 
 
 def interpolate(value: Any) -> Any:
@@ -161,8 +167,10 @@ def test_workers_get_time_to_finish_or_hand_back_their_jobs(services: dict[str, 
         assert seconds(worker["stop_grace_period"]) >= grace + 15, name
 
 
-def test_workers_and_producer_run_read_only_without_capabilities(services: dict[str, dict[str, Any]]) -> None:
-    for name in [*workers(services), "tiny-model", "producer"]:
+def test_workers_api_and_producer_run_read_only_without_capabilities(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in [*workers(services), "tiny-model", "producer", "api"]:
         service = services[name]
         assert service["read_only"] is True, name
         assert service["cap_drop"] == ["ALL"], name
@@ -183,6 +191,62 @@ def test_producer_submits_an_example_batch(services: dict[str, dict[str, Any]]) 
     default_file = HERE / mount_source / Path(producer["command"][2]).relative_to(mount_target)
     assert default_file.is_file()
     assert producer["build"]["dockerfile"] == "docker/producer.Dockerfile", "the slim image, no torch"
+
+
+def test_api_runs_kandinsky_batch_api_from_the_producer_image(services: dict[str, dict[str, Any]]) -> None:
+    api = services["api"]
+    (entrypoint,) = [json.loads(rest) for keyword, rest in final_stage(PRODUCER) if keyword == "ENTRYPOINT"]
+    assert [*api.get("entrypoint", entrypoint), *api["command"]] == ["kandinsky-batch", "api"]
+    assert api["build"]["dockerfile"] == "docker/producer.Dockerfile", "the slim image, no torch"
+    assert api["image"] == services["producer"]["image"]
+    assert "profiles" not in api, "the API starts with every profile"
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_api_is_published_on_loopback_only_at_the_port_it_listens_on(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    api = services["api"]
+    settings = settings_from(env_of(api))
+    assert settings.api_host == "0.0.0.0", "the default (127.0.0.1) is unreachable from the host"
+    (port,) = api["ports"]
+    host_ip, host_port, container_port = str(port).split(":")
+    assert host_ip == "127.0.0.1"
+    assert (int(host_port), int(container_port)) == (8000, settings.api_port)
+
+
+def run_healthcheck(code: str, url: str, status: int) -> int:
+    """Run the check's python against a local server answering `status`; its exit code."""
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status if self.path == urlsplit(url).path else 404)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Answer) as server:
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        try:
+            local = code.replace(url, f"http://127.0.0.1:{server.server_port}{urlsplit(url).path}")
+            return subprocess.run([sys.executable, "-c", local], capture_output=True, timeout=30).returncode
+        finally:
+            server.shutdown()
+
+
+def test_api_healthcheck_asks_the_api_with_the_images_python(services: dict[str, dict[str, Any]]) -> None:
+    """The producer image has python (no curl); the check must fail on a 503, not only on no answer."""
+    check = services["api"]["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "python", "-c"]
+    code = check[3]
+    (url,) = re.findall(r"http://[^'\"]+", code)
+    parts = urlsplit(url)
+    assert parts.path in ("/readyz", "/healthz")
+    assert parts.port == settings_from(env_of(services["api"])).api_port
+    assert run_healthcheck(code, url, 200) == 0
+    assert run_healthcheck(code, url, 503) != 0, "an unready API must turn the container unhealthy"
 
 
 @pytest.mark.parametrize("example", sorted((HERE / "examples").glob("*.jsonl")), ids=lambda p: p.name)

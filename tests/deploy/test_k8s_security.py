@@ -15,6 +15,8 @@ def test_namespace_enforces_the_restricted_pod_security_profile(m: Manifests) ->
 
 
 def test_every_pod_runs_non_root_without_privileges_or_capabilities(m: Manifests) -> None:
+    names = {workload["metadata"]["name"] for workload, _ in m.workloads()}
+    assert {"kandinsky-worker-base", "kandinsky-worker-inpaint", "kandinsky-api", "kandinsky-submit"} <= names
     for workload, pod in m.workloads():
         where = f"{m.overlay}: {workload['kind']}/{workload['metadata']['name']}"
         pod_ctx = pod.get("securityContext", {})
@@ -73,12 +75,38 @@ def test_workers_reach_redis_storage_and_dns_and_nothing_reaches_them(m: Manifes
 
 def test_only_our_clients_and_the_keda_operator_reach_redis(m: Manifests) -> None:
     redis = endpoint(m, "StatefulSet", "kandinsky-redis")
-    producer = endpoint(m, "Job", "kandinsky-submit")
-    assert allowed(m, producer, redis, 6379)
+    for kind, name in (
+        ("Job", "kandinsky-submit"),
+        ("Deployment", "kandinsky-api"),
+        ("Deployment", "kandinsky-worker-base"),
+        ("Deployment", "kandinsky-worker-inpaint"),
+    ):
+        assert allowed(m, endpoint(m, kind, name), redis, 6379), name
     assert allowed(m, KEDA_OPERATOR, redis, 6379), "KEDA reads the list lengths"
     assert not allowed(m, STRANGER, redis, 6379)
-    assert not allowed(m, Endpoint(m.namespace, {"app": "something-else"}), redis, 6379)
     assert not allowed(m, redis, INTERNET, 443), "Redis talks to no one"
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"app": "something-else"},
+        {"app.kubernetes.io/component": "storage"},
+        {"app.kubernetes.io/component": "storage-init"},
+        {"app.kubernetes.io/component": "broker", "app.kubernetes.io/name": "other"},
+    ],
+)
+def test_other_pods_of_the_namespace_do_not_reach_redis(m: Manifests, labels: dict[str, str]) -> None:
+    redis = endpoint(m, "StatefulSet", "kandinsky-redis")
+    assert not allowed(m, Endpoint(m.namespace, labels), redis, 6379)
+
+
+def test_pods_labelled_as_our_clients_in_other_namespaces_do_not_reach_redis(m: Manifests) -> None:
+    """The client rules pick pods of this namespace: a look-alike label elsewhere gets nothing."""
+    redis = endpoint(m, "StatefulSet", "kandinsky-redis")
+    for component in ("worker", "producer", "api"):
+        impostor = Endpoint("some-other-team", {"app.kubernetes.io/component": component})
+        assert not allowed(m, impostor, redis, 6379), component
 
 
 def test_dev_storage_is_reachable_only_by_our_pods(rendered: dict[str, Manifests]) -> None:
@@ -86,4 +114,5 @@ def test_dev_storage_is_reachable_only_by_our_pods(rendered: dict[str, Manifests
     minio = endpoint(m, "Deployment", "kandinsky-minio")
     assert allowed(m, endpoint(m, "Job", "kandinsky-minio-bucket"), minio, 9000)
     assert allowed(m, endpoint(m, "Job", "kandinsky-submit"), minio, 9000)
+    assert allowed(m, endpoint(m, "Deployment", "kandinsky-api"), minio, 9000)
     assert not allowed(m, STRANGER, minio, 9000)
