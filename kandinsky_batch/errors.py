@@ -11,7 +11,8 @@ KandinskyBatchError
 │   └── InternalError         internal_error      anything unexpected (a bug): the traceback is logged
 ├── TransientError            retried with backoff up to a limit
 │   └── StorageUnavailable    storage_unavailable
-└── NotFound                  not_found           unknown job or batch id (producer side)
+├── NotFound                  not_found           unknown job or batch id (producer side)
+└── OverQuota                 over_quota          a tenant's cap on unfinished jobs is reached (producer side)
 
 ControlFlow                   not errors: how the engine tells the task what to do next
 ├── HandBack                  the worker is stopping: these jobs go back to the queue
@@ -75,6 +76,16 @@ class StorageUnavailable(TransientError):
 
 class NotFound(KandinskyBatchError):
     code = "not_found"
+
+
+class OverQuota(KandinskyBatchError):
+    """A submit that would take a tenant past its cap on unfinished jobs; `refused` are not sent."""
+
+    code = "over_quota"
+
+    def __init__(self, message: str, refused: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.refused = refused or []
 
 
 class ControlFlow(Exception):

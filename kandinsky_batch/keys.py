@@ -64,6 +64,16 @@ class BatchField(StrEnum):
     FINISHED = "ft"
     MANIFEST = "mf"
     TENANT = "tn"  # who submitted it over HTTP (absent for the SDK, the CLI and open-format senders)
+    SEQUENCE = "sq"  # jobs of its priority submitted before its first one (queue position estimates)
+    WEBHOOK = "wh"  # JSON of its webhook (url, events, whether batch events are wanted)
+    WEBHOOK_DONE = "whd"  # set once its `batch.completed` delivery is queued
+
+
+class UsageField(StrEnum):
+    """Fields of a tenant's usage hash besides one job counter per state."""
+
+    IMAGES_SUBMITTED = "images_submitted"
+    IMAGES_SUCCEEDED = "images_succeeded"
 
 
 def is_batch_id(value: object) -> bool:
@@ -153,6 +163,37 @@ class Keys:
         """Hash: one API key's token bucket (tokens left, when last counted)."""
         return f"{self.prefix}:rate:{key_id}"
 
+    def usage(self, tenant: str) -> str:
+        """Hash: one tenant's jobs by state and images submitted/succeeded, kept by the status scripts."""
+        return f"{self.usage_prefix()}{tenant}"
+
+    def usage_prefix(self) -> str:
+        return f"{self.prefix}:usage:"
+
+    def queue_counts(self) -> str:
+        """Hash: jobs ever submitted (`in:<priority>`) and first received (`out:<priority>`).
+
+        Their difference is how many jobs of a priority wait; a job's own submit sequence minus
+        `out` estimates its queue position, in O(1).
+        """
+        return f"{self.prefix}:qcount"
+
+    def webhook_secrets(self) -> str:
+        """Hash: tenant -> its webhook signing secret (`whsec_...`)."""
+        return f"{self.prefix}:whsecrets"
+
+    def webhook_deliveries(self) -> str:
+        """Hash: delivery id -> JSON of one pending webhook delivery (url, payload, attempts)."""
+        return f"{self.prefix}:whd"
+
+    def webhook_due(self) -> str:
+        """Sorted set: delivery id -> when it is next tried (unix time)."""
+        return f"{self.prefix}:whdue"
+
+    def webhook_dead(self, tenant: str) -> str:
+        """List: JSON of a tenant's deliveries given up on, newest first."""
+        return f"{self.prefix}:whdead:{tenant}"
+
     def running(self) -> str:
         """Sorted set: job id -> when it last started, for every job in state `running`.
 
@@ -171,7 +212,8 @@ def lua_prelude() -> str:
     job = ", ".join(f"{f.name.lower()} = '{f.value}'" for f in JobField)
     batch = ", ".join(f"{f.name.lower()} = '{f.value}'" for f in BatchField)
     event = ", ".join(f"{f.name.lower()} = '{f.value}'" for f in EventField)
+    usage = ", ".join(f"{f.name.lower()} = '{f.value}'" for f in UsageField)
     return (
-        f"local F = {{{job}}}\nlocal B = {{{batch}}}\nlocal E = {{{event}}}\n"
+        f"local F = {{{job}}}\nlocal B = {{{batch}}}\nlocal E = {{{event}}}\nlocal U = {{{usage}}}\n"
         f"local EVENTS_MAX = {EVENTS_MAX}\n"
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kandinsky_batch.schema import MAX_SIDE, Mode
@@ -93,6 +93,21 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=1, le=65535)
     api_workers: int = Field(1, ge=1, le=64)
     api_wait_max_s: float = Field(60.0, ge=0, le=60)  # the most `Prefer: wait=N` waits
+    api_max_body_bytes: int = Field(64 * 1024**2, ge=1024)  # one request, except batch uploads
+    api_max_upload_bytes: int = Field(2 * 1024**3, ge=1024)  # one JSONL batch upload
+
+    # Webhooks, sent by a dispatcher in the API process.
+    webhooks: bool = True  # run the dispatcher in the API process
+    webhook_allow_loopback: bool = False  # let receivers on loopback addresses through (tests)
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60)
+    webhook_retry_base_s: float = Field(5.0, gt=0)  # the first retry's delay, doubled each time
+    webhook_retry_max_s: float = Field(3600.0, gt=0)  # the longest delay between two tries
+    webhook_give_up_s: float = Field(24 * 3600.0, gt=0)  # after this long, a delivery is dead
+    webhook_concurrency: int = Field(8, ge=1, le=256)  # deliveries in flight at once
+
+    # The CLI as a client of that API: with both set, its job commands need no Redis or storage.
+    api_url: str | None = None
+    api_key: SecretStr | None = None
 
     @field_validator("modes", "input_roots", mode="before")
     @classmethod
@@ -100,9 +115,12 @@ class Settings(BaseSettings):
         return _split_csv(value)
 
     def as_env(self) -> dict[str, str]:
-        """These settings as `KANDINSKY_BATCH_*` variables, for a child process (worker, probe)."""
+        """These settings as `KANDINSKY_BATCH_*` variables, for a child process (worker, probe).
+
+        The API URL and key are left out: a child serves Redis itself, and the key stays here.
+        """
         env = {}
-        for name, value in self.model_dump(mode="json").items():
+        for name, value in self.model_dump(mode="json", exclude={"api_url", "api_key"}).items():
             if value is not None:
                 text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
                 env[f"KANDINSKY_BATCH_{name.upper()}"] = text

@@ -17,12 +17,12 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kandinsky_batch.enqueue import outgoing
-from kandinsky_batch.errors import InvalidSpec
+from kandinsky_batch.errors import InvalidSpec, OverQuota
 from kandinsky_batch.keys import MAX_INDEX, is_index, job_id
 from kandinsky_batch.schema import MAX_SEED, JobSpec, Mode, Priority
 from kandinsky_batch.settings import Settings
@@ -149,12 +149,16 @@ class Submitter:
         batch_id: str,
         priority: Priority = Priority.NORMAL,
         tenant: str = "",
+        cap: int = 0,
+        webhook: str = "",
     ) -> None:
         self.settings = settings
         self.status = status
         self.batch_id = batch_id
         self.priority = priority
         self.tenant = tenant  # recorded as the batch's owner (HTTP API submits)
+        self.cap = cap  # the tenant's cap on unfinished jobs (0: none)
+        self.webhook = webhook  # JSON of the batch's webhook ('' for none)
         self.result = SubmitResult(batch_id)
         self._pending: dict[Mode, list[tuple[int, dict[str, Any]]]] = {}
         self._outbox: list[tuple[Mode, list[tuple[int, dict[str, Any]]], Chunk]] = []
@@ -186,6 +190,8 @@ class Submitter:
     def _send(self, mode: Mode, jobs: list[tuple[int, dict[str, Any]]]) -> None:
         """Queue one message for the next pipeline, once its queue has room for it."""
         chunk = outgoing(self.settings, self.batch_id, mode, jobs, self.priority, self.tenant)
+        images = sum(int(wire.get("num_images", 1)) for _, wire in jobs)
+        chunk = replace(chunk, cap=self.cap, images=images, webhook=self.webhook)
         if mode not in self._lengths:
             self._lengths[mode] = self.status.queue_length(chunk.lists)
         while (
@@ -200,12 +206,20 @@ class Submitter:
             self._drain()
 
     def _drain(self) -> None:
-        """Send what is queued in one round trip; jobs recorded before are skipped, not sent twice."""
+        """Send what is queued in one round trip; jobs recorded before are skipped, not sent twice.
+
+        Chunks refused for the tenant's cap are dropped from the result, and OverQuota is raised
+        once the round trip is accounted for.
+        """
+        refused: list[int] = []
         while self._outbox:
             outbox, self._outbox = self._outbox, []
             for (mode, jobs, _), pushed in zip(
                 outbox, self.status.submit([chunk for _, _, chunk in outbox]), strict=True
             ):
+                if pushed.over_cap is not None:
+                    refused += [index for index, _ in jobs]
+                    continue
                 if pushed.sent:
                     self.result.sent += len(jobs)
                     self._lengths[mode] = pushed.queue_length
@@ -214,6 +228,13 @@ class Submitter:
                 self.result.skipped += len(jobs) - len(new)
                 if new:
                     self._send(mode, new)
+        if refused:
+            gone = set(refused)
+            self.result.indices = [i for i in self.result.indices if i not in gone]
+            self._pending.clear()
+            raise OverQuota(
+                f"tenant {self.tenant!r} has reached its cap of {self.cap} unfinished jobs", sorted(refused)
+            )
 
     def _wait_for_room(self, mode: Mode, lists: Sequence[str]) -> None:
         """Pause while the mode's queue (both priority lists) is at the high-water mark."""

@@ -8,6 +8,7 @@ overwrites its objects instead of adding new ones.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import IO, Protocol
 from urllib.parse import urlparse
 
@@ -28,6 +29,13 @@ class Storage(Protocol):
 
     def get(self, key: str) -> bytes:
         """The object's bytes; KeyError if there is none."""
+        ...
+
+    def chunks(self, key: str, size: int = 1 << 20) -> Iterator[bytes]:
+        """The object's bytes a piece at a time, for objects too big to hold (a JSONL source).
+
+        KeyError if there is none, raised on the first piece.
+        """
         ...
 
     def uri(self, key: str) -> str: ...

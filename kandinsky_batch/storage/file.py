@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlparse
@@ -69,6 +69,14 @@ class FileStorage:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise KeyError(key) from None
+
+    def chunks(self, key: str, size: int = 1 << 20) -> Iterator[bytes]:
+        try:
+            fh = self._path(key).open("rb")
+        except FileNotFoundError:
+            raise KeyError(key) from None
+        with fh:
+            yield from iter(lambda: fh.read(size), b"")
 
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()

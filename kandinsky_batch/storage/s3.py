@@ -138,6 +138,15 @@ class S3Storage:
             body: bytes = response["Body"].read()
         return body
 
+    def chunks(self, key: str, size: int = 1 << 20) -> Iterator[bytes]:
+        name = self._object_key(key)
+        with self._translated("get", name, missing_key=key):
+            body = self.client.get_object(Bucket=self.bucket, Key=name)["Body"]
+            try:
+                yield from body.iter_chunks(size)
+            finally:
+                body.close()
+
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"
 

@@ -185,6 +185,43 @@ class StatusReader:
         job, state = EventField.JOB.encode(), EventField.STATE.encode()
         return [(eid, f[job].decode(), JobState(f[state].decode())) for eid, f in entries]
 
+    def taken(self) -> int:
+        """Jobs ever taken off the queues (both priorities): its rate is how fast they drain."""
+        raw: Any = self.redis.hmget(self.keys.queue_counts(), ["out:normal", "out:low"])
+        return sum(int(v or 0) for v in raw)
+
+    def queue_position(self, ref: JobRef, priority: Priority) -> int | None:
+        """About how many jobs a worker takes before this queued one; None if it cannot be told.
+
+        Jobs leave each priority's queue in the order they were submitted, so the jobs ahead
+        are this job's submit sequence (its batch's first sequence plus its index) less the
+        jobs of its priority taken so far, and for a low-priority job every waiting normal
+        one too. Re-sent jobs (retries, hand-backs) and several queues (modes) make it an
+        estimate; it costs two reads whatever the queue's length.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.keys.batch(ref.batch_id), BatchField.SEQUENCE)
+        pipe.hmget(self.keys.queue_counts(), ["in:normal", "out:normal", "in:low", "out:low"])
+        first, counts = pipe.execute()
+        if first is None:
+            return None
+        in_normal, out_normal, in_low, out_low = (int(v or 0) for v in counts)
+        pushed, taken = (in_low, out_low) if priority is Priority.LOW else (in_normal, out_normal)
+        ahead = min(max(0, int(first) + ref.index - taken), max(0, pushed - taken - 1))
+        return ahead + (max(0, in_normal - out_normal) if priority is Priority.LOW else 0)
+
+    def usage(self, tenant: str) -> dict[str, int]:
+        """A tenant's jobs by state and its images submitted and succeeded."""
+        raw: Any = self.redis.hgetall(self.keys.usage(tenant))
+        found = {k.decode(): int(v) for k, v in raw.items()}
+        return {**{s.value: 0 for s in JobState}, **found}
+
+    def tenants_with_usage(self) -> list[str]:
+        """Every tenant with a usage record (one SCAN over the usage keys)."""
+        prefix = self.keys.usage_prefix()
+        found = (k.decode()[len(prefix) :] for k in self.redis.scan_iter(match=f"{prefix}*", count=500))
+        return sorted(found)
+
     def dead_letters(self, limit: int) -> list[str]:
         """Ids of jobs that failed as attempts_exhausted, newest first."""
         raw: Any = self.redis.lrange(self.keys.dead_letters(), 0, max(0, limit - 1))

@@ -52,6 +52,9 @@ class Chunk:
     envelope: str = ""  # nothing is pushed when empty
     lists: Sequence[str] = ()  # the queue's lists: `Pushed.queue_length` sums them
     tenant: str = ""  # the batch's owner, recorded with its first chunk ('' for none)
+    cap: int = 0  # the most unfinished jobs the tenant may have (0: no cap)
+    images: int = 0  # images these jobs ask for (the tenant's usage)
+    webhook: str = ""  # JSON of the batch's webhook, recorded with its first chunk
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class Pushed:
     sent: bool  # every job was new: recorded, and the message pushed
     created: list[Created]  # per job (all NEW when sent)
     queue_length: int  # messages waiting on the queue's lists after the push
+    over_cap: int | None = None  # refused for the tenant's cap: its unfinished jobs, else None
 
 
 class StatusStore(StatusReader):
@@ -97,6 +101,8 @@ class StatusStore(StatusReader):
             keys = [
                 self.keys.batch(chunk.batch_id),
                 self._record_key(JobRef(chunk.batch_id, jobs[0][0])),
+                self.keys.queue_counts(),
+                self.keys.usage(chunk.tenant),
                 *chunk.lists,
             ]
             flags = records.EXISTS | (records.LOW if chunk.priority is Priority.LOW else 0)
@@ -109,11 +115,16 @@ class StatusStore(StatusReader):
                 packed,
                 chunk.envelope,
                 chunk.tenant,
+                chunk.cap,
+                chunk.images,
+                chunk.webhook,
             ]
             self._submit(keys=keys, args=args, client=pipe)
         pushed = []
         for chunk, (sent, found, length) in zip(chunks, pipe.execute(), strict=True):
-            if sent:
+            if sent == 2:
+                pushed.append(Pushed(False, [], 0, over_cap=int(length)))
+            elif sent:
                 pushed.append(Pushed(True, [Created.NEW] * len(chunk.jobs), int(length)))
             else:
                 decoded = [records.decode(found, n * records.RECORD_BYTES) for n in range(len(chunk.jobs))]
@@ -175,7 +186,7 @@ class StatusStore(StatusReader):
         """
         if not jobs:
             return []
-        keys = [self.keys.batch(batch_id)]
+        keys = [self.keys.batch(batch_id), self.keys.queue_counts()]
         args: list[Any] = [
             _now(),
             int(time.time()),
@@ -206,6 +217,8 @@ class StatusStore(StatusReader):
             self.keys.owners(),
             self._record_key(ref),
             self.keys.running(),
+            self.keys.usage_prefix(),
+            self.keys.queue_counts(),
         ]
 
     def _transition_call(

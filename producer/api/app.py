@@ -1,7 +1,8 @@
 """The API server: `kandinsky-batch api` runs `create_app` on uvicorn. No torch is imported here.
 
 It talks to Redis and storage through the SDK (`producer.client.Client`); Redis never faces the
-callers. `/healthz` says the process is up, `/readyz` that Redis and storage answer.
+callers. `/healthz` says the process is up, `/readyz` that Redis and storage answer. The
+webhook dispatcher (producer/dispatcher.py) runs in the same process unless turned off.
 """
 
 from __future__ import annotations
@@ -16,26 +17,39 @@ from fastapi.responses import JSONResponse
 from kandinsky_batch.errors import KandinskyBatchError
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.store.apikeys import ApiKeys
-from producer.api import batches, jobs, problems
+from kandinsky_batch.store.webhooks import WebhookStore
+from producer.api import batches, jobs, problems, tenants
+from producer.api.estimates import DrainRate
+from producer.api.limits import BodyLimit
 from producer.client import Client
+from producer.dispatcher import Dispatcher
 
 VERSION = "1"
 
 
 def create_app(settings: Settings) -> FastAPI:
     client = Client(settings)
+    dispatcher = Dispatcher(settings, client.redis, client.status_store) if settings.webhooks else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if dispatcher is not None:
+            dispatcher.start()
         yield
+        if dispatcher is not None:
+            dispatcher.stop()
         client.close()
 
     app = FastAPI(title="kandinsky-batch", version=VERSION, lifespan=lifespan)
     app.state.client = client
     app.state.keys = ApiKeys(client.redis, client.status_store.keys)
+    app.state.webhooks = WebhookStore(client.redis, client.status_store.keys)
+    app.state.drain = DrainRate(client.status_store)
+    app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
     problems.install(app)
     app.include_router(jobs.router)
     app.include_router(batches.router)
+    app.include_router(tenants.router)
 
     @app.get("/healthz", summary="The process is up")
     def healthz() -> dict[str, str]:

@@ -8,6 +8,7 @@ only moves bytes. Bad lines are reported by number, as `submit --file` does; the
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import queue
 import time
@@ -18,10 +19,13 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from kandinsky_batch.errors import NotFound, OverQuota
 from kandinsky_batch.keys import JobRef
 from kandinsky_batch.schema import JobState, Priority
+from kandinsky_batch.store.apikeys import ApiKey
+from kandinsky_batch.webhooks import WebhookEvent
 from producer.api.auth import owned_batch
-from producer.api.jobs import Caller, Sdk
+from producer.api.jobs import Caller, Sdk, over_quota, webhook_from
 from producer.api.problems import Problem
 from producer.client import Client
 from producer.submit import (
@@ -36,7 +40,7 @@ from producer.submit import (
 from producer.watch import summarize
 
 router = APIRouter(prefix="/v1")
-MAX_BODY_BYTES = 2 * 1024**3  # one upload; a 1M-line dataset is ~100-300 MB
+SOURCE_BODY_BYTES = 64 * 1024
 MAX_LINE_BYTES = 16 * 1024**2  # one job, inline images included
 PAGE_MAX = 1000
 
@@ -66,13 +70,28 @@ def _submit(submitter: Submitter, inbox: Inbox, defaults: dict[str, Any]) -> Sub
             pass
 
 
+def _submit_source(submitter: Submitter, chunks: Iterator[bytes], defaults: dict[str, Any]) -> SubmitResult:
+    return submit_lines(submitter, parse_jsonl(split_lines(chunks, MAX_LINE_BYTES)), defaults)
+
+
 NDJSON_BODY = {
     "requestBody": {
         "required": True,
-        "description": "One job spec (a JSON object) per line.",
+        "description": (
+            "One job spec (a JSON object) per line; or, as application/json, "
+            '`{"source": "<URI of a JSONL object in the API\'s storage>"}`.'
+        ),
         "content": {
             "application/x-ndjson": {"schema": {"type": "string"}},
             "text/plain": {"schema": {"type": "string"}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["source"],
+                    "properties": {"source": {"type": "string"}},
+                    "additionalProperties": False,
+                }
+            },
         },
     }
 }
@@ -85,32 +104,31 @@ async def submit_batch(
     client: Sdk,
     priority: Priority = Priority.NORMAL,
     defaults: Annotated[str | None, Query(description="JSON object of spec fields every line gets.")] = None,
+    webhook: Annotated[str | None, Query(description="An https URL told of the batch's jobs.")] = None,
+    webhook_events: Annotated[list[WebhookEvent] | None, Query()] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
-    """One job per line. Answers with the batch id, the job count and the bad lines by number."""
-    try:
-        base = json.loads(defaults) if defaults else {}
-    except json.JSONDecodeError as exc:
-        raise Problem(
-            422, "Invalid request", f"defaults: not JSON ({exc.msg})", fields=["defaults"]
-        ) from None
-    if not isinstance(base, dict):
-        raise Problem(422, "Invalid request", "defaults: must be a JSON object", fields=["defaults"])
+    """One job per line. Answers with the batch id, the job count and the bad lines by number.
+
+    Over the tenant's cap on unfinished jobs, 429: the lines before `refused_from_line` were
+    queued; sending the same body again with the same Idempotency-Key later sends the rest.
+    """
+    base = _defaults(defaults)
+    hook = webhook_from({"webhook": webhook, "webhook_events": webhook_events}, batch=True)
     batch_id = batch_id_for_key(idempotency_key, key.tenant) if idempotency_key else new_batch_id()
-    submitter = Submitter(client.settings, client.status_store, batch_id, priority, tenant=key.tenant)
-    inbox = Inbox()
-    task = asyncio.ensure_future(run_in_threadpool(_submit, submitter, inbox, base))
-    size = 0
+    submitter = Submitter(
+        client.settings, client.status_store, batch_id, priority, key.tenant, key.max_queued, hook
+    )
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise Problem(413, "Body too large", f"an upload is at most {MAX_BODY_BYTES} bytes")
-            if chunk:
-                await run_in_threadpool(inbox.queue.put, chunk)
-    finally:
-        await run_in_threadpool(inbox.queue.put, None)
-    result = await task
+        if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+            chunks = _source(client, key, await _small_body(request))
+            result = await run_in_threadpool(_submit_source, submitter, chunks, base)
+        else:
+            result = await _upload(request, submitter, base)
+    except OverQuota as exc:
+        line = min(exc.refused) + 1 if exc.refused else None
+        result = submitter.result
+        raise over_quota(exc, batch_id=batch_id, jobs=len(result.indices), refused_from_line=line) from None
     if not result.indices and not result.errors:
         raise Problem(422, "Invalid request", "the body has no job lines", fields=["body"])
     return {
@@ -121,6 +139,73 @@ async def submit_batch(
         "errors": [{"line": e.line, "reason": e.reason} for e in result.errors],
         "urls": {"get": str(request.url_for("get_batch", batch_id=result.batch_id))},
     }
+
+
+def _defaults(defaults: str | None) -> dict[str, Any]:
+    try:
+        base = json.loads(defaults) if defaults else {}
+    except json.JSONDecodeError as exc:
+        raise Problem(
+            422, "Invalid request", f"defaults: not JSON ({exc.msg})", fields=["defaults"]
+        ) from None
+    if not isinstance(base, dict):
+        raise Problem(422, "Invalid request", "defaults: must be a JSON object", fields=["defaults"])
+    return base
+
+
+async def _upload(request: Request, submitter: Submitter, base: dict[str, Any]) -> SubmitResult:
+    """Stream the body's lines to the submitter in a worker thread, a bounded queue between."""
+    limit = submitter.settings.api_max_upload_bytes
+    inbox = Inbox()
+    task = asyncio.ensure_future(run_in_threadpool(_submit, submitter, inbox, base))
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Problem(413, "Body too large", f"an upload is at most {limit} bytes")
+            if chunk:
+                await run_in_threadpool(inbox.queue.put, chunk)
+    finally:
+        await run_in_threadpool(inbox.queue.put, None)
+    return await task
+
+
+async def _small_body(request: Request) -> bytes:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > SOURCE_BODY_BYTES:
+            raise Problem(413, "Body too large", f"a source request is at most {SOURCE_BODY_BYTES} bytes")
+    return body
+
+
+def _source(client: Client, key: ApiKey, body: bytes) -> Iterator[bytes]:
+    """The pieces of the JSONL object a `{"source": URI}` body names, in the API's storage.
+
+    A tenant's key may read only under `sources/<tenant>/` of that storage; an admin key
+    anywhere in it.
+    """
+    try:
+        request = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise Problem(422, "Invalid request", "body: not JSON", fields=["body"]) from None
+    if not isinstance(request, dict) or set(request) != {"source"} or not isinstance(request["source"], str):
+        detail = 'body: a JSON body is {"source": "<URI>"} and nothing else'
+        raise Problem(422, "Invalid request", detail, fields=["source"])
+    uri = request["source"]
+    object_key = client.storage.key_for(uri)
+    allowed = key.admin or (object_key or "").startswith(f"sources/{key.tenant}/")
+    if object_key is None or not allowed:
+        where = "" if key.admin else f" under sources/{key.tenant}/"
+        detail = f"source: {uri!r} is not in this API's storage{where}"
+        raise Problem(422, "Invalid request", detail, fields=["source"])
+    chunks = client.storage.chunks(object_key)
+    try:
+        first = next(chunks, b"")
+    except KeyError:
+        raise NotFound(f"source {uri!r} not found") from None
+    return itertools.chain([first], chunks)
 
 
 @router.get("/batches/{batch_id}", summary="A batch's counts by state, rate and ETA")

@@ -104,12 +104,20 @@ def api_settings(module_settings: Settings) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def server(api_settings: Settings, worker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def api_env() -> dict[str, str]:
+    """Environment variables the API process gets besides its settings (a module may add some)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def server(
+    api_settings: Settings, api_env: dict[str, str], worker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     log = tmp_path_factory.mktemp("api") / "api.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "producer.cli", "api"],
-            env=worker_env(api_settings),
+            env={**worker_env(api_settings), **api_env},
             stdout=out,
             stderr=out,
         )

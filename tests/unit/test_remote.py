@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from kandinsky_batch.errors import BadInput
+from kandinsky_batch.netguard import Hop, PinnedHTTPSConnection, forbidden_reason
 from kandinsky_batch.settings import Settings
-from worker.remote import Hop, PinnedHTTPSConnection, fetch_https, forbidden_reason
+from worker.remote import fetch_https
 
 MAX_BYTES = 4096
 PNG = b"\x89PNG\r\n\x1a\n" + b"p" * 100

@@ -31,7 +31,7 @@ local function add_fresh(batch, fresh, span, now, rec_prefix)
   if span > tonumber(redis.call('HGET', batch, B.span) or '0') then redis.call('HSET', batch, B.span, span) end
   redis.call('HSETNX', batch, B.created, now)
   if fresh > 0 and redis.call('HEXISTS', batch, B.finished) == 1 then
-    redis.call('HDEL', batch, B.finished)
+    redis.call('HDEL', batch, B.finished, B.webhook_done)
     redis.call('PERSIST', batch)
     each_shard(batch, rec_prefix, 'PERSIST')
   end
@@ -39,10 +39,28 @@ end
 
 local TERMINAL = {succeeded = true, failed = true, canceled = true}
 
+-- Keep the batch's tenant's usage (jobs by state, images stored) in step with a move.
+local function count_usage(k, a, cur, to)
+  if not k.usage then return end
+  local tenant = redis.call('HGET', k.batch, B.tenant)
+  if not tenant then return end
+  local usage = k.usage .. tenant
+  redis.call('HINCRBY', usage, cur, -1)
+  redis.call('HINCRBY', usage, to, 1)
+  if to == 'succeeded' then
+    for i = 1, #a.sets, 2 do
+      if a.sets[i] == F.outputs then
+        redis.call('HINCRBY', usage, U.images_succeeded, #cjson.decode(a.sets[i + 1]))
+      end
+    end
+  end
+end
+
 -- Move one job to state `to` if it is in one of `allowed` (a comma list), keeping its batch's
 -- counters equal to its jobs' states; the one place a job changes state.
--- k: {job, batch, events, leases, owners, rec, running}; a: {job_id, index, rec_prefix, to, allowed, now,
--- ttl, fence, bump, deletes, sets}. `fence`, if not '', is the worker that must hold the job's
+-- k: {job, batch, events, leases, owners, rec, running, usage (the usage keys' prefix), counts};
+-- a: {job_id, index, rec_prefix, to, allowed, now, ttl, fence, bump, deletes, sets}.
+-- `fence`, if not '', is the worker that must hold the job's
 -- live lease. Returns {'ok', previous, finished} | {'refused', current} | {'fenced', current} |
 -- {'missing', ''}; finished is 1 when this move completed the batch. Any state but `running`
 -- drops the job's lease. A job known only by its record is queued: its hash is made first.
@@ -67,6 +85,8 @@ local function move(k, a)
     redis.call('HSET', k.job, F.seed, seed, F.created, created)
     if bit.band(flags, LOW) ~= 0 then redis.call('HSET', k.job, F.priority, 'low') end
     mark_received(k.rec, a.index, flags)
+    -- off the queue's count of waiting jobs, as a worker's receive would take it
+    redis.call('HINCRBY', k.counts, bit.band(flags, LOW) ~= 0 and 'out:low' or 'out:normal', 1)
   end
   local to, finished = a.to, 0
   redis.call('HSET', k.job, F.state, to)
@@ -76,6 +96,7 @@ local function move(k, a)
   if cur ~= to then
     redis.call('HINCRBY', k.batch, cur, -1)
     redis.call('HINCRBY', k.batch, to, 1)
+    count_usage(k, a, cur, to)
   end
   if TERMINAL[to] then
     redis.call('EXPIRE', k.job, a.ttl)
@@ -90,7 +111,7 @@ local function move(k, a)
   else
     redis.call('PERSIST', k.job)
     if redis.call('HEXISTS', k.batch, B.finished) == 1 then
-      redis.call('HDEL', k.batch, B.finished)
+      redis.call('HDEL', k.batch, B.finished, B.webhook_done)
       redis.call('PERSIST', k.batch)
       each_shard(k.batch, a.rec_prefix, 'PERSIST')
     end

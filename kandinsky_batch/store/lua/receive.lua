@@ -1,13 +1,15 @@
--- KEYS: batch, then per job: its hash, its record shard
+-- KEYS: batch, queue counts, then per job: its hash, its record shard
 -- ARGV: now, now_s, rec_prefix, low (0|1), then per job: index, seed
 -- A worker received a message: each job gets its hash (from its record, or new for an
 -- open-format message), so leases can keep its spec. Returns per job {flag, seed}:
 -- 0 = first seen here, 1 = known, 2 = finished and expired (only its record is left: not run again).
-local batch, now, now_s, rec_prefix = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3]
+-- Jobs taken off the queue for the first time are counted (`out:<priority>`), for queue positions.
+local batch, counts = KEYS[1], KEYS[2]
+local now, now_s, rec_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local low = tonumber(ARGV[4])
-local out, fresh, span = {}, 0, 0
-for j = 0, (#KEYS - 1) / 2 - 1 do
-  local job, rec = KEYS[2 + 2 * j], KEYS[3 + 2 * j]
+local out, fresh, span, taken = {}, 0, 0, 0
+for j = 0, (#KEYS - 2) / 2 - 1 do
+  local job, rec = KEYS[3 + 2 * j], KEYS[4 + 2 * j]
   local index, seed = tonumber(ARGV[5 + 2 * j]), tonumber(ARGV[6 + 2 * j])
   local sd = redis.call('HGET', job, F.seed)
   if sd then
@@ -28,9 +30,11 @@ for j = 0, (#KEYS - 1) / 2 - 1 do
       redis.call('HSET', job, F.state, 'queued', F.seed, stored, F.created, created)
       if bit.band(flags, LOW) ~= 0 then redis.call('HSET', job, F.priority, 'low') end
       mark_received(rec, index, flags)
+      taken = taken + 1
       out[j + 1] = {1, stored}
     end
   end
 end
 add_fresh(batch, fresh, span, now, rec_prefix)
+if taken > 0 then redis.call('HINCRBY', counts, low == 1 and 'out:low' or 'out:normal', taken) end
 return out

@@ -1,12 +1,17 @@
--- KEYS: batch, record shard, [list to push onto, other lists of the queue (to measure)]
+-- KEYS: batch, record shard, queue counts, the tenant's usage, [list to push onto, other lists
+--       of the queue (to measure)]
 -- ARGV: now, now_s, rec_prefix, flags, jobs (big-endian u32 index + u32 seed each, indices
---       ascending, all in this shard), envelope ('' to push nothing), tenant ('' for none)
--- If every job is new: writes their records, pushes the envelope, returns {1, '', queue length}.
--- Otherwise changes nothing and returns {0, the jobs' records (9 zero bytes = new), 0}: the
--- caller sends the new ones again in a message of their own.
-local batch, rec = KEYS[1], KEYS[2]
+--       ascending, all in this shard), envelope ('' to push nothing), tenant ('' for none),
+--       cap (the most unfinished jobs the tenant may have; 0 for no cap), images (in these
+--       jobs), webhook (JSON, '' for none)
+-- If every job is new and the cap allows them: writes their records, pushes the envelope,
+-- returns {1, '', queue length}. If some job exists: changes nothing and returns {0, the jobs'
+-- records (9 zero bytes = new), 0}: the caller sends the new ones again in a message of their
+-- own. Over the cap: changes nothing and returns {2, '', unfinished jobs of the tenant}.
+local batch, rec, counts, usage = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, now_s, rec_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local flags, jobs, envelope = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local tenant, cap, images, webhook = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
 local n = #jobs / 8
 local index, seed = {}, {}
 for j = 1, n do index[j], seed[j] = struct.unpack('>I4I4', jobs, 8 * j - 7) end
@@ -32,6 +37,11 @@ if fresh < n then
   for j = 1, n do out[j] = old[j] or string.rep('\0', REC) end
   return {0, table.concat(out), 0}
 end
+if tenant ~= '' and cap > 0 then
+  local u = redis.call('HMGET', usage, 'queued', 'running')
+  local unfinished = (tonumber(u[1]) or 0) + (tonumber(u[2]) or 0)
+  if unfinished + n > cap then return {2, '', unfinished} end
+end
 local record = {}
 for j = 1, n do record[j] = struct.pack('>BI4I4', flags, seed[j], now_s) end
 if dense then
@@ -48,9 +58,17 @@ if dense then
 else
   for j = 1, n do redis.call('SETRANGE', rec, (index[j] % SHARD) * REC, record[j]) end
 end
+local priority = bit.band(flags, LOW) ~= 0 and 'low' or 'normal'
+local before = redis.call('HINCRBY', counts, 'in:' .. priority, n) - n
+redis.call('HSETNX', batch, B.sequence, before - index[1])
 add_fresh(batch, n, hi + 1, now, rec_prefix)
-if ARGV[7] ~= '' then redis.call('HSETNX', batch, B.tenant, ARGV[7]) end
-if envelope ~= '' then redis.call('LPUSH', KEYS[3], envelope) end
+if tenant ~= '' then
+  redis.call('HSETNX', batch, B.tenant, tenant)
+  redis.call('HINCRBY', usage, 'queued', n)
+  redis.call('HINCRBY', usage, U.images_submitted, images)
+end
+if webhook ~= '' then redis.call('HSETNX', batch, B.webhook, webhook) end
+if envelope ~= '' then redis.call('LPUSH', KEYS[5], envelope) end
 local length = 0
-for i = 3, #KEYS do length = length + redis.call('LLEN', KEYS[i]) end
+for i = 5, #KEYS do length = length + redis.call('LLEN', KEYS[i]) end
 return {1, '', length}
