@@ -69,9 +69,10 @@ class RetryResult:
 class Client:
     """Entry point for producers: `Client(Settings()).submit({...})`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, redis_retries: int = 12) -> None:
+        """`redis_retries`: how many times a Redis call is retried (backing off) before it fails."""
         self.settings = settings
-        self.redis = connect(settings.redis_url)
+        self.redis = connect(settings.redis_url, retries=redis_retries)
         self.status_store = StatusStore(self.redis, Keys(settings.key_prefix), settings.job_ttl_s)
         self._app: Celery | None = None
         self._storage: Storage | None = None

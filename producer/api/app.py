@@ -27,8 +27,11 @@ from producer.dispatcher import Dispatcher
 VERSION = "1"
 
 
+REDIS_RETRIES = 3  # about a second of retries: a caller gets 503 soon, not after half a minute
+
+
 def create_app(settings: Settings) -> FastAPI:
-    client = Client(settings)
+    client = Client(settings, redis_retries=REDIS_RETRIES)
     dispatcher = Dispatcher(settings, client.redis, client.status_store) if settings.webhooks else None
 
     @asynccontextmanager
@@ -52,7 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(tenants.router)
 
     @app.get("/healthz", summary="The process is up")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:  # on the event loop: never queued behind slow requests
         return {"status": "ok"}
 
     @app.get("/readyz", summary="Redis and storage answer")
