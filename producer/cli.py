@@ -1,17 +1,20 @@
 """`kandinsky-batch`: one entry point, subcommands for producers, workers and the demo.
 
 `main(argv)` returns the exit code, so tests call it directly. Errors print one
-line and exit non-zero; `--json` prints machine-readable output.
+line and exit non-zero; `--json` prints machine-readable output. With an API URL
+and key set, the job commands go to the HTTP API (`open_client`) and the rest refuse.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 import redis
 from pydantic import ValidationError
 from rich.console import Console
@@ -22,7 +25,17 @@ from kandinsky_batch.redis_client import describe
 from kandinsky_batch.schema import BatchStatus, JobState, Mode, Priority
 from kandinsky_batch.settings import Settings
 from producer.cli_api import api, keys
-from producer.client import Client
+from producer.cli_http import (
+    API_VARIABLES,
+    HTTP_COMMANDS,
+    OFFLINE_COMMANDS,
+    api_credentials,
+    open_client,
+    poll,
+    submit_over_http,
+)
+from producer.client import Client, JobResult
+from producer.http_client import HttpClient
 from producer.show import all_succeeded, print_status
 from producer.watch import WatchSummary, watch
 
@@ -57,6 +70,15 @@ def cli(ctx: click.Context) -> None:
     """Batch image generation with Kandinsky 2.1 on Redis, Celery and S3."""
     if ctx.obj is None:
         ctx.obj = Settings()
+    name = ctx.invoked_subcommand
+    if name in OFFLINE_COMMANDS or name in HTTP_COMMANDS:
+        return
+    # Refused rather than run against Redis: with the API variables set, Redis is not meant to be used.
+    if api_credentials(_settings(ctx)) is not None:
+        raise click.ClickException(
+            f"`{name}` needs Redis and does not run over the HTTP API; "
+            f"unset {API_VARIABLES} to run it against Redis"
+        )
 
 
 def _spec_options(func: Any) -> Any:
@@ -111,15 +133,18 @@ def submit(
     if bool(prompts) == bool(path):
         raise click.UsageError("give --prompt (one or more) or --file, not both")
     defaults = {k: v for k, v in fields.items() if v is not None}
-    with Client(_settings(ctx)) as client:
-        source: Any = path if path else [{**defaults, "prompt": p} for p in prompts]
-        result = client.submit_batch(
-            source,
-            batch_id=batch_id,
-            defaults=defaults if path else {},
-            strict=strict,
-            priority=Priority(priority),
-        )
+    with open_client(_settings(ctx)) as client:
+        source: Path | list[dict[str, Any]] = path if path else [{**defaults, "prompt": p} for p in prompts]
+        if isinstance(client, HttpClient):
+            result = submit_over_http(client, source, defaults, batch_id, strict, Priority(priority))
+        else:
+            result = client.submit_batch(
+                source,
+                batch_id=batch_id,
+                defaults=defaults if path else {},
+                strict=strict,
+                priority=Priority(priority),
+            )
         for err in result.errors:
             console.print(f"line {err.line}: {err.reason}", style="red", markup=False, soft_wrap=True)
         if not result.indices:
@@ -153,7 +178,7 @@ def submit(
 @click.pass_context
 def status(ctx: click.Context, id_: str, as_json: bool) -> None:
     """Status of a job (with its progress) or a batch (counts by state)."""
-    with Client(_settings(ctx)) as client:
+    with open_client(_settings(ctx)) as client:
         print_status(client.status(id_), as_json)
 
 
@@ -164,7 +189,7 @@ def status(ctx: click.Context, id_: str, as_json: bool) -> None:
 @click.pass_context
 def wait(ctx: click.Context, id_: str, timeout: float | None, as_json: bool) -> None:
     """Wait until a job or a whole batch has finished; exit 1 unless all succeeded."""
-    with Client(_settings(ctx)) as client:
+    with open_client(_settings(ctx)) as client:
         try:
             final = client.wait(id_, timeout=timeout)
         except TimeoutError as exc:
@@ -196,12 +221,17 @@ def watch_cmd(
         ctx.exit(1)
 
 
-def _watch(client: Client, batch_id: str, as_json: bool, echo: bool = True, **options: Any) -> WatchSummary:
+def _watch(
+    client: Client | HttpClient, batch_id: str, as_json: bool, echo: bool = True, **options: Any
+) -> WatchSummary:
     """Follow a batch until done (a live bar on a terminal); print its summary line unless not `echo`."""
     out = Console()
     live = out.is_terminal and not as_json
     try:
-        summary = watch(client.status_store, batch_id, console=out if live else None, **options)
+        if isinstance(client, HttpClient):
+            summary = poll(client, batch_id, out if live else None)
+        else:
+            summary = watch(client.status_store, batch_id, console=out if live else None, **options)
     except TimeoutError as exc:
         raise click.ClickException(str(exc)) from None
     if echo:
@@ -214,7 +244,7 @@ def _watch(client: Client, batch_id: str, as_json: bool, echo: bool = True, **op
 @click.pass_context
 def cancel(ctx: click.Context, id_: str) -> None:
     """Cancel a job, or every unfinished job of a batch (running ones stop at their next step)."""
-    with Client(_settings(ctx)) as client:
+    with open_client(_settings(ctx)) as client:
         n = client.cancel(id_)
     click.echo(f"canceled {n} job{'s' if n != 1 else ''}")
 
@@ -239,15 +269,25 @@ def results(
     ctx: click.Context, id_: str, manifest_path: Path | None, download_to: Path | None, as_json: bool
 ) -> None:
     """Outputs of a job or a batch: URIs, presigned URLs for s3://, optional manifest and download."""
-    with Client(_settings(ctx)) as client:
+    with open_client(_settings(ctx)) as client:
         if manifest_path is not None:
+            if isinstance(client, HttpClient):
+                raise click.UsageError(
+                    "--manifest does not work over the HTTP API, which shows jobs without their spec; "
+                    "use --json for one object per job"
+                )
             n = 0
             with manifest_path.open("w", encoding="utf-8") as fh:
                 for job in client.statuses(id_):
                     fh.write(encode_line(manifest_line(job)))
                     n += 1
             console.print(f"wrote {n} lines to {manifest_path}", markup=False)
-        for res in client.iter_results(id_, download_to):
+        found: Iterable[JobResult] = (
+            client.results(id_, download_to)
+            if isinstance(client, HttpClient)
+            else client.iter_results(id_, download_to)  # one job at a time, for big batches
+        )
+        for res in found:
             if as_json:
                 click.echo(json.dumps(res.model_dump(mode="json"), ensure_ascii=False))
                 continue
@@ -265,7 +305,7 @@ def results(
 @click.pass_context
 def retry_failed(ctx: click.Context, batch_id: str, as_json: bool) -> None:
     """Send a batch's failed jobs again (same spec and seed); exit 1 if some could not be."""
-    with Client(_settings(ctx)) as client:
+    with open_client(_settings(ctx)) as client:
         res = client.retry_failed(batch_id)
     if as_json:
         not_retried = [{"job_id": j, "reason": r} for j, r in res.not_retried]
@@ -373,13 +413,20 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("aborted", err=True)
         return 130
     except KandinskyBatchError as exc:
-        click.echo(f"error: {exc.code}: {exc.message}", err=True)
+        hint = " (check KANDINSKY_BATCH_API_KEY)" if exc.code == "http_401" else ""
+        click.echo(f"error: {exc.code}: {exc.message}{hint}", err=True)
         return 2 if exc.code == "not_found" else 1
     except ValidationError as exc:
         click.echo(f"error: invalid settings: {exc}", err=True)
         return 2
     except redis.RedisError as exc:
         click.echo(f"error: {describe(exc, _redis_url())}", err=True)
+        return 1
+    except httpx.RequestError as exc:
+        click.echo(
+            f"error: cannot reach the HTTP API at {exc.request.url}: {str(exc) or type(exc).__name__}",
+            err=True,
+        )
         return 1
     return rc if isinstance(rc, int) else 0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from producer.client import JobResult, RetryResult
 from producer.submit import LineError, SubmitResult
 
 UPLOAD_CHUNK = 1 << 20
+RATE_LIMIT_TRIES = 20  # 429 answers waited out per request before giving up
 
 
 class HttpClient:
@@ -39,6 +40,12 @@ class HttpClient:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         answer = self.http.request(method, path, **kwargs)
+        for _ in range(RATE_LIMIT_TRIES):
+            # Over the key's rate: wait as told, so reading a whole batch is slow rather than an error.
+            if answer.status_code != 429 or not _replayable(kwargs):
+                break
+            time.sleep(_retry_after(answer))
+            answer = self.http.request(method, path, **kwargs)
         if answer.status_code >= 400:
             raise _error(answer)
         return answer.json()
@@ -94,10 +101,18 @@ class HttpClient:
             yield from (JobStatus.model_validate(job) for job in page["jobs"])
             cursor = page["next_cursor"]
 
-    def wait(self, id_: str, timeout: float | None = None, poll_s: float = 0.5) -> JobStatus | BatchStatus:
+    def wait(
+        self,
+        id_: str,
+        timeout: float | None = None,
+        poll_s: float = 0.5,
+        on_update: Callable[[JobStatus | BatchStatus], None] | None = None,
+    ) -> JobStatus | BatchStatus:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             current = self.status(id_)
+            if on_update:
+                on_update(current)
             if is_finished(current):
                 return current
             if deadline is not None and time.monotonic() > deadline:
@@ -122,7 +137,11 @@ class HttpClient:
         return results
 
     def _download(self, url: str, folder: Path, index: int) -> Path:
-        answer = self.http.get(url, follow_redirects=True)
+        request = self.http.build_request("GET", url)
+        if _origin(request.url) != _origin(self.http.base_url):
+            # A presigned storage URL is signed already: the API key goes to the API only.
+            del request.headers["Authorization"]
+        answer = self.http.send(request, follow_redirects=True)
         if answer.status_code >= 400:
             raise _error(answer)
         folder.mkdir(parents=True, exist_ok=True)
@@ -159,6 +178,23 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as fh:
         while chunk := fh.read(UPLOAD_CHUNK):
             yield chunk
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
+
+
+def _replayable(kwargs: dict[str, Any]) -> bool:
+    """A request may be sent again unless its body is a stream already read (a batch upload)."""
+    content = kwargs.get("content")
+    return content is None or isinstance(content, bytes | str)
+
+
+def _retry_after(answer: httpx.Response) -> float:
+    try:
+        return min(60.0, max(0.05, float(answer.headers.get("Retry-After", "1"))))
+    except ValueError:
+        return 1.0
 
 
 def _error(answer: httpx.Response) -> KandinskyBatchError:
