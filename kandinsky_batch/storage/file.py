@@ -73,7 +73,7 @@ class FileStorage:
     def chunks(self, key: str, size: int = 1 << 20) -> Iterator[bytes]:
         try:
             fh = self._path(key).open("rb")
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # no object of that name
             raise KeyError(key) from None
         with fh:
             yield from iter(lambda: fh.read(size), b"")

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from kandinsky_batch.errors import NotFound
-from kandinsky_batch.keys import BatchField, EventField, JobField, JobRef, Keys
+from kandinsky_batch.keys import BatchField, EventField, JobField, JobRef, Keys, UsageField
 from kandinsky_batch.schema import (
     BatchStatus,
     JobError,
@@ -214,7 +214,7 @@ class StatusReader:
         """A tenant's jobs by state and its images submitted and succeeded."""
         raw: Any = self.redis.hgetall(self.keys.usage(tenant))
         found = {k.decode(): int(v) for k, v in raw.items()}
-        return {**{s.value: 0 for s in JobState}, **found}
+        return {**{s.value: 0 for s in JobState}, **{f.value: 0 for f in UsageField}, **found}
 
     def tenants_with_usage(self) -> list[str]:
         """Every tenant with a usage record (one SCAN over the usage keys)."""
