@@ -6,11 +6,13 @@ share a Redis with tests and other benchmarks and delete exactly what it created
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
 import sys
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -137,11 +139,10 @@ def finish(client: redis.Redis, tag: str) -> None:
     note(f"cleaned up {cleanup(client, tag)} keys under {tag}")
 
 
-def prompts(n: int, seed: int = 0) -> list[str]:
-    """`n` distinct dataset-like prompts of roughly 40-80 characters, the same for the same seed."""
+def iter_prompts(seed: int = 0) -> Iterator[str]:
+    """Dataset-like prompts of roughly 40-80 characters, without end: for inputs too big to hold."""
     rng = random.Random(seed)
-    out: list[str] = []
-    while len(out) < n:
+    while True:
         text = f"{rng.choice(_SUBJECTS)} {rng.choice(_SCENES)}"
         for style in rng.sample(_STYLES, rng.randint(1, 3)):
             if len(text) + len(style) + 2 > 80:
@@ -149,5 +150,9 @@ def prompts(n: int, seed: int = 0) -> list[str]:
             text += f", {style}"
         if len(text) < 40:
             text += ", highly detailed"
-        out.append(text)
-    return out
+        yield text
+
+
+def prompts(n: int, seed: int = 0) -> list[str]:
+    """`n` distinct dataset-like prompts of roughly 40-80 characters, the same for the same seed."""
+    return list(itertools.islice(iter_prompts(seed), n))

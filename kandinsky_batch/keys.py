@@ -112,6 +112,13 @@ def queue_lists(queue: str) -> list[str]:
     return [queue, f"{queue}{PRIORITY_SEP}{LOW_PRIORITY_STEP}"]
 
 
+def queue_list_of(queue: str, low: bool) -> str:
+    """The Redis list a message of `queue` waits on at its priority ('' for no queue)."""
+    if not queue:
+        return ""
+    return queue_lists(queue)[1 if low else 0]
+
+
 def job_id(batch_id: str, index: int) -> str:
     return str(JobRef(batch_id, index))
 

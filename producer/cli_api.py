@@ -40,7 +40,11 @@ def keys() -> None:
 @click.option("--tenant", required=True, help="Whose jobs the key submits and sees.")
 @click.option("--rate", default="20/s", show_default=True, help="Requests per second, as N/s.")
 @click.option(
-    "--max-queued", type=int, default=100_000, show_default=True, help="Unfinished jobs of the tenant."
+    "--max-queued",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="Unfinished jobs of the tenant.",
 )
 @click.option("--admin", is_flag=True, help="May read every tenant's jobs and usage.")
 @click.option("--json", "as_json", is_flag=True)

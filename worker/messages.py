@@ -22,9 +22,13 @@ log = logging.getLogger(__name__)
 
 
 def read_message(
-    message: dict[str, Any], settings: Settings, status: StatusStore, priority: Priority = Priority.NORMAL
+    message: dict[str, Any],
+    settings: Settings,
+    status: StatusStore,
+    priority: Priority = Priority.NORMAL,
+    queue_list: str = "",
 ) -> list[Job]:
-    """The runnable jobs of a message; the others are recorded as failed."""
+    """The runnable jobs of a message (popped from `queue_list`); the others are recorded as failed."""
     try:
         parsed = parse_message(message)
     except BadMessage as exc:
@@ -33,7 +37,7 @@ def read_message(
     batch_id = parsed.batch_id
     # Each job gets its status hash now; jobs sent straight onto the queue (open format) have
     # no status yet, and get it here too. A job that finished long ago (expired) is left alone.
-    stored = status.receive(batch_id, [(e.index, e.seed) for e in parsed.entries], priority)
+    stored = status.receive(batch_id, [(e.index, e.seed) for e in parsed.entries], priority, queue_list)
     gone = {e.index for e, (flag, _) in zip(parsed.entries, stored, strict=True) if flag is Created.GONE}
     seeds = {e.index: seed for e, (_, seed) in zip(parsed.entries, stored, strict=True)}
     if gone:

@@ -11,6 +11,8 @@ from celery.exceptions import Reject
 
 from kandinsky_batch.broker import priority_from_kombu
 from kandinsky_batch.errors import HandBack, RetryLater
+from kandinsky_batch.keys import queue_list_of
+from kandinsky_batch.schema import Priority
 from worker.context import get_context
 from worker.delivery import claim, fail_unfinished, hand_back, retry_later
 from worker.messages import read_message
@@ -20,8 +22,10 @@ log = logging.getLogger(__name__)
 
 def run_jobs(task: Task, **message: Any) -> None:
     ctx = get_context()
-    priority = priority_from_kombu((task.request.delivery_info or {}).get("priority"))
-    jobs = claim(ctx, read_message(message, ctx.settings, ctx.status, priority))
+    delivery = task.request.delivery_info or {}
+    priority = priority_from_kombu(delivery.get("priority"))
+    queue_list = queue_list_of(str(delivery.get("routing_key") or ""), priority is Priority.LOW)
+    jobs = claim(ctx, read_message(message, ctx.settings, ctx.status, priority, queue_list))
     ctx.current = {job.job_id for job in jobs}
     ctx.task_started = time.monotonic()
     try:

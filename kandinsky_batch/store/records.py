@@ -31,6 +31,7 @@ RECORD_BYTES = 9
 EXISTS = 1  # the job exists (a bad line's index has no record)
 RECEIVED = 2  # a worker or a transition made its hash; the hash holds its state now
 LOW = 4  # submitted at low priority
+COUNTED = 8  # counted off its queue list: a message carrying it was popped (queue_jobs metrics)
 
 
 def shard_of(index: int) -> int:

@@ -32,6 +32,7 @@ def lua(name: str) -> str:
         "__EXISTS__": records.EXISTS,
         "__RECEIVED__": records.RECEIVED,
         "__LOW__": records.LOW,
+        "__COUNTED__": records.COUNTED,
     }
     text = lua_prelude() + _read("common") + _read(name)
     for token, value in constants.items():

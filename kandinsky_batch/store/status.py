@@ -177,7 +177,11 @@ class StatusStore(StatusReader):
     # -- worker side -----------------------------------------------------------------
 
     def receive(
-        self, batch_id: str, jobs: Sequence[tuple[int, int]], priority: Priority = Priority.NORMAL
+        self,
+        batch_id: str,
+        jobs: Sequence[tuple[int, int]],
+        priority: Priority = Priority.NORMAL,
+        queue_list: str = "",
     ) -> list[tuple[Created, int]]:
         """A worker read these `(index, seed)` jobs from a message: give each its hash.
 
@@ -192,6 +196,7 @@ class StatusStore(StatusReader):
             int(time.time()),
             self.keys.records_prefix(batch_id),
             int(priority is Priority.LOW),
+            queue_list,
         ]
         for index, seed in jobs:
             ref = JobRef(batch_id, index)

@@ -1,7 +1,7 @@
 -- Helpers and the record layout's constants, prepended to every status script.
 -- The __NAME__ tokens are filled in from kandinsky_batch/store/records.py at load time.
 local SHARD, REC = __SHARD__, __REC__
-local EXISTS, RECEIVED, LOW = __EXISTS__, __RECEIVED__, __LOW__
+local EXISTS, RECEIVED, LOW, COUNTED = __EXISTS__, __RECEIVED__, __LOW__, __COUNTED__
 
 local function each_shard(batch, rec_prefix, command, arg)
   local span = tonumber(redis.call('HGET', batch, B.span) or '0')

@@ -68,7 +68,10 @@ if tenant ~= '' then
   redis.call('HINCRBY', usage, U.images_submitted, images)
 end
 if webhook ~= '' then redis.call('HSETNX', batch, B.webhook, webhook) end
-if envelope ~= '' then redis.call('LPUSH', KEYS[5], envelope) end
+if envelope ~= '' then
+  redis.call('LPUSH', KEYS[5], envelope)
+  redis.call('HINCRBY', counts, 'in:' .. KEYS[5], n)  -- jobs carried onto this list
+end
 local length = 0
 for i = 5, #KEYS do length = length + redis.call('LLEN', KEYS[i]) end
 return {1, '', length}
