@@ -40,6 +40,7 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     ctx = get_context()
     _THREADS["heartbeat"] = Heartbeat(ctx)
     _THREADS["heartbeat"].start()
+    ctx.beat = _THREADS["heartbeat"].beat
     _THREADS["reaper"] = Reaper(ctx)
     _THREADS["reaper"].thread.start()
     log.info("worker %s ready: %s", ctx.name, dict(ctx.cache.loads))

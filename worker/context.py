@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -36,6 +37,8 @@ class WorkerContext:
     cache: PipelineCache
     engine: Engine
     current: set[str] = field(default_factory=set)  # job ids leased by the task in progress
+    queue: str = ""  # the queue of the task in progress ('' while idle)
+    beat: Callable[[], None] | None = None  # the heartbeat, to be seen busy at once
     stopping_since: float | None = None  # monotonic time SIGTERM arrived
     task_started: float | None = None  # monotonic start of the task in progress
 

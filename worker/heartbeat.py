@@ -42,7 +42,15 @@ class Heartbeat:
         if ctx.stopping_since is None:
             s.ready_file.parent.mkdir(parents=True, exist_ok=True)
             s.ready_file.write_text(json.dumps({"worker": ctx.name, "at": time.time()}))
-        info = {"modes": [m.value for m in s.modes], "at": time.time(), "loads": dict(ctx.cache.loads)}
+        # `busy`, `queue` and `in_flight` feed the API's queue metrics (and so autoscaling).
+        info = {
+            "modes": [m.value for m in s.modes],
+            "at": time.time(),
+            "loads": dict(ctx.cache.loads),
+            "busy": bool(ctx.current),
+            "queue": ctx.queue if ctx.current else "",
+            "in_flight": len(ctx.current),
+        }
         try:
             renewed, lost = ctx.leases.renew(ctx.name, sorted(ctx.current))
             if lost:

@@ -27,7 +27,10 @@ def run_jobs(task: Task, **message: Any) -> None:
     queue_list = queue_list_of(str(delivery.get("routing_key") or ""), priority is Priority.LOW)
     jobs = claim(ctx, read_message(message, ctx.settings, ctx.status, priority, queue_list))
     ctx.current = {job.job_id for job in jobs}
+    ctx.queue = str(delivery.get("routing_key") or "")
     ctx.task_started = time.monotonic()
+    if ctx.beat is not None:
+        ctx.beat()  # seen busy at once, not at the next beat
     try:
         ctx.engine.run(jobs)
     except HandBack as exc:
@@ -40,4 +43,4 @@ def run_jobs(task: Task, **message: Any) -> None:
         fail_unfinished(ctx, jobs, exc)
     finally:
         ctx.leases.release(ctx.name, sorted(ctx.current))
-        ctx.current, ctx.task_started = set(), None
+        ctx.current, ctx.task_started, ctx.queue = set(), None, ""
