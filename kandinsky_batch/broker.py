@@ -34,7 +34,9 @@ def make_celery(settings: Settings) -> Celery:
         worker_soft_shutdown_timeout=settings.shutdown_grace_s,
         worker_enable_soft_shutdown_on_idle=False,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # Task and worker events (a Redis PUBLISH each), so Flower shows workers and tasks.
+        worker_send_task_events=settings.celery_events,
+        task_send_sent_event=settings.celery_events,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,

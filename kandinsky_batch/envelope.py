@@ -118,3 +118,17 @@ def _body_problem(body: str, encoding: object) -> str | None:
     ):
         return "body is not [args, kwargs, embed]"
     return None
+
+
+def call_kwargs(raw: bytes | str, task: str) -> dict[str, Any] | None:
+    """The keyword arguments of a queue item that calls `task` (our message), or None if it is not one."""
+    try:
+        item = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if envelope_problem(item, task) is not None:
+        return None
+    body = item["body"]
+    decoded = base64.b64decode(body) if item["properties"].get("body_encoding") == "base64" else body.encode()
+    kwargs: dict[str, Any] = json.loads(decoded)[1]
+    return kwargs

@@ -158,6 +158,14 @@ class Keys:
         """A worker's heartbeat: JSON of its modes and loads, expiring unless renewed."""
         return f"{self.prefix}:worker:{name}"
 
+    def workers(self) -> str:
+        """Sorted set: worker name -> its last heartbeat (unix time), so workers are listed in O(workers)."""
+        return f"{self.prefix}:workers"
+
+    def tenants(self) -> str:
+        """Set of the tenants that have submitted, so usage is listed in O(tenants)."""
+        return f"{self.prefix}:tenants"
+
     def dead_letters(self) -> str:
         """List of job ids that failed as attempts_exhausted, newest first."""
         return f"{self.prefix}:dead"

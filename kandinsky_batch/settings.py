@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(120.0, ge=0)
 
     # Delivery.
+    celery_events: bool = True  # Celery task and worker events, for Flower
     chunk_size: int = Field(64, ge=1, le=10_000)
     queue_high_water: int = Field(10_000, ge=1)
     max_attempts: int = Field(3, ge=1)
@@ -105,6 +106,14 @@ class Settings(BaseSettings):
     webhook_retry_max_s: float = Field(3600.0, gt=0)  # the longest delay between two tries
     webhook_give_up_s: float = Field(24 * 3600.0, gt=0)  # after this long, a delivery is dead
     webhook_concurrency: int = Field(8, ge=1, le=256)  # deliveries in flight at once
+
+    # Observability. A worker serves Prometheus metrics on METRICS_HOST:METRICS_PORT (0: off); the
+    # host defaults to every interface, since the port exists to be scraped from outside the pod.
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
+    # Log lines: text for a person at a terminal, JSON (one object per line) for a log pipeline;
+    # auto picks text when stderr is a terminal, JSON otherwise.
+    log_format: Literal["auto", "json", "text"] = "auto"
 
     # The CLI as a client of that API: with both set, its job commands need no Redis or storage.
     api_url: str | None = None

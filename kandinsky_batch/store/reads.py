@@ -217,15 +217,30 @@ class StatusReader:
         return {**{s.value: 0 for s in JobState}, **{f.value: 0 for f in UsageField}, **found}
 
     def tenants_with_usage(self) -> list[str]:
-        """Every tenant with a usage record (one SCAN over the usage keys)."""
-        prefix = self.keys.usage_prefix()
-        found = (k.decode()[len(prefix) :] for k in self.redis.scan_iter(match=f"{prefix}*", count=500))
-        return sorted(found)
+        """Every tenant that has submitted (a set the submit script keeps), in O(tenants)."""
+        raw: Any = self.redis.smembers(self.keys.tenants())
+        return sorted(t.decode() for t in raw)
 
     def dead_letters(self, limit: int) -> list[str]:
         """Ids of jobs that failed as attempts_exhausted, newest first."""
         raw: Any = self.redis.lrange(self.keys.dead_letters(), 0, max(0, limit - 1))
         return [j.decode() for j in raw]
+
+    def live_workers(self) -> dict[str, dict[str, Any]]:
+        """Every worker whose heartbeat has not expired: name -> what it said, in O(workers)."""
+        names = [n.decode() for n in self.redis.zrange(self.keys.workers(), 0, -1)]  # type: ignore[union-attr]
+        if not names:
+            return {}
+        raw: Any = self.redis.mget([self.keys.worker(n) for n in names])
+        found = {}
+        for name, text in zip(names, raw, strict=True):
+            try:
+                info = json.loads(text) if text else None
+            except ValueError:
+                info = None
+            if isinstance(info, dict):
+                found[name] = info
+        return found
 
     def worker_info(self, name: str) -> dict[str, Any] | None:
         """What a worker's last heartbeat said, or None once it has expired."""

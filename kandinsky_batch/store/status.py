@@ -103,6 +103,7 @@ class StatusStore(StatusReader):
                 self._record_key(JobRef(chunk.batch_id, jobs[0][0])),
                 self.keys.queue_counts(),
                 self.keys.usage(chunk.tenant),
+                self.keys.tenants(),
                 *chunk.lists,
             ]
             flags = records.EXISTS | (records.LOW if chunk.priority is Priority.LOW else 0)
@@ -206,7 +207,11 @@ class StatusStore(StatusReader):
 
     def heartbeat(self, worker: str, info: dict[str, Any], ttl_s: int) -> None:
         """Show a worker alive (and what it serves) for `ttl_s` seconds."""
-        self.redis.set(self.keys.worker(worker), json.dumps(info), ex=ttl_s)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.worker(worker), json.dumps(info), ex=ttl_s)
+        pipe.zadd(self.keys.workers(), {worker: time.time()})
+        pipe.zremrangebyscore(self.keys.workers(), "-inf", time.time() - 24 * 3600)  # long gone
+        pipe.execute()
 
     def set_manifest(self, batch_id: str, uri: str) -> None:
         self.redis.hset(self.keys.batch(batch_id), BatchField.MANIFEST, uri)

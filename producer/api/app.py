@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager
 
 import redis
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from kandinsky_batch.errors import KandinskyBatchError
 from kandinsky_batch.settings import Settings
@@ -21,6 +22,7 @@ from kandinsky_batch.store.webhooks import WebhookStore
 from producer.api import batches, jobs, problems, tenants
 from producer.api.estimates import DrainRate
 from producer.api.limits import BodyLimit
+from producer.api.metrics import QueueCollector
 from producer.client import Client
 from producer.dispatcher import Dispatcher
 
@@ -53,6 +55,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(batches.router)
     app.include_router(tenants.router)
+
+    if settings.api_metrics:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(QueueCollector(settings, client.status_store))
+
+        @app.get("/metrics", summary="Queue metrics for Prometheus", response_class=Response)
+        def metrics() -> Response:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:  # on the event loop: never queued behind slow requests

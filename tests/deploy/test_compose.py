@@ -29,7 +29,7 @@ COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker" / "compose.yaml"
 HERE = COMPOSE_FILE.parent
 TOP_LEVEL = {"name", "services", "volumes", "networks", "configs", "secrets", "include", "models"}
 CHECK = ["CMD", "kandinsky-batch", "worker", "check"]
-PARTS = {"redis", "minio", "minio-init", "api", "worker-gpu", "worker-cpu", "tiny-model", "producer"}
+PARTS = {"redis", "minio", "minio-init", "api", "worker-gpu", "worker-cpu", "tiny-model", "producer", "flower"}
 
 
 def interpolate(value: Any) -> Any:
@@ -123,7 +123,8 @@ def test_every_setting_is_a_real_one_and_parses(services: dict[str, dict[str, An
         if any(k.startswith("KANDINSKY_BATCH_") for k in env):
             settings = settings_from(env)
             assert urlsplit(settings.redis_url).hostname == "redis", name
-            assert urlsplit(settings.s3_endpoint_url or "").hostname == "minio", name
+            if "KANDINSKY_BATCH_STORAGE_URL" in env:  # Flower needs Redis only
+                assert urlsplit(settings.s3_endpoint_url or "").hostname == "minio", name
 
 
 def test_gpu_worker_reserves_a_gpu_and_runs_the_real_models(services: dict[str, dict[str, Any]]) -> None:
@@ -267,3 +268,11 @@ def test_redis_requires_a_password_and_every_client_url_carries_it(
     for service in clients:
         url = urlsplit(env_of(service)["KANDINSKY_BATCH_REDIS_URL"])
         assert (url.hostname, url.password) == ("redis", password)
+
+
+def test_flower_runs_the_workers_app_behind_a_profile_on_loopback(services: dict[str, dict[str, Any]]) -> None:
+    flower = services["flower"]
+    assert flower["profiles"] == ["flower"]
+    assert flower["entrypoint"][:4] == ["celery", "-A", "producer.flower", "flower"]
+    assert all(str(p).startswith("127.0.0.1:") for p in flower["ports"])
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"

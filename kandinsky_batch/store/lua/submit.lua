@@ -1,5 +1,5 @@
--- KEYS: batch, record shard, queue counts, the tenant's usage, [list to push onto, other lists
---       of the queue (to measure)]
+-- KEYS: batch, record shard, queue counts, the tenant's usage, the set of tenants, [list to push
+--       onto, other lists of the queue (to measure)]
 -- ARGV: now, now_s, rec_prefix, flags, jobs (big-endian u32 index + u32 seed each, indices
 --       ascending, all in this shard), envelope ('' to push nothing), tenant ('' for none),
 --       cap (the most unfinished jobs the tenant may have; 0 for no cap), images (in these
@@ -8,7 +8,7 @@
 -- returns {1, '', queue length}. If some job exists: changes nothing and returns {0, the jobs'
 -- records (9 zero bytes = new), 0}: the caller sends the new ones again in a message of their
 -- own. Over the cap: changes nothing and returns {2, '', unfinished jobs of the tenant}.
-local batch, rec, counts, usage = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local batch, rec, counts, usage, tenants = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, now_s, rec_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local flags, jobs, envelope = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local tenant, cap, images, webhook = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
@@ -64,14 +64,15 @@ redis.call('HSETNX', batch, B.sequence, before - index[1])
 add_fresh(batch, n, hi + 1, now, rec_prefix)
 if tenant ~= '' then
   redis.call('HSETNX', batch, B.tenant, tenant)
+  redis.call('SADD', tenants, tenant)
   redis.call('HINCRBY', usage, 'queued', n)
   redis.call('HINCRBY', usage, U.images_submitted, images)
 end
 if webhook ~= '' then redis.call('HSETNX', batch, B.webhook, webhook) end
 if envelope ~= '' then
-  redis.call('LPUSH', KEYS[5], envelope)
-  redis.call('HINCRBY', counts, 'in:' .. KEYS[5], n)  -- jobs carried onto this list
+  redis.call('LPUSH', KEYS[6], envelope)
+  redis.call('HINCRBY', counts, 'in:' .. KEYS[6], n)  -- jobs carried onto this list
 end
 local length = 0
-for i = 5, #KEYS do length = length + redis.call('LLEN', KEYS[i]) end
+for i = 6, #KEYS do length = length + redis.call('LLEN', KEYS[i]) end
 return {1, '', length}
