@@ -21,8 +21,15 @@ def api(ctx: click.Context) -> None:
     """Serve the HTTP API on KANDINSKY_BATCH_API_HOST:API_PORT (uvicorn; API_WORKERS processes)."""
     import uvicorn
 
+    from producer.api.nodelay import NoDelayH11Protocol
+
     s = ctx.obj
-    options: dict[str, Any] = {"host": s.api_host, "port": s.api_port, "timeout_graceful_shutdown": 30}
+    options: dict[str, Any] = {
+        "host": s.api_host,
+        "port": s.api_port,
+        "timeout_graceful_shutdown": 30,
+        "http": NoDelayH11Protocol,
+    }
     if s.api_workers == 1:
         from producer.api.app import create_app
 

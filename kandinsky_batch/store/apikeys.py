@@ -43,7 +43,7 @@ class ApiKeys:
         self.redis = client
         self.keys = keys
         self.key = keys.api_keys()
-        self._rate = client.register_script(scripts.lua("rate"))
+        self._auth = client.register_script(scripts.lua("auth"))
 
     def create(
         self, tenant: str, *, admin: bool = False, rate_per_s: float = 20.0, max_queued: int = 100_000
@@ -56,18 +56,14 @@ class ApiKeys:
         self.redis.hset(self.key, _digest(secret), json.dumps(asdict(record)))
         return record, secret
 
-    def verify(self, secret: str) -> ApiKey | None:
-        """The key's record, or None for an unknown or revoked key."""
-        raw = self.redis.hget(self.key, _digest(secret))
-        return ApiKey(**json.loads(raw)) if isinstance(raw, bytes) else None
-
-    def take(self, key: ApiKey) -> float:
-        """Count one request against the key's rate: 0 if it may go, else seconds until it may."""
-        burst = max(1.0, key.rate_per_s)  # a second's worth of requests at once
-        allowed, wait_ms = self._rate(
-            keys=[self.keys.rate(key.id)], args=[time.time(), key.rate_per_s, burst]
-        )
-        return 0.0 if allowed else int(wait_ms) / 1000
+    def authenticate(self, secret: str) -> tuple[ApiKey | None, float]:
+        """The key's record (None for an unknown or revoked key), and 0 if this request is within
+        its rate, else the seconds until it would be: one script, one round trip."""
+        found = self._auth(keys=[self.key, self.keys.rate("")], args=[_digest(secret), time.time()])
+        if not found[0]:
+            return None, 0.0
+        _, raw, allowed, wait_ms = found
+        return ApiKey(**json.loads(raw)), 0.0 if allowed else int(wait_ms) / 1000
 
     def all(self) -> list[ApiKey]:
         records = [ApiKey(**json.loads(raw)) for raw in self.redis.hvals(self.key)]

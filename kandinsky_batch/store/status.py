@@ -90,7 +90,7 @@ class StatusStore(StatusReader):
         `created` says which are new, so the caller can send those in a message of their own.
         All chunks go in one pipelined round trip.
         """
-        pipe = self.redis.pipeline(transaction=False)
+        calls: list[tuple[list[str], list[Any]]] = []
         for chunk in chunks:
             jobs = chunk.jobs
             indices = [index for index, _ in jobs]
@@ -120,9 +120,16 @@ class StatusStore(StatusReader):
                 chunk.images,
                 chunk.webhook,
             ]
-            self._submit(keys=keys, args=args, client=pipe)
+            calls.append((keys, args))
+        if len(calls) == 1:  # one chunk (a single job): one EVALSHA, no pipeline's SCRIPT EXISTS
+            replies = [self._submit(keys=calls[0][0], args=calls[0][1])]
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for keys, args in calls:
+                self._submit(keys=keys, args=args, client=pipe)
+            replies = pipe.execute()
         pushed = []
-        for chunk, (sent, found, length) in zip(chunks, pipe.execute(), strict=True):
+        for chunk, (sent, found, length) in zip(chunks, replies, strict=True):
             if sent == 2:
                 pushed.append(Pushed(False, [], 0, over_cap=int(length)))
             elif sent:

@@ -31,11 +31,9 @@ def caller(
 ) -> ApiKey:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Problem(401, "Unauthorized", "send an API key as `Authorization: Bearer <key>`")
-    keys = request.app.state.keys
-    key = keys.verify(credentials.credentials)
+    key, wait_s = request.app.state.keys.authenticate(credentials.credentials)
     if key is None:
         raise Problem(401, "Unauthorized", "unknown or revoked API key")
-    wait_s = keys.take(key)
     if wait_s:
         detail = f"this key may make {key.rate_per_s:g} requests per second"
         raise Problem(429, "Too many requests", detail, headers={"Retry-After": str(math.ceil(wait_s))})

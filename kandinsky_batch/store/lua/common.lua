@@ -126,3 +126,20 @@ local function move(k, a)
   redis.call('XADD', k.events, 'MAXLEN', '~', EVENTS_MAX, '*', E.job, a.job_id, E.state, to)
   return {'ok', cur, finished}
 end
+
+-- A token bucket in hash `bucket` (tokens, at): refills at `rate` per second up to `burst`, and
+-- takes one token if there is one. Returns {1, 0} when the request may go, else {0, ms to wait}.
+local function take_token(bucket, now, rate, burst)
+  local state = redis.call('HMGET', bucket, 'tokens', 'at')
+  local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
+  tokens = math.min(burst, tokens + (now - at) * rate)
+  local allowed = 0
+  if tokens >= 1 then
+    tokens = tokens - 1
+    allowed = 1
+  end
+  redis.call('HSET', bucket, 'tokens', tostring(tokens), 'at', tostring(now))
+  redis.call('PEXPIRE', bucket, math.ceil(1000 * burst / rate) + 1000)
+  if allowed == 1 then return {1, 0} end
+  return {0, math.ceil(1000 * (1 - tokens) / rate)}
+end
