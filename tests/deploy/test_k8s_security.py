@@ -60,6 +60,7 @@ INTERNET = Endpoint(ip="93.184.216.34")
 
 @pytest.mark.parametrize("worker", ["kandinsky-worker-base", "kandinsky-worker-inpaint"])
 def test_workers_reach_redis_storage_and_dns_and_nothing_reaches_them(m: Manifests, worker: str) -> None:
+    """Nothing but Prometheus on the metrics port (test_monitoring.py) may connect to a worker."""
     w = endpoint(m, "Deployment", worker)
     redis = endpoint(m, "StatefulSet", "kandinsky-redis")
     assert allowed(m, w, redis, 6379)
@@ -69,11 +70,15 @@ def test_workers_reach_redis_storage_and_dns_and_nothing_reaches_them(m: Manifes
     assert not allowed(m, w, STRANGER, 8080)
     for other in (STRANGER, KEDA_OPERATOR, redis):
         assert not allowed(m, other, w, 8080), "workers serve nothing"
+        assert not allowed(m, other, w, 9100), "only Prometheus reads the metrics port"
     if m.overlay == "dev":
         assert allowed(m, w, endpoint(m, "Deployment", "kandinsky-minio"), 9000)
 
 
-def test_only_our_clients_and_the_keda_operator_reach_redis(m: Manifests) -> None:
+def test_only_our_clients_reach_redis_and_keda_only_for_redis_triggers(any_render: Manifests) -> None:
+    """With the Prometheus scaler KEDA reads Prometheus, so it gets no way into Redis; the
+    Redis-list fallback brings the rule it needs."""
+    m = any_render
     redis = endpoint(m, "StatefulSet", "kandinsky-redis")
     for kind, name in (
         ("Job", "kandinsky-submit"),
@@ -82,7 +87,8 @@ def test_only_our_clients_and_the_keda_operator_reach_redis(m: Manifests) -> Non
         ("Deployment", "kandinsky-worker-inpaint"),
     ):
         assert allowed(m, endpoint(m, kind, name), redis, 6379), name
-    assert allowed(m, KEDA_OPERATOR, redis, 6379), "KEDA reads the list lengths"
+    reads_lists = any(t["type"] == "redis" for s in m.of("ScaledObject") for t in s["spec"]["triggers"])
+    assert allowed(m, KEDA_OPERATOR, redis, 6379) is reads_lists, m.name
     assert not allowed(m, STRANGER, redis, 6379)
     assert not allowed(m, redis, INTERNET, 443), "Redis talks to no one"
 

@@ -1,4 +1,5 @@
-"""Find the offline deploy tools (kubectl, hadolint, docker compose) that the dev extra installs.
+"""Find the offline deploy tools: kubectl, hadolint, docker compose (the dev extra installs the
+first two) and Prometheus's prometheus and promtool (Debian's `prometheus` package).
 
 A missing tool skips a test on a developer's machine but fails it in CI (CI=true), so a
 broken install can never turn the deploy checks green by skipping them.
@@ -38,6 +39,15 @@ def require_tool(name: str, package: str) -> str:
     path = find_tool(name)
     if path is None:
         _missing(f"{name} not found; install it with `pip install {package}` (in the dev extra)")
+        raise AssertionError("unreachable")
+    return path
+
+
+def require_system_tool(name: str, install: str) -> str:
+    """A tool from the system's packages (not the dev extra), e.g. Debian's prometheus."""
+    path = find_tool(name)
+    if path is None:
+        _missing(f"{name} not found; install it with `{install}`")
         raise AssertionError("unreachable")
     return path
 
