@@ -20,6 +20,7 @@ RUN pip install --no-cache-dir .
 FROM ${PYTHON_IMAGE}
 ARG UID=10001
 ENV PATH=/opt/venv/bin:$PATH \
+    KANDINSKY_BATCH_LOG_FORMAT=json \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN groupadd --system --gid "${UID}" kb \

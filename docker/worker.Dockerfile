@@ -32,6 +32,7 @@ RUN pip install --no-cache-dir --constraint /tmp/torch-constraint.txt ".[worker]
 FROM ${PYTHON_IMAGE}
 ARG UID=10001
 ENV PATH=/opt/venv/bin:$PATH \
+    KANDINSKY_BATCH_LOG_FORMAT=json \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/models/hf \

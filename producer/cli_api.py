@@ -21,6 +21,7 @@ def api(ctx: click.Context) -> None:
     """Serve the HTTP API on KANDINSKY_BATCH_API_HOST:API_PORT (uvicorn; API_WORKERS processes)."""
     import uvicorn
 
+    from kandinsky_batch.logs import logging_config
     from producer.api.nodelay import NoDelayH11Protocol
 
     s = ctx.obj
@@ -29,6 +30,7 @@ def api(ctx: click.Context) -> None:
         "port": s.api_port,
         "timeout_graceful_shutdown": 30,
         "http": NoDelayH11Protocol,
+        "log_config": logging_config(s.log_format),  # applied in every uvicorn worker process too
     }
     if s.api_workers == 1:
         from producer.api.app import create_app

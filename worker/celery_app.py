@@ -2,6 +2,12 @@
 
 Weights load before Celery starts consuming, so a worker never takes a job it
 cannot run yet; the ready file appears only once it consumes.
+
+Logging is set up first (kandinsky_batch/logs.py), and only then are the modules that import
+diffusers loaded, inside `serve` and the signal handlers: importing diffusers already logs, and
+that line must come out in the chosen format too. Celery leaves the root logger alone
+(`worker_hijack_root_logger=False`) and adds only its stdout redirect. With METRICS_PORT set,
+/metrics is served from the end of the warm-up on.
 """
 
 from __future__ import annotations
@@ -14,18 +20,19 @@ from celery.signals import worker_ready, worker_shutting_down
 
 from kandinsky_batch.broker import make_celery
 from kandinsky_batch.keys import TASK_NAME
+from kandinsky_batch.logs import bind_process, setup_logging
 from kandinsky_batch.schema import Mode
 from kandinsky_batch.settings import Settings
-from worker import guards
-from worker.context import WorkerContext, get_context, set_context
-from worker.delivery import Reaper
+from worker import guards, metrics
 from worker.heartbeat import Heartbeat
-from worker.tasks import run_jobs
+from worker.library_logs import route_library_logs
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> Celery:
+    from worker.tasks import run_jobs
+
     guards.install(settings.queue_for(mode) for mode in Mode)
     app = make_celery(settings)
     app.task(name=TASK_NAME, bind=True)(run_jobs)
@@ -37,6 +44,9 @@ _THREADS: dict[str, Any] = {}
 
 @worker_ready.connect
 def _on_ready(sender: Any = None, **_: Any) -> None:
+    from worker.context import get_context
+    from worker.delivery import Reaper
+
     ctx = get_context()
     _THREADS["heartbeat"] = Heartbeat(ctx)
     _THREADS["heartbeat"].start()
@@ -49,6 +59,8 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
 @worker_shutting_down.connect
 def _on_shutdown(**_: Any) -> None:
     """SIGTERM: stop looking ready, keep renewing leases, finish or hand back within the grace period."""
+    from worker.context import get_context
+
     ctx = get_context()
     ctx.begin_shutdown()
     ctx.settings.ready_file.unlink(missing_ok=True)
@@ -57,14 +69,24 @@ def _on_shutdown(**_: Any) -> None:
 
 def serve(settings: Settings, loglevel: str = "INFO") -> int:
     """Run a worker until it is told to stop (SIGTERM: finish the current job first)."""
-    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fmt = setup_logging(settings.log_format, loglevel)
+    route_library_logs()
+    from worker.context import WorkerContext, set_context, worker_name  # imports diffusers: after the above
+
+    bind_process(worker=worker_name(settings))
     ctx = WorkerContext.build(settings)
     set_context(ctx)
     app = create_app(settings)
     queues = ",".join(settings.queue_for(m) for m in settings.modes)
+    metrics.describe_worker(ctx.name, settings.modes, ctx.cache.device, ctx.cache.dtype)
+    metrics.watch_gpu(ctx.cache.device)
+    server = (
+        metrics.MetricsServer(settings.metrics_host, settings.metrics_port) if settings.metrics_port else None
+    )
     try:
         app.worker_main(
             [
+                *(["--quiet"] if fmt == "json" else []),  # no banner: every line on stdout is JSON
                 "worker",
                 "--pool=solo",
                 "--concurrency=1",
@@ -78,6 +100,8 @@ def serve(settings: Settings, loglevel: str = "INFO") -> int:
     finally:
         for thread in _THREADS.values():
             thread.stopped.set()
+        if server is not None:
+            server.stop()
         settings.ready_file.unlink(missing_ok=True)
         set_context(None)
     return 0

@@ -45,7 +45,7 @@ class WorkerContext:
     @classmethod
     def build(cls, settings: Settings) -> WorkerContext:
         """Connect, check storage and warm the pipelines: a worker that cannot work fails here."""
-        name = settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
+        name = worker_name(settings)
         client = connect(settings.redis_url)
         client.ping()
         keys = Keys(settings.key_prefix)
@@ -84,6 +84,11 @@ class WorkerContext:
     def begin_shutdown(self) -> None:
         if self.stopping_since is None:
             self.stopping_since = time.monotonic()
+
+
+def worker_name(settings: Settings) -> str:
+    """This process's name in leases, status and logs: WORKER_NAME, or host:pid."""
+    return settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
 
 
 _CONTEXT: WorkerContext | None = None

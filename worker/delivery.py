@@ -14,18 +14,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from kandinsky_batch.enqueue import enqueue
-from kandinsky_batch.errors import InternalError, StorageUnavailable, compute_backoff
+from kandinsky_batch.errors import AttemptsExhausted, InternalError, StorageUnavailable, compute_backoff
 from kandinsky_batch.keys import JobField, JobRef
-from kandinsky_batch.schema import JobSpec, JobState
+from kandinsky_batch.logs import log_fields
+from kandinsky_batch.schema import JobSpec, JobState, Mode
 from kandinsky_batch.store.status import Recovered
+from worker import metrics
 from worker.engine import Job
 from worker.leases import Lease
 
@@ -49,25 +52,41 @@ def claim(ctx: WorkerContext, jobs: list[Job]) -> list[Job]:
     mine = []
     for job, outcome, state in zip(jobs, outcomes, states, strict=True):
         if outcome is Lease.HELD:
-            log.info("skipping %s: another live worker holds it", job.job_id)
+            with log_fields(**job_fields(ctx, job.ref)):
+                log.info("skipping %s: another live worker holds it", job.job_id)
         elif state is not JobState.RUNNING:
             mine.append(job)
-        elif recover(ctx, job.ref):
+        elif recover(ctx, job.ref, "lease_expired" if outcome is Lease.STALE else "orphaned"):
             [again] = ctx.leases.acquire(ctx.name, [(job.job_id, job.spec.wire())])
             if again is Lease.HELD:
-                log.info("skipping %s: another live worker took it meanwhile", job.job_id)
+                with log_fields(**job_fields(ctx, job.ref)):
+                    log.info("skipping %s: another live worker took it meanwhile", job.job_id)
             else:
                 mine.append(job)
     return mine
 
 
-def recover(ctx: WorkerContext, job: JobRef) -> bool:
-    """A job whose worker died while running it: back to queued (True), or a dead letter."""
+def job_fields(ctx: WorkerContext, ref: JobRef) -> dict[str, Any]:
+    """The log fields of a job this worker is not running (one read: it is a rare line)."""
+    attempts, spec = ctx.redis.hmget(ctx.keys.job(ref), [JobField.ATTEMPTS, JobField.SPEC])
+    mode = json.loads(spec).get("mode", Mode.TEXT2IMG.value) if spec else ""
+    return {"job_id": ref.id, "batch_id": ref.batch_id, "mode": mode, "attempt": int(attempts or 0)}
+
+
+def recover(ctx: WorkerContext, job: JobRef, reason: metrics.Reason) -> bool:
+    """A job whose worker died while running it: back to queued (True), or a dead letter.
+
+    `reason` says how its worker was found gone: its lease expired, or it had none.
+    """
+    fields = job_fields(ctx, job)
     outcome = ctx.status.recover(job, ctx.settings.max_attempts)
-    if outcome is Recovered.FAILED:
-        log.warning("job %s is a dead letter: its worker kept dying", job)
-    elif outcome is Recovered.QUEUED:
-        log.warning("job %s lost its worker; handed back", job)
+    with log_fields(**fields):
+        if outcome is Recovered.FAILED:
+            log.warning("job %s is a dead letter: its worker kept dying", job)
+            metrics.job_done(fields["mode"], "failed", AttemptsExhausted.code)
+        elif outcome is Recovered.QUEUED:
+            log.warning("job %s lost its worker; handed back", job)
+            metrics.redelivered(reason)
     return outcome is Recovered.QUEUED
 
 
@@ -79,16 +98,20 @@ def reap_once(ctx: WorkerContext) -> int:
     receives the job meanwhile takes that lease over instead of skipping the job.
     """
     reaper = f"reaper:{ctx.name}"
-    taken = [job for job in ctx.leases.expired() if ctx.leases.take_expired(reaper, job)]
+    taken: list[tuple[str, metrics.Reason]] = [
+        (job, "lease_expired") for job in ctx.leases.expired() if ctx.leases.take_expired(reaper, job)
+    ]
     started_before = time.time() - ctx.settings.lease_ttl_s
     taken += [
-        job for job in ctx.status.unleased_running(started_before) if ctx.leases.take_orphan(reaper, job)
+        (job, "orphaned")
+        for job in ctx.status.unleased_running(started_before)
+        if ctx.leases.take_orphan(reaper, job)
     ]
     sent = 0
-    for job in taken:
+    for job, reason in taken:
         ref = JobRef.parse(job)
         state = ctx.status.state(job)
-        if ref is not None and state is JobState.RUNNING and not recover(ctx, ref):
+        if ref is not None and state is JobState.RUNNING and not recover(ctx, ref, reason):
             continue
         if ref is not None and state in (JobState.RUNNING, JobState.QUEUED):
             sent += resend(ctx, ref)
@@ -99,12 +122,15 @@ def reap_once(ctx: WorkerContext) -> int:
 def resend(ctx: WorkerContext, ref: JobRef, delay_s: float = 0.0) -> int:
     """Put a queued job back on its queue, from the spec stored when it was leased."""
     status = ctx.status.job(ref)
+    fields = {"job_id": ref.id, "batch_id": ref.batch_id, "attempt": status.attempts}
     if status.spec is None:
-        log.error("cannot re-send %s: no stored spec", ref)
+        with log_fields(**fields, mode=""):
+            log.error("cannot re-send %s: no stored spec", ref)
         return 0
     spec = JobSpec.model_validate(status.spec)
     enqueue(ctx.status, ctx.settings, ref.batch_id, [(ref.index, spec)], status.priority, delay_s)
-    log.info("re-sent %s", ref)
+    with log_fields(**fields, mode=spec.mode.value):
+        log.info("re-sent %s", ref)
     return 1
 
 
@@ -116,14 +142,21 @@ def retry_later(ctx: WorkerContext, jobs: list[Job], cause: StorageUnavailable) 
     for job in jobs:
         n = int(ctx.status.field(job.ref, JobField.RETRIES) or 1)
         if n > s.max_retries:
-            ctx.status.fail(job.ref, cause.code, f"gave up after {n} tries: {cause.message}")
+            with log_fields(**ctx.engine.job_fields(job)):
+                log.warning("job %s failed: %s: gave up after %d tries", job.job_id, cause.code, n)
+            if ctx.status.fail(job.ref, cause.code, f"gave up after {n} tries: {cause.message}"):
+                metrics.job_done(job.spec.mode.value, "failed", cause.code)
         else:
             again.append(job)
             tries = max(tries, n)
     if not again:
         return
     delay = compute_backoff(tries, s.retry_backoff_s, s.retry_backoff_max_s)
-    log.warning("storage unavailable; %d jobs retry in %.1f s", len(again), delay)
+    with log_fields(**ctx.engine.batch_fields(again)):
+        log.warning("storage unavailable; %d jobs retry in %.1f s", len(again), delay)
+    for job in again:
+        metrics.job_done(job.spec.mode.value, "handed_back")
+    metrics.redelivered("storage_retry", len(again))
     priority = ctx.status.job(again[0].ref).priority
     enqueue(ctx.status, s, again[0].batch_id, [(j.index, j.spec) for j in again], priority, delay)
 
@@ -131,20 +164,30 @@ def retry_later(ctx: WorkerContext, jobs: list[Job], cause: StorageUnavailable) 
 def fail_unfinished(ctx: WorkerContext, jobs: list[Job], exc: Exception) -> None:
     """An error nothing expected: every job of the task this worker still holds fails with
     `internal_error` (the traceback goes to the log), so none is left running for good."""
-    log.error("task failed unexpectedly; failing its unfinished jobs", exc_info=exc)
+    with log_fields(**ctx.engine.batch_fields(jobs)):
+        log.error("task failed unexpectedly; failing its unfinished jobs", exc_info=exc)
     err = InternalError(f"{type(exc).__name__}: {exc}")
     try:
         for job in jobs:
-            ctx.status.fail(job.ref, err.code, err.message, fence=ctx.name)
+            if ctx.status.fail(job.ref, err.code, err.message, fence=ctx.name):
+                metrics.job_done(job.spec.mode.value, "failed", err.code)
     except redis.RedisError as again:
         # Redis is gone too: the jobs stay running with no lease, and a reaper recovers them.
         log.warning("could not record the failure (%s); the reaper will hand the jobs back", again)
 
 
 def hand_back(ctx: WorkerContext, jobs: list[Job]) -> None:
-    """Shutting down: running jobs this worker still holds go back to queued, and no lease is kept."""
+    """Shutting down: running jobs this worker still holds go back to queued, and no lease is kept.
+
+    Jobs of micro-batches that never started are queued already; the message goes back with them.
+    """
+    handed = 0
     for job in jobs:
-        ctx.status.transition(job.ref, JobState.QUEUED, [JobState.RUNNING], fence=ctx.name)
+        moved, before = ctx.status.transition(job.ref, JobState.QUEUED, [JobState.RUNNING], fence=ctx.name)
+        if moved or before is JobState.QUEUED:
+            handed += 1
+            metrics.job_done(job.spec.mode.value, "handed_back")
+    metrics.redelivered("shutdown", handed)
     ctx.leases.release(ctx.name, [j.job_id for j in jobs])
 
 

@@ -35,11 +35,13 @@ from kandinsky_batch.errors import (
     StorageUnavailable,
     compute_backoff,
 )
-from kandinsky_batch.keys import JobRef
-from kandinsky_batch.schema import JobSpec
+from kandinsky_batch.keys import JobField, JobRef
+from kandinsky_batch.logs import log_fields
+from kandinsky_batch.schema import JobSpec, JobState
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import Storage, image_key, metadata_key
 from kandinsky_batch.store.status import StatusStore
+from worker import metrics
 from worker.generate import Inputs, Item, StepCallback, compat_key, decoder_steps, generate
 from worker.inputs import InputLoader
 from worker.leases import LeaseStore
@@ -123,6 +125,8 @@ class Engine:
         # The worker's leases: with them, every start, write and finish is fenced on holding the
         # job's live lease. Without (tests of the engine alone) nothing is fenced.
         self.leases: LeaseStore | None = None
+        # Attempt of each job of the micro-batch in progress (read once after its starts), for logs.
+        self.attempts: dict[str, int] = {}
 
     @property
     def fence(self) -> str:
@@ -159,62 +163,146 @@ class Engine:
             except (ControlFlow, redis.RedisError):
                 raise
             except Exception as exc:  # a bug for some parameter mix, a CUDA error that is not OOM, ...
-                log.exception("micro-batch %s failed unexpectedly", [job.job_id for job in run])
+                with log_fields(**self.batch_fields(run)):
+                    log.exception("micro-batch %s failed unexpectedly", [job.job_id for job in run])
                 for job in run:
                     self.fail(job, InternalError(f"{type(exc).__name__}: {exc}"))
 
+    def job_fields(self, job: Job) -> dict[str, Any]:
+        """The fields of a log line about one job (the worker's name is on every line already)."""
+        attempt = self.attempts.get(job.job_id, 0)
+        return {
+            "job_id": job.job_id,
+            "batch_id": job.batch_id,
+            "mode": job.spec.mode.value,
+            "attempt": attempt,
+        }
+
+    def batch_fields(self, jobs: list[Job]) -> dict[str, Any]:
+        """The fields of a line about a micro-batch: its jobs' ids and attempts, as lists."""
+        if not jobs:
+            return {}
+        return {
+            "job_id": [job.job_id for job in jobs],
+            "batch_id": jobs[0].batch_id,
+            "mode": jobs[0].spec.mode.value,
+            "attempt": [self.attempts.get(job.job_id, 0) for job in jobs],
+        }
+
     def run_micro_batch(self, jobs: list[Job]) -> None:
-        claimed: list[tuple[Job, Inputs]] = []
+        started: list[Job] = []
+        skipped: list[tuple[Job, JobState | None]] = []
         for job in jobs:
             moved, before = self.status.start(
                 job.ref, self.worker_name, decoder_steps(job.spec), job.spec.wire(), fence=bool(self.fence)
             )
-            if not moved:
+            if moved:
+                started.append(job)
+            else:
+                skipped.append((job, before))
+        created = self._read_started(jobs)
+        for job, before in skipped:
+            with log_fields(**self.job_fields(job)):
                 log.info("skipping %s: it is %s", job.job_id, before.value if before else "unknown")
-                continue
+        claimed: list[tuple[Job, Inputs]] = []
+        now = time.time()
+        for job in started:
+            at = created[job.job_id]
+            if at is not None:
+                metrics.QUEUE_WAIT.labels(job.spec.mode.value).observe(max(0.0, now - at))
             try:
                 claimed.append((job, self.inputs.load(job.spec)))
             except PermanentError as exc:
                 self.fail(job, exc)
         if not claimed:
             return
+        running = [job for job, _ in claimed]
         items = [
             Item(job.job_id, k, job.spec, inputs)
             for job, inputs in claimed
             for k in range(job.spec.num_images)
         ]
+        progress = StepCheck(self, running)
+        with log_fields(**self.batch_fields(running)):
+            generated = self._generate_micro_batch(running, items, progress)
+        if generated is None:
+            return
+        images, timing = generated
+        batch_info = {"size": len(items), "jobs": [job.job_id for job in running]}
+        for job in running:
+            with log_fields(**self.job_fields(job)):
+                if job.job_id in progress.lost:
+                    log.warning("not storing %s: this worker lost its lease", job.job_id)
+                    continue
+                mine = [images[i] for i, it in enumerate(items) if it.job_id == job.job_id]
+                self._finish(job, mine, timing, batch_info)
+
+    def _read_started(self, jobs: list[Job]) -> dict[str, float | None]:
+        """One round trip after the starts: each job's attempt (kept for logs) and created time."""
+        pipe = self.status.redis.pipeline(transaction=False)
+        for job in jobs:
+            pipe.hmget(self.status.keys.job(job.ref), [JobField.CREATED, JobField.ATTEMPTS])
+        created: dict[str, float | None] = {}
+        self.attempts = {}
+        for job, (ct, attempts) in zip(jobs, pipe.execute(), strict=True):
+            created[job.job_id] = float(ct) if ct else None
+            self.attempts[job.job_id] = int(attempts or 0)
+        return created
+
+    def _generate_micro_batch(
+        self, jobs: list[Job], items: list[Item], progress: StepCheck
+    ) -> tuple[list[Image.Image | KandinskyBatchError], dict[str, float]] | None:
+        """The micro-batch's images and timing, or None when it stopped (canceled, leases gone)."""
+        metrics.MICRO_BATCH.observe(len(items))
         started = time.time()
-        progress = StepCheck(self, [job for job, _ in claimed])
         try:
             images = self._generate_splitting(items, progress)
         except Canceled:
-            log.info("micro-batch canceled: %s", [job.job_id for job, _ in claimed])
-            return
+            log.info("micro-batch canceled: %s", [job.job_id for job in jobs])
+            metrics.job_done(jobs[0].spec.mode.value, "canceled", n=len(jobs))
+            return None
         except LeaseLost:
-            log.warning("micro-batch stopped, its leases are gone: %s", [job.job_id for job, _ in claimed])
-            return
+            # A cancel drops the job's lease too: those are canceled, not lost to another worker.
+            states = self.status.states_of([job.ref for job in jobs])
+            canceled = [job.job_id for job, s in zip(jobs, states, strict=True) if s is JobState.CANCELED]
+            if canceled:
+                log.info("micro-batch canceled: %s", canceled)
+                metrics.job_done(jobs[0].spec.mode.value, "canceled", n=len(canceled))
+            if len(canceled) < len(jobs):
+                log.warning("micro-batch stopped, its leases are gone: %s", [job.job_id for job in jobs])
+            return None
         timing = {"generate_s": round(time.time() - started, 3)}
-        batch_info = {"size": len(items), "jobs": [job.job_id for job, _ in claimed]}
-        for job, _ in claimed:
-            if job.job_id in progress.lost:
-                log.warning("not storing %s: this worker lost its lease", job.job_id)
-                continue
-            mine = [images[i] for i, it in enumerate(items) if it.job_id == job.job_id]
-            failure = next((img for img in mine if isinstance(img, KandinskyBatchError)), None)
-            try:
-                if isinstance(failure, PermanentError):
-                    self.fail(job, failure)
-                else:
-                    self.store(job, [img for img in mine if isinstance(img, Image.Image)], timing, batch_info)
-            except LeaseLost:
-                log.warning("stopped storing %s: this worker lost its lease", job.job_id)
+        log.info("generated %d images for %d jobs in %.2f s", len(items), len(jobs), timing["generate_s"])
+        return images, timing
+
+    def _finish(
+        self,
+        job: Job,
+        images: list[Image.Image | KandinskyBatchError],
+        timing: dict[str, float],
+        batch_info: dict[str, Any],
+    ) -> None:
+        """Store one job's images, or fail it with its images' permanent error."""
+        failure = next((img for img in images if isinstance(img, KandinskyBatchError)), None)
+        try:
+            if isinstance(failure, PermanentError):
+                self.fail(job, failure)
+            else:
+                self.store(job, [img for img in images if isinstance(img, Image.Image)], timing, batch_info)
+        except LeaseLost:
+            log.warning("stopped storing %s: this worker lost its lease", job.job_id)
 
     def _generate_splitting(
         self, items: list[Item], progress: StepCheck
     ) -> list[Image.Image | KandinskyBatchError]:
         """On out-of-memory, free memory and retry in halves down to single images."""
         try:
-            return list(self.generate_fn(self.cache, items, progress))
+            started = time.perf_counter()
+            images: list[Image.Image | KandinskyBatchError] = list(
+                self.generate_fn(self.cache, items, progress)
+            )
+            metrics.generated(items[0].spec.mode.value, len(items), time.perf_counter() - started)
+            return images
         except Exception as exc:
             if not is_oom(exc):
                 raise
@@ -235,8 +323,10 @@ class Engine:
             )
 
     def fail(self, job: Job, exc: KandinskyBatchError) -> None:
-        log.info("job %s failed: %s: %s", job.job_id, exc.code, exc.message)
-        self.status.fail(job.ref, exc.code, exc.message, fence=self.fence)
+        with log_fields(**self.job_fields(job)):
+            log.info("job %s failed: %s: %s", job.job_id, exc.code, exc.message)
+        if self.status.fail(job.ref, exc.code, exc.message, fence=self.fence):
+            metrics.job_done(job.spec.mode.value, "failed", exc.code)
 
     def _check_held(self, job: Job) -> None:
         """The fence before a write: LeaseLost unless this worker still holds the job's lease."""
@@ -248,7 +338,7 @@ class Engine:
     ) -> None:
         """Upload images then metadata, then mark the job succeeded (never before)."""
         fmt = self.settings.output_format
-        started = time.time()
+        started = time.perf_counter()
         params = self.parameters(job)
         uris = []
         for k, image in enumerate(images):
@@ -258,11 +348,12 @@ class Engine:
             key = image_key(job.batch_id, job.job_id, k, extension(fmt))
             self._check_held(job)
             uris.append(self._put(key, data, content_type))
+        metrics.IMAGES.labels(job.spec.mode.value).inc(len(uris))
         status = self.status.job(job.job_id)
         meta = {
             **params,
             "outputs": uris,
-            "timings": {**timing, "upload_s": round(time.time() - started, 3)},
+            "timings": {**timing, "upload_s": round(time.perf_counter() - started, 3)},
             "batch": batch,
             "attempt": status.attempts,
             "worker": self.worker_name,
@@ -272,10 +363,16 @@ class Engine:
         body = json.dumps(meta, ensure_ascii=False, indent=1).encode()
         self._check_held(job)
         meta_uri = self._put(metadata_key(job.batch_id, job.job_id), body, "application/json")
-        if not self.status.succeed(job.ref, uris, meta_uri, fence=self.fence):
-            log.info(
-                "job %s finished as %s elsewhere; outputs kept", job.job_id, self.status.state(job.job_id)
-            )
+        metrics.UPLOAD.observe(time.perf_counter() - started)
+        mode = job.spec.mode.value
+        if self.status.succeed(job.ref, uris, meta_uri, fence=self.fence):
+            metrics.job_done(mode, "succeeded")
+            log.info("job %s succeeded: %d images", job.job_id, len(uris))
+            return
+        state = self.status.state(job.job_id)
+        if state is JobState.CANCELED:  # canceled while this worker ran it
+            metrics.job_done(mode, "canceled")
+        log.info("job %s finished as %s elsewhere; outputs kept", job.job_id, state)
 
     def _put(self, key: str, data: bytes, content_type: str) -> str:
         """Upload, retrying with backoff while the images are still in memory.

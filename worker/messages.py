@@ -2,20 +2,24 @@
 
 A message that is not our format fails the jobs it names (if any can be named)
 with `bad_message`; an invalid spec fails only its own job. Nothing here raises
-out to the worker.
+out to the worker. A job failed here never started on this worker: its log line and metric
+carry the mode its spec names ('' when that is no mode at all).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
-from kandinsky_batch.errors import BadMessage, InvalidSpec, UnsupportedMode
-from kandinsky_batch.keys import JobRef
-from kandinsky_batch.schema import Priority
+from kandinsky_batch.errors import BadMessage, InvalidSpec, KandinskyBatchError, UnsupportedMode
+from kandinsky_batch.keys import JobField, JobRef
+from kandinsky_batch.logs import log_fields
+from kandinsky_batch.schema import Mode, Priority
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.store.status import Created, StatusStore
 from kandinsky_batch.wire import parse_message, validate_spec
+from worker import metrics
 from worker.engine import Job
 
 log = logging.getLogger(__name__)
@@ -43,9 +47,9 @@ def read_message(
     if gone:
         log.info("batch %s: %d jobs finished and expired before; not run again", batch_id, len(gone))
     if parsed.problem:
+        log.warning("bad message for batch %s: %s", batch_id, parsed.problem, extra={"batch_id": batch_id})
         for e in parsed.entries:
-            status.fail(JobRef(batch_id, e.index), BadMessage.code, parsed.problem)
-        log.warning("bad message for batch %s: %s", batch_id, parsed.problem)
+            _fail(status, JobRef(batch_id, e.index), e.data, BadMessage(parsed.problem))
         return []
 
     jobs = []
@@ -64,7 +68,17 @@ def read_message(
                     f"this worker serves {', '.join(m.value for m in served)}, not {spec.mode}"
                 )
         except (InvalidSpec, UnsupportedMode) as exc:
-            status.fail(ref, exc.code, exc.message)
+            _fail(status, ref, data, exc)
             continue
         jobs.append(Job(ref, spec))
     return jobs
+
+
+def _fail(status: StatusStore, ref: JobRef, data: Mapping[str, Any] | None, exc: KandinskyBatchError) -> None:
+    mode = (data or {}).get("mode", Mode.TEXT2IMG.value)
+    mode = mode if isinstance(mode, str) and mode in {m.value for m in Mode} else ""
+    attempt = int(status.field(ref, JobField.ATTEMPTS) or 0)  # a rare line: one read is fine
+    with log_fields(job_id=ref.id, batch_id=ref.batch_id, mode=mode, attempt=attempt):
+        log.info("job %s failed: %s: %s", ref.id, exc.code, exc.message)
+    if status.fail(ref, exc.code, exc.message):
+        metrics.job_done(mode, "failed", exc.code)

@@ -23,6 +23,7 @@ from diffusers.utils import logging as diffusers_logging
 
 from kandinsky_batch.schema import Mode
 from kandinsky_batch.settings import Settings
+from worker import metrics
 
 log = logging.getLogger(__name__)
 diffusers_logging.disable_progress_bar()  # one bar per load is noise in a worker's log
@@ -72,6 +73,7 @@ class PipelineCache:
             pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         self.loads[name] += 1
+        metrics.PIPELINE_LOADS.labels(name).inc()
         return pipe
 
     def prior(self) -> Any:

@@ -3,7 +3,8 @@
 It runs between denoising steps, so it is where a running micro-batch learns that it must stop:
 the worker is shutting down past its grace period (HandBack), it lost every job's lease
 (LeaseLost: another worker may run them now, so this one writes nothing), or every job was
-canceled (Canceled). Progress writes are throttled to `progress_interval_s`.
+canceled (Canceled). Progress writes are throttled to `progress_interval_s`; the in-process
+last-progress metric is set at every step.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from kandinsky_batch.errors import Canceled, HandBack, LeaseLost
 from kandinsky_batch.schema import JobState
+from worker import metrics
 
 if TYPE_CHECKING:
     from worker.engine import Engine, Job
@@ -26,6 +28,7 @@ class StepCheck:
         self.lost: set[str] = set()  # jobs whose lease this worker lost during the run
 
     def __call__(self, step: int, total: int) -> None:
+        metrics.progressed()
         now = time.monotonic()
         deadline = self.engine.stop_deadline()
         if deadline is not None and now > deadline:
