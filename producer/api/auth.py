@@ -21,7 +21,7 @@ from producer.client import Client
 bearer = HTTPBearer(auto_error=False, description="An API key made with `kandinsky-batch keys create`.")
 
 
-def client_of(request: Request) -> Client:
+async def client_of(request: Request) -> Client:  # no I/O: on the event loop, not a thread hop
     client: Client = request.app.state.client
     return client
 
