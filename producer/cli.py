@@ -20,11 +20,14 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from kandinsky_batch.errors import KandinskyBatchError
+from kandinsky_batch.logs import setup_logging
 from kandinsky_batch.manifest import encode_line, manifest_line
 from kandinsky_batch.redis_client import describe
 from kandinsky_batch.schema import BatchStatus, JobState, Mode, Priority
 from kandinsky_batch.settings import Settings
 from producer.cli_api import api, keys
+from producer.cli_export import export
+from producer.cli_gallery import gallery
 from producer.cli_http import (
     API_VARIABLES,
     HTTP_COMMANDS,
@@ -37,6 +40,8 @@ from producer.cli_http import (
 from producer.client import Client, JobResult
 from producer.http_client import HttpClient
 from producer.show import all_succeeded, print_status
+from producer.submit import MAX_SEEDS_PER_PROMPT
+from producer.tables import PARQUET_SUFFIXES, is_table
 from producer.watch import WatchSummary, watch
 
 console = Console(stderr=True)
@@ -70,6 +75,7 @@ def cli(ctx: click.Context) -> None:
     """Batch image generation with Kandinsky 2.1 on Redis, Celery and S3."""
     if ctx.obj is None:
         ctx.obj = Settings()
+    setup_logging(_settings(ctx).log_format, "WARNING")
     name = ctx.invoked_subcommand
     if name in OFFLINE_COMMANDS or name in HTTP_COMMANDS:
         return
@@ -93,7 +99,20 @@ def _spec_options(func: Any) -> Any:
     "--file",
     "path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="JSONL (one job per line) or CSV with a prompt column.",
+    help="JSONL (one job per line), or CSV or Parquet (one job per row, a prompt column).",
+)
+@click.option(
+    "--prompt-column",
+    default="prompt",
+    show_default=True,
+    help="The prompt's column of a CSV or Parquet file; other columns that are not spec fields are ignored.",
+)
+@click.option(
+    "--seeds-per-prompt",
+    type=click.IntRange(1, MAX_SEEDS_PER_PROMPT),
+    default=1,
+    show_default=True,
+    help="K jobs per line, seeds seed .. seed+K-1 (derived from the batch and line if the line has none).",
 )
 @_spec_options
 @click.option("--batch-id", default=None, help="Batch id (default: new, or derived from the file).")
@@ -122,6 +141,8 @@ def submit(
     ctx: click.Context,
     prompts: tuple[str, ...],
     path: Path | None,
+    prompt_column: str,
+    seeds_per_prompt: int,
     batch_id: str | None,
     strict: bool,
     priority: str,
@@ -132,10 +153,16 @@ def submit(
     """Submit jobs: --prompt for one or a few, --file for a batch. Flags are defaults for every line."""
     if bool(prompts) == bool(path):
         raise click.UsageError("give --prompt (one or more) or --file, not both")
+    if prompt_column != "prompt" and not (path and is_table(path)):
+        raise click.UsageError(
+            "--prompt-column is for CSV and Parquet files (a JSONL line names its 'prompt')"
+        )
     defaults = {k: v for k, v in fields.items() if v is not None}
     with open_client(_settings(ctx)) as client:
         source: Path | list[dict[str, Any]] = path if path else [{**defaults, "prompt": p} for p in prompts]
         if isinstance(client, HttpClient):
+            if seeds_per_prompt != 1 or (path and path.suffix.lower() in PARQUET_SUFFIXES):
+                raise click.UsageError("--seeds-per-prompt and Parquet files do not work over the HTTP API")
             result = submit_over_http(client, source, defaults, batch_id, strict, Priority(priority))
         else:
             result = client.submit_batch(
@@ -144,9 +171,14 @@ def submit(
                 defaults=defaults if path else {},
                 strict=strict,
                 priority=Priority(priority),
+                seeds_per_prompt=seeds_per_prompt,
+                prompt_column=prompt_column,
             )
+        for note in result.notes:
+            console.print(note, style="yellow", markup=False, soft_wrap=True)
+        where = "row" if path and path.suffix.lower() in PARQUET_SUFFIXES else "line"  # a Parquet file's rows
         for err in result.errors:
-            console.print(f"line {err.line}: {err.reason}", style="red", markup=False, soft_wrap=True)
+            console.print(f"{where} {err.line}: {err.reason}", style="red", markup=False, soft_wrap=True)
         if not result.indices:
             raise click.ClickException("no job was submitted: no line was valid")
         out: dict[str, Any] = {
@@ -401,6 +433,8 @@ def _redis_url() -> str:
 
 cli.add_command(api)
 cli.add_command(keys)
+cli.add_command(export)
+cli.add_command(gallery)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from kandinsky_batch.storage import Storage, open_storage
 from kandinsky_batch.store.status import StatusStore
 from kandinsky_batch.wire import check_batch_id, validate_spec
 from producer.submit import (
+    MAX_SEEDS_PER_PROMPT,
     SubmitResult,
     Submitter,
     batch_id_for_file,
@@ -42,6 +43,7 @@ from producer.submit import (
     read_lines,
     submit_lines,
 )
+from producer.tables import is_table
 
 log = logging.getLogger(__name__)
 
@@ -130,24 +132,36 @@ class Client:
         strict: bool = False,
         on_line: Callable[[int], None] | None = None,
         priority: Priority = Priority.NORMAL,
+        seeds_per_prompt: int = 1,
+        prompt_column: str = "prompt",
     ) -> SubmitResult:
-        """Submit many jobs as one batch: a JSONL/CSV path or an iterable of specs.
+        """Submit many jobs as one batch: a JSONL/CSV/Parquet path or an iterable of specs.
 
-        Bad entries are reported in `result.errors` with their line number; with
-        `strict`, nothing is sent unless all are valid. The same file with the same
-        defaults maps to the same batch id, so submitting it again sends only what
-        was never sent. `priority=Priority.LOW` lets jobs sent at the normal priority
+        Bad entries are reported in `result.errors` with their line number (a Parquet file's
+        row number); with `strict`, nothing is sent unless all are valid. The same file with
+        the same defaults and options maps to the same batch id, so submitting it again sends
+        only what was never sent. `priority=Priority.LOW` lets jobs sent at the normal priority
         go first (for big datasets sharing workers with interactive callers).
+        `seeds_per_prompt=K` makes K jobs of each line, seeds `seed .. seed + K - 1` (stepping
+        by `num_images`); `prompt_column` names a CSV or Parquet file's prompt column, whose
+        other columns are taken if they are spec fields and ignored (named in `result.notes`)
+        if not.
         """
         defaults = defaults or {}
+        if not 1 <= seeds_per_prompt <= MAX_SEEDS_PER_PROMPT:
+            raise ValueError(f"seeds_per_prompt must be 1 to {MAX_SEEDS_PER_PROMPT}, not {seeds_per_prompt}")
+        if prompt_column != "prompt" and not (isinstance(jobs, Path) and is_table(jobs)):
+            raise ValueError("prompt_column is for CSV and Parquet files")
         if batch_id is not None:
             check_batch_id(batch_id)
+        notes: list[str] = []
         if isinstance(jobs, Path):
             path = jobs
-            batch_id = batch_id or batch_id_for_file(path, defaults)
+            batch_id = batch_id or batch_id_for_file(path, defaults, prompt_column, seeds_per_prompt)
 
             def lines() -> Iterable[tuple[int, Any]]:
-                return read_lines(path)
+                notes.clear()  # read twice with `strict`: say each thing once
+                return read_lines(path, prompt_column, notes)
         else:
             items = [
                 j.model_dump(mode="json", exclude_defaults=True) if isinstance(j, JobSpec) else j
@@ -160,11 +174,18 @@ class Client:
 
         submitter = Submitter(self.settings, self.status_store, batch_id, Priority(priority))
         if strict:
-            checked = submit_lines(submitter, lines(), defaults, strict=True)
+            checked = submit_lines(
+                submitter, lines(), defaults, strict=True, seeds_per_prompt=seeds_per_prompt
+            )
+            checked.notes = list(notes)
             if checked.errors:
                 return checked
             submitter = Submitter(self.settings, self.status_store, batch_id, Priority(priority))
-        return submit_lines(submitter, lines(), defaults, on_line=on_line)
+        result = submit_lines(
+            submitter, lines(), defaults, on_line=on_line, seeds_per_prompt=seeds_per_prompt
+        )
+        result.notes = list(notes)
+        return result
 
     # -- read ------------------------------------------------------------------------
 

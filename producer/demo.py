@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from kandinsky_batch.schema import BatchStatus, JobState, JobStatus
 from kandinsky_batch.settings import Settings
 from producer.client import Client
+from producer.gallery import write_gallery
 from producer.launch import WorkerProcess
 
 PROMPTS = [
@@ -98,6 +99,8 @@ def run_demo(base: Settings, out: Path, count: int, timeout: float, console: Con
         _report(client, result.batch_id, console)
         ok = final is not None and final.counts[JobState.SUCCEEDED] == final.total
         console.print(f"images are under {out / 'images' / result.batch_id}")
+        gallery = write_gallery(client.status_store, client.storage, result.batch_id, out / "gallery")
+        console.print(f"gallery: {gallery.index}", markup=False)
         return 0 if ok else 1
 
 

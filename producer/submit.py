@@ -8,9 +8,7 @@ batch sends only the jobs never sent, and never runs a finished job again.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import random
 import secrets
@@ -31,6 +29,7 @@ from kandinsky_batch.store.status import Chunk, Created, StatusStore
 from kandinsky_batch.wire import validate_spec
 
 PIPELINE_MESSAGES = 8  # messages sent per Redis round trip (fewer while a queue is near its high water)
+MAX_SEEDS_PER_PROMPT = 10_000  # jobs one line may become (its seeds must fit below MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,7 @@ class SubmitResult:
     sent: int = 0
     skipped: int = 0
     errors: list[LineError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # said once about the whole file (ignored columns)
 
     @property
     def job_ids(self) -> list[str]:
@@ -66,20 +66,41 @@ def batch_id_for_key(key: str, tenant: str = "") -> str:
     return "k" + hashlib.sha256(key.encode()).hexdigest()[:19]
 
 
-def batch_id_for_file(path: Path, defaults: dict[str, Any]) -> str:
-    """The same file with the same defaults is the same batch, so resubmitting it runs nothing twice."""
-    digest = hashlib.sha256(json.dumps(defaults, sort_keys=True).encode())
+def batch_id_for_file(
+    path: Path, defaults: dict[str, Any], prompt_column: str = "prompt", seeds_per_prompt: int = 1
+) -> str:
+    """The same file with the same defaults and options is the same batch, so resubmitting it runs nothing twice.
+
+    Options left at their defaults are not digested, so a file's batch id is the one it always had.
+    """
+    options: dict[str, Any] = {}
+    if prompt_column != "prompt":
+        options["prompt_column"] = prompt_column
+    if seeds_per_prompt != 1:
+        options["seeds_per_prompt"] = seeds_per_prompt
+    header = {"defaults": defaults, "options": options} if options else defaults
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return "f" + digest.hexdigest()[:19]
 
 
-def read_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield `(line number, parsed object or LineError)` for a JSONL or CSV file."""
-    if path.suffix.lower() == ".csv":
-        yield from _read_csv(path)
+def read_lines(
+    path: Path, prompt_column: str = "prompt", notes: list[str] | None = None
+) -> Iterator[tuple[int, Any]]:
+    """Yield `(line number, parsed object or LineError)` for a JSONL, CSV or Parquet file.
+
+    `prompt_column` names the prompt's column of a CSV or Parquet file; what the reader has to
+    say about the whole file (ignored columns) is appended to `notes`.
+    """
+    from producer.tables import is_table, read_table  # it imports this module
+
+    if is_table(path):
+        yield from read_table(path, prompt_column, notes)
         return
+    if prompt_column != "prompt":
+        raise ValueError("a prompt column is for CSV and Parquet files; a JSONL line names its 'prompt'")
     with path.open("rb") as fh:
         yield from parse_jsonl(fh)
 
@@ -123,20 +144,6 @@ def split_lines(chunks: Iterable[bytes], max_line: int) -> Iterator[bytes]:
             rest, skipping = b"", True
     if rest and not skipping:
         yield rest
-
-
-def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        yield 1, LineError(1, f"not UTF-8 ({exc.reason} at byte {exc.start})")
-        return
-    reader = csv.DictReader(io.StringIO(text))
-    if "prompt" not in (reader.fieldnames or []):
-        yield 1, LineError(1, "a CSV file needs a 'prompt' column")
-        return
-    for row in reader:
-        yield reader.line_num, {k: v for k, v in row.items() if k and v not in (None, "")}
 
 
 class Submitter:
@@ -249,11 +256,17 @@ def submit_lines(
     defaults: dict[str, Any],
     strict: bool = False,
     on_line: Callable[[int], None] | None = None,
+    seeds_per_prompt: int = 1,
 ) -> SubmitResult:
     """Validate and send each line; a bad line is reported with its number, the rest still go.
 
-    With `strict`, nothing is sent unless every line is valid (the file is read twice).
+    With `strict`, nothing is sent unless every line is valid (the file is read twice). With
+    `seeds_per_prompt` K, line n becomes jobs (n - 1) * K .. (n - 1) * K + K - 1, one seed each
+    (see `line_seeds`), so a resubmit finds the same jobs with the same seeds.
     """
+    count = seeds_per_prompt
+    if not 1 <= count <= MAX_SEEDS_PER_PROMPT:
+        raise ValueError(f"seeds_per_prompt must be 1 to {MAX_SEEDS_PER_PROMPT}, not {count}")
     result = submitter.result
     for number, item in lines:
         if on_line:
@@ -261,17 +274,42 @@ def submit_lines(
         if isinstance(item, LineError):
             result.errors.append(item)
             continue
-        if not is_index(number - 1):
+        first = (number - 1) * count
+        if not is_index(first + count - 1):
             result.errors.append(LineError(number, f"past the last job index of a batch ({MAX_INDEX})"))
             continue
         data = {**defaults, **item} if isinstance(item, dict) else item
         try:
             spec = validate_spec(data, submitter.settings)
+            seeds = line_seeds(submitter.batch_id, number, spec, count) if count > 1 else None
         except InvalidSpec as exc:
             result.errors.append(LineError(number, exc.message))
             continue
-        if not strict:
-            submitter.add(number - 1, spec)
+        if strict:
+            continue
+        if seeds is None:
+            submitter.add(first, spec)  # a seed is drawn at send time, and the store keeps it
+        else:
+            for k, seed in enumerate(seeds):
+                submitter.add(first + k, spec.model_copy(update={"seed": seed}))
     if strict:
         return result
     return submitter.close()
+
+
+def line_seeds(batch_id: str, number: int, spec: JobSpec, count: int) -> range:
+    """The seeds of a line's `count` jobs: from the line's seed, or one derived from the batch and line.
+
+    Derived, not drawn, so a resumed submit gives the jobs it had not sent yet the seeds their
+    line's first jobs already went with. Image i of a job uses seed + i, so the jobs step by
+    `num_images`: no two images of a line share a seed.
+    """
+    span = count * spec.num_images
+    if spec.seed is None:
+        digest = hashlib.sha256(f"{batch_id}\0{number}".encode()).digest()
+        base = int.from_bytes(digest[:8], "big") % (MAX_SEED + 2 - span)
+    elif spec.seed + span - 1 > MAX_SEED:
+        raise InvalidSpec(f"seed: {spec.seed} + {span} images passes the last seed ({MAX_SEED})")
+    else:
+        base = spec.seed
+    return range(base, base + span, spec.num_images)

@@ -1,0 +1,149 @@
+"""Tabular batch files (CSV, Parquet): one row is one job, streamed so a dataset is never read whole.
+
+A dataset usually carries more columns than a job needs (ids, URLs, scores), so only columns
+named like job spec fields are taken (the prompt from `prompt_column`); the others are ignored
+and named once in `notes`, never sent. Rows keep numbers as JSONL lines do: the CSV line number,
+or the Parquet row number (1-based). A file that cannot be read at all is one error on line 1,
+as a CSV file without its prompt column has always been.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from kandinsky_batch.schema import JobSpec
+from producer.submit import LineError
+
+SPEC_FIELDS = frozenset(JobSpec.model_fields)
+PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
+TABLE_SUFFIXES = PARQUET_SUFFIXES | {".csv"}
+BATCH_ROWS = 1024  # Parquet rows turned into Python objects at a time (one row group is read at a time)
+
+Row = tuple[int, dict[str, Any] | LineError]
+
+
+def is_table(path: Path) -> bool:
+    return path.suffix.lower() in TABLE_SUFFIXES
+
+
+def read_table(path: Path, prompt_column: str = "prompt", notes: list[str] | None = None) -> Iterator[Row]:
+    """`(row number, spec fields or LineError)` for each row of a CSV or Parquet file."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return read_parquet(path, prompt_column, notes)
+    return read_csv(path, prompt_column, notes)
+
+
+def pick_columns(names: Sequence[str], prompt_column: str, notes: list[str] | None) -> dict[str, str] | str:
+    """{column: spec field} for the columns taken, or why the file cannot be used.
+
+    The prompt comes from `prompt_column` only: a column named `prompt` beside another prompt
+    column is ignored, so one run never mixes two sources of prompts.
+    """
+    if prompt_column not in names:
+        shown = ", ".join(repr(n) for n in names[:20]) or "none"
+        return f"no {prompt_column!r} column to take the prompts from (the file's columns: {shown})"
+    taken = {prompt_column: "prompt"}
+    ignored: list[str] = []
+    for name in names:
+        if name == prompt_column or not name:
+            continue
+        if name in SPEC_FIELDS and name != "prompt":
+            taken[name] = name
+        elif name not in ignored:
+            ignored.append(name)
+    if ignored and notes is not None:
+        notes.append(f"ignored columns (not job spec fields): {', '.join(ignored)}")
+    return taken
+
+
+def read_csv(path: Path, prompt_column: str = "prompt", notes: list[str] | None = None) -> Iterator[Row]:
+    """Rows of a CSV file with a header line, read as they come; empty cells are left out.
+
+    Bytes that are not UTF-8 fail their row only. A CSV syntax error (an unclosed quote, a
+    field over the csv module's limit) stops the reading there, since what follows cannot be
+    split into rows with any confidence.
+    """
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            yield 1, LineError(1, f"malformed CSV header: {exc}")
+            return
+        if header is None:
+            yield 1, LineError(1, "empty file: a CSV file needs a header line naming its columns")
+            return
+        if not all(map(_is_utf8, header)):
+            yield 1, LineError(1, "the CSV header is not UTF-8")
+            return
+        picked = pick_columns(header, prompt_column, notes)
+        if isinstance(picked, str):
+            yield 1, LineError(1, picked)
+            return
+        # The last column of a repeated name wins, as with csv.DictReader.
+        positions = {field: i for i, name in enumerate(header) if (field := picked.get(name))}
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                line = reader.line_num
+                yield line, LineError(line, f"malformed CSV: {exc} (reading stopped here)")
+                return
+            line = reader.line_num
+            if not row:
+                continue  # a blank line
+            if not all(map(_is_utf8, row)):
+                yield line, LineError(line, "not UTF-8")
+                continue
+            yield line, {field: row[i] for field, i in positions.items() if i < len(row) and row[i] != ""}
+
+
+def _is_utf8(text: str) -> bool:
+    """False where the file's bytes were not UTF-8 (read with surrogateescape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def read_parquet(path: Path, prompt_column: str = "prompt", notes: list[str] | None = None) -> Iterator[Row]:
+    """Rows of a Parquet file, one row group at a time and only the columns taken; nulls are left out.
+
+    Memory is about one row group's chosen columns plus `BATCH_ROWS` rows as Python objects,
+    whatever the file's size (a file written as one huge row group is read as one).
+    """
+    import pyarrow as pa  # here, so a JSONL or CSV submit never loads pyarrow
+    import pyarrow.parquet as pq
+
+    if path.stat().st_size == 0:
+        yield 1, LineError(1, "empty file: not a Parquet file")
+        return
+    try:
+        table = pq.ParquetFile(path, pre_buffer=False)
+        names = list(table.schema_arrow.names)
+    except (pa.ArrowException, OSError) as exc:
+        yield 1, LineError(1, f"not a Parquet file ({exc})")
+        return
+    picked = pick_columns(names, prompt_column, notes)
+    if isinstance(picked, str):
+        yield 1, LineError(1, picked)
+        return
+    row = 0
+    for group in range(table.num_row_groups):
+        batches = table.iter_batches(
+            batch_size=BATCH_ROWS, row_groups=[group], columns=list(picked), use_threads=False
+        )
+        try:
+            for batch in batches:
+                for values in batch.to_pylist():
+                    row += 1
+                    yield row, {picked[k]: v for k, v in values.items() if v is not None and v != ""}
+        except (pa.ArrowException, OSError) as exc:
+            yield row + 1, LineError(row + 1, f"unreadable row group {group}: {exc} (reading stopped here)")
+            return
