@@ -247,7 +247,7 @@ SUBMIT_REFUSALS = [
     refused("file-line-not-an-object", "line 1: a job must be a JSON object, not list", lines=b"[1, 2]\n"),
     refused(
         "csv-without-prompt-column",
-        "line 1: a CSV file needs a 'prompt' column",
+        "line 1: no 'prompt' column to take the prompts from (the file's columns: 'text', 'height')",
         lines=b"text,height\na fox,64\n",
         suffix=".csv",
     ),
