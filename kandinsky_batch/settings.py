@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     # Outputs.
     output_format: Literal["png", "webp", "jpeg"] = "png"
     output_quality: int = Field(95, ge=1, le=100)
+    clip_score: bool = True  # score each image against its prompt with the prior's CLIP encoders
 
     # The HTTP API server.
     api_host: str = "127.0.0.1"

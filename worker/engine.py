@@ -42,6 +42,7 @@ from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import Storage, image_key, metadata_key
 from kandinsky_batch.store.status import StatusStore
 from worker import metrics
+from worker.clip import job_score, score_micro_batch
 from worker.generate import Inputs, Item, StepCallback, compat_key, decoder_steps, generate
 from worker.inputs import InputLoader
 from worker.leases import LeaseStore
@@ -228,14 +229,21 @@ class Engine:
         if generated is None:
             return
         images, timing = generated
+        scores: list[float | None] = [None] * len(items)
+        if self.settings.clip_score:
+            scoring = time.perf_counter()
+            scores = score_micro_batch(self.cache, images, [it.spec.prompt for it in items])
+            timing = {**timing, "clip_score_s": round(time.perf_counter() - scoring, 3)}
         batch_info = {"size": len(items), "jobs": [job.job_id for job in running]}
         for job in running:
             with log_fields(**self.job_fields(job)):
                 if job.job_id in progress.lost:
                     log.warning("not storing %s: this worker lost its lease", job.job_id)
                     continue
-                mine = [images[i] for i, it in enumerate(items) if it.job_id == job.job_id]
-                self._finish(job, mine, timing, batch_info)
+                mine = [i for i, it in enumerate(items) if it.job_id == job.job_id]
+                kept = [scores[i] for i in mine if isinstance(images[i], Image.Image)]
+                clip = job_score(kept) if self.settings.clip_score else None
+                self._finish(job, [images[i] for i in mine], timing, batch_info, clip)
 
     def _read_started(self, jobs: list[Job]) -> dict[str, float | None]:
         """One round trip after the starts: each job's attempt (kept for logs) and created time."""
@@ -281,6 +289,7 @@ class Engine:
         images: list[Image.Image | KandinskyBatchError],
         timing: dict[str, float],
         batch_info: dict[str, Any],
+        clip_score: float | list[float | None] | None = None,
     ) -> None:
         """Store one job's images, or fail it with its images' permanent error."""
         failure = next((img for img in images if isinstance(img, KandinskyBatchError)), None)
@@ -288,7 +297,8 @@ class Engine:
             if isinstance(failure, PermanentError):
                 self.fail(job, failure)
             else:
-                self.store(job, [img for img in images if isinstance(img, Image.Image)], timing, batch_info)
+                kept = [img for img in images if isinstance(img, Image.Image)]
+                self.store(job, kept, timing, batch_info, clip_score)
         except LeaseLost:
             log.warning("stopped storing %s: this worker lost its lease", job.job_id)
 
@@ -334,7 +344,12 @@ class Engine:
             raise LeaseLost(job.job_id)
 
     def store(
-        self, job: Job, images: list[Image.Image], timing: dict[str, float], batch: dict[str, Any]
+        self,
+        job: Job,
+        images: list[Image.Image],
+        timing: dict[str, float],
+        batch: dict[str, Any],
+        clip_score: float | list[float | None] | None = None,
     ) -> None:
         """Upload images then metadata, then mark the job succeeded (never before)."""
         fmt = self.settings.output_format
@@ -355,6 +370,7 @@ class Engine:
             "outputs": uris,
             "timings": {**timing, "upload_s": round(time.perf_counter() - started, 3)},
             "batch": batch,
+            "clip_score": clip_score,
             "attempt": status.attempts,
             "worker": self.worker_name,
             "queued_at": status.created_at,

@@ -103,6 +103,9 @@ def read_metadata(storage: Storage, metadata: str | None) -> dict[str, Any]:
 
 
 def _score(value: object) -> float | None:
+    """A job's CLIP score: a number, or the first of a multi-image job's list (its card's image)."""
+    if isinstance(value, list) and value:
+        value = value[0]
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 

@@ -285,5 +285,5 @@ def test_a_batch_run_by_a_real_worker_exports_what_it_generated(
             assert sample["png"] == stored and meta["sha256"] == hashlib.sha256(stored).hexdigest()
             assert meta["seed"] == job.seed and meta["image_seed"] == job.seed + meta["image_index"]
             assert meta["models"]["prior"]["id"] == module_settings.prior_model
-            assert meta["clip_score"] is None  # the worker writes no clip_score yet
+            assert isinstance(meta["clip_score"], float) and meta["clip_score"] >= 0  # scored by the worker
             assert (meta["width"], meta["height"]) == (64, 64)
