@@ -111,10 +111,10 @@ class FilesShard:
         self.dest.put(f"{stem}.json", sample.json_bytes(), "application/json")
 
     def finish(self) -> None:
-        pass
+        """Each sample's files went to storage as it was added: nothing is left to upload."""
 
     def close(self) -> None:
-        pass
+        """No temp files are kept for this format."""
 
 
 def slug(caption: str) -> str:
