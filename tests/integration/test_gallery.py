@@ -205,7 +205,8 @@ def test_a_worker_batch_opens_with_every_image_its_error_and_working_sorts(
     assert size_of(file_of(image_href)) == (64, 64)
     meta = json.loads(file_of(meta_href).read_text())
     assert meta["seed"] == 30 and meta["spec"]["prompt"] == "a fox"
-    assert first.find_element("css selector", ".clip").text == "—"  # no CLIP score in the metadata yet
+    # the card shows the score the worker stored in the metadata
+    assert first.find_element("css selector", ".clip").text == f"{meta['clip_score']:.3f}"
     screenshot(browser, tmp_path, "gallery-worker-batch", capsys)
 
     choose(browser, "sort", "seed-asc")
