@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -44,6 +43,7 @@ from producer.submit import (
     submit_lines,
 )
 from producer.tables import is_table
+from producer.watch import poll_until_finished
 
 log = logging.getLogger(__name__)
 
@@ -230,16 +230,7 @@ class Client:
         on_update: Callable[[JobStatus | BatchStatus], None] | None = None,
     ) -> JobStatus | BatchStatus:
         """Poll until the job or the whole batch is finished; TimeoutError after `timeout` s."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            current = self.status(id_)
-            if on_update:
-                on_update(current)
-            if is_finished(current):
-                return current
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{id_} not finished after {timeout} s")
-            time.sleep(poll_s)
+        return poll_until_finished(self.status, id_, timeout, poll_s, on_update)
 
     # -- change ----------------------------------------------------------------------
 

@@ -16,9 +16,10 @@ import httpx
 
 from kandinsky_batch.errors import InvalidSpec, KandinskyBatchError, NotFound
 from kandinsky_batch.keys import JobRef
-from kandinsky_batch.schema import BatchStatus, JobSpec, JobStatus, Priority, is_finished
+from kandinsky_batch.schema import BatchStatus, JobSpec, JobStatus, Priority
 from producer.client import JobResult, RetryResult
 from producer.submit import LineError, SubmitResult
+from producer.watch import poll_until_finished
 
 UPLOAD_CHUNK = 1 << 20
 RATE_LIMIT_TRIES = 20  # 429 answers waited out per request before giving up
@@ -108,16 +109,7 @@ class HttpClient:
         poll_s: float = 0.5,
         on_update: Callable[[JobStatus | BatchStatus], None] | None = None,
     ) -> JobStatus | BatchStatus:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            current = self.status(id_)
-            if on_update:
-                on_update(current)
-            if is_finished(current):
-                return current
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{id_} not finished after {timeout} s")
-            time.sleep(poll_s)
+        return poll_until_finished(self.status, id_, timeout, poll_s, on_update)
 
     def results(self, id_: str, download_to: Path | None = None) -> list[JobResult]:
         """Each job's state and output URLs; with `download_to`, the images copied there too."""

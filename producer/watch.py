@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kandinsky_batch.schema import BatchStatus, JobState
+from kandinsky_batch.schema import BatchStatus, JobState, JobStatus, is_finished
 from kandinsky_batch.store.status import StatusStore
 
 
@@ -192,3 +192,26 @@ def _progress(console: Console) -> Progress:
         console=console,
         refresh_per_second=4,
     )
+
+
+def poll_until_finished(
+    read: Callable[[str], JobStatus | BatchStatus],
+    id_: str,
+    timeout: float | None,
+    poll_s: float,
+    on_update: Callable[[JobStatus | BatchStatus], None] | None = None,
+) -> JobStatus | BatchStatus:
+    """Read `id_` every `poll_s` until the job or the whole batch is finished (both SDKs' `wait`).
+
+    TimeoutError after `timeout` seconds (None: no limit).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        current = read(id_)
+        if on_update:
+            on_update(current)
+        if is_finished(current):
+            return current
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"{id_} not finished after {timeout} s")
+        time.sleep(poll_s)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -87,6 +88,20 @@ def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for proc in started:
         proc.kill()
+
+
+@contextmanager
+def slow_worker(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory, step_sleep_s: float
+) -> Iterator[WorkerProcess]:
+    """A real worker whose denoising steps each sleep `step_sleep_s`: jobs last long enough to watch."""
+    log = tmp_path_factory.mktemp("logs") / "worker.log"
+    env = {"KB_TEST_STEP_SLEEP_S": str(step_sleep_s)}
+    proc = WorkerProcess(settings, log, module="tests.fault_worker", env=env).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 # -- the HTTP API: a real `kandinsky-batch api` process on loopback --------------------------

@@ -23,7 +23,7 @@ from kandinsky_batch.settings import Settings
 from producer.client import Client
 from producer.launch import WorkerProcess
 from tests.conftest import IN_CI, make_settings
-from tests.integration.conftest import free_port, wait_for
+from tests.integration.conftest import free_port, slow_worker, wait_for
 
 pytestmark = pytest.mark.integration
 KEDA = Path(__file__).resolve().parents[2] / "k8s" / "base" / "keda.yaml"
@@ -54,12 +54,8 @@ def module_settings(redis_url: str, tiny_models: Path, tmp_path_factory: pytest.
 
 @pytest.fixture(scope="module")
 def worker(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    log = tmp_path_factory.mktemp("logs") / "worker.log"
-    proc = WorkerProcess(
-        module_settings, log, module="tests.fault_worker", env={"KB_TEST_STEP_SLEEP_S": "0.5"}
-    )
-    yield proc.start()
-    proc.stop()
+    with slow_worker(module_settings, tmp_path_factory, 0.5) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

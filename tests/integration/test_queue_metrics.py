@@ -24,7 +24,7 @@ from producer.api.metrics import QueueCollector
 from producer.client import Client
 from producer.launch import WorkerProcess, worker_env
 from tests.conftest import make_settings
-from tests.integration.conftest import free_port, wait_for
+from tests.integration.conftest import free_port, slow_worker, wait_for
 
 pytestmark = pytest.mark.integration
 SLOW = {"height": 64, "width": 64, "num_inference_steps": 30, "prior_num_inference_steps": 2}
@@ -38,12 +38,8 @@ def module_settings(redis_url: str, tiny_models: Path, tmp_path_factory: pytest.
 
 @pytest.fixture(scope="module")
 def worker(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    log = tmp_path_factory.mktemp("logs") / "worker.log"
-    proc = WorkerProcess(
-        module_settings, log, module="tests.fault_worker", env={"KB_TEST_STEP_SLEEP_S": str(STEP_SLEEP_S)}
-    ).start()
-    yield proc
-    proc.stop()
+    with slow_worker(module_settings, tmp_path_factory, STEP_SLEEP_S) as proc:
+        yield proc
 
 
 def scrape(server: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -20,7 +20,7 @@ from standardwebhooks.webhooks import Webhook as Verifier
 from kandinsky_batch.settings import Settings
 from producer.client import Client
 from producer.launch import WorkerProcess
-from tests.integration.conftest import auth, free_port, wait_for
+from tests.integration.conftest import auth, free_port, slow_worker, wait_for
 from tests.tls import make_certificates
 from tests.webhook_receiver import Receiver, running_receiver
 
@@ -59,12 +59,8 @@ def api_env(certs: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def worker(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     """A real worker whose steps are slowed, so jobs run long enough to report progress."""
-    log = tmp_path_factory.mktemp("logs") / "worker.log"
-    proc = WorkerProcess(
-        module_settings, log, module="tests.fault_worker", env={"KB_TEST_STEP_SLEEP_S": str(STEP_SLEEP_S)}
-    ).start()
-    yield proc
-    proc.stop()
+    with slow_worker(module_settings, tmp_path_factory, STEP_SLEEP_S) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
