@@ -14,6 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 SCHEMA_VERSION = 1
 MAX_SEED = 2**32 - 1
+
+
+def image_seed(seed: int, k: int) -> int:
+    """The seed of a job's image k: the job's seed + k, wrapping past MAX_SEED."""
+    return (seed + k) % (MAX_SEED + 1)
+
+
 MAX_PROMPT_CHARS = 2000
 MAX_URI_CHARS = 16 * 1024 * 1024  # a data: URL carries the image inline
 

@@ -37,6 +37,7 @@ from producer.cli_http import (
     poll,
     submit_over_http,
 )
+from producer.cli_reproduce import reproduce
 from producer.client import Client, JobResult
 from producer.http_client import HttpClient
 from producer.show import all_succeeded, print_status
@@ -435,6 +436,7 @@ cli.add_command(api)
 cli.add_command(keys)
 cli.add_command(export)
 cli.add_command(gallery)
+cli.add_command(reproduce)
 
 
 def main(argv: list[str] | None = None) -> int:

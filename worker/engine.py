@@ -49,6 +49,7 @@ from worker.leases import LeaseStore
 from worker.outputs import encode_image, extension
 from worker.pipelines import PipelineCache
 from worker.progress import StepCheck
+from worker.stored_inputs import StoredInputs, spec_with_refs
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,17 @@ class Job:
     @property
     def index(self) -> int:
         return self.ref.index
+
+
+@dataclass(frozen=True)
+class Made:
+    """What a micro-batch made for one job: its images (or their errors), inputs, timing, scores."""
+
+    images: list[Image.Image | KandinskyBatchError]
+    inputs: Inputs
+    timing: dict[str, float]
+    batch: dict[str, Any]
+    clip_score: float | list[float | None] | None = None
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -120,6 +132,7 @@ class Engine:
         self.worker_name = worker_name
         self.generate_fn = generate_fn
         self.inputs = InputLoader(settings, storage)
+        self.stored_inputs = StoredInputs()
         self.sleep: Callable[[float], None] = time.sleep
         # Set when the worker is told to stop: (monotonic) time its grace period ends.
         self.stop_deadline: Callable[[], float | None] = lambda: None
@@ -218,6 +231,7 @@ class Engine:
         if not claimed:
             return
         running = [job for job, _ in claimed]
+        inputs = {job.job_id: job_inputs for job, job_inputs in claimed}
         items = [
             Item(job.job_id, k, job.spec, inputs)
             for job, inputs in claimed
@@ -243,7 +257,8 @@ class Engine:
                 mine = [i for i, it in enumerate(items) if it.job_id == job.job_id]
                 kept = [scores[i] for i in mine if isinstance(images[i], Image.Image)]
                 clip = job_score(kept) if self.settings.clip_score else None
-                self._finish(job, [images[i] for i in mine], timing, batch_info, clip)
+                made = Made([images[i] for i in mine], inputs[job.job_id], timing, batch_info, clip)
+                self._finish(job, made)
 
     def _read_started(self, jobs: list[Job]) -> dict[str, float | None]:
         """One round trip after the starts: each job's attempt (kept for logs) and created time."""
@@ -283,22 +298,14 @@ class Engine:
         log.info("generated %d images for %d jobs in %.2f s", len(items), len(jobs), timing["generate_s"])
         return images, timing
 
-    def _finish(
-        self,
-        job: Job,
-        images: list[Image.Image | KandinskyBatchError],
-        timing: dict[str, float],
-        batch_info: dict[str, Any],
-        clip_score: float | list[float | None] | None = None,
-    ) -> None:
+    def _finish(self, job: Job, made: Made) -> None:
         """Store one job's images, or fail it with its images' permanent error."""
-        failure = next((img for img in images if isinstance(img, KandinskyBatchError)), None)
+        failure = next((img for img in made.images if isinstance(img, KandinskyBatchError)), None)
         try:
             if isinstance(failure, PermanentError):
                 self.fail(job, failure)
             else:
-                kept = [img for img in images if isinstance(img, Image.Image)]
-                self.store(job, kept, timing, batch_info, clip_score)
+                self.store(job, made)
         except LeaseLost:
             log.warning("stopped storing %s: this worker lost its lease", job.job_id)
 
@@ -343,18 +350,12 @@ class Engine:
         if job.job_id not in self.held([job]):
             raise LeaseLost(job.job_id)
 
-    def store(
-        self,
-        job: Job,
-        images: list[Image.Image],
-        timing: dict[str, float],
-        batch: dict[str, Any],
-        clip_score: float | list[float | None] | None = None,
-    ) -> None:
-        """Upload images then metadata, then mark the job succeeded (never before)."""
+    def store(self, job: Job, made: Made) -> None:
+        """Upload inline inputs, images, then metadata; then mark the job succeeded (never before)."""
         fmt = self.settings.output_format
         started = time.perf_counter()
-        params = self.parameters(job)
+        params = self.parameters(job, self._input_refs(job, made.inputs))
+        images = [img for img in made.images if isinstance(img, Image.Image)]
         uris = []
         for k, image in enumerate(images):
             data, content_type = encode_image(
@@ -368,9 +369,9 @@ class Engine:
         meta = {
             **params,
             "outputs": uris,
-            "timings": {**timing, "upload_s": round(time.perf_counter() - started, 3)},
-            "batch": batch,
-            "clip_score": clip_score,
+            "timings": {**made.timing, "upload_s": round(time.perf_counter() - started, 3)},
+            "batch": made.batch,
+            "clip_score": made.clip_score,
             "attempt": status.attempts,
             "worker": self.worker_name,
             "queued_at": status.created_at,
@@ -409,25 +410,29 @@ class Engine:
                 log.warning("upload of %s failed (%s); retry %d in %.1f s", key, exc.message, attempt, delay)
                 self.sleep(delay)
 
-    def parameters(self, job: Job) -> dict[str, Any]:
-        """What reproduces the image: the spec with its seed, models and versions."""
+    def _input_refs(self, job: Job, inputs: Inputs) -> list[dict[str, str]]:
+        """The job's inputs by URI and sha256, storing inline ones first (fenced like any write)."""
+
+        def put(key: str, data: bytes, content_type: str) -> str:
+            self._check_held(job)
+            return self._put(key, data, content_type)
+
+        return self.stored_inputs.refs(job.batch_id, inputs.sources, put)
+
+    def parameters(self, job: Job, inputs: list[dict[str, str]]) -> dict[str, Any]:
+        """What reproduces the image: the spec (inline inputs by stored URI), seed, models, versions."""
         return {
             "job_id": job.job_id,
             "batch_id": job.batch_id,
-            "spec": job.spec.model_dump(
-                mode="json", exclude={"image", "mask"} if _inline(job.spec) else None
-            ),
+            "spec": spec_with_refs(job.spec.model_dump(mode="json"), inputs),
             "seed": job.spec.seed,
+            "inputs": inputs,
             "models": self.cache.models(job.spec.mode),
             "device": str(self.cache.device),
             "dtype": str(self.cache.dtype).removeprefix("torch."),
+            "torch_threads": torch.get_num_threads(),
             "versions": versions(),
         }
-
-
-def _inline(spec: JobSpec) -> bool:
-    """Inline data: URLs are too big to repeat in every PNG and metadata file."""
-    return any(isinstance(v, str) and v.startswith("data:") for v in (spec.image, spec.mask))
 
 
 _VERSIONS: dict[str, str] = {}

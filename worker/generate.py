@@ -14,8 +14,22 @@ from typing import Any
 import torch
 from PIL import Image
 
-from kandinsky_batch.schema import MAX_SEED, JobSpec, Mode
+from kandinsky_batch.schema import JobSpec, Mode, image_seed
 from worker.pipelines import PipelineCache
+
+
+@dataclass(frozen=True)
+class InputSource:
+    """Where one input image came from: the spec field, its URI, the sha256 of the bytes read.
+
+    `data` holds the bytes of an inline `data:` input (to be stored once per batch), else None.
+    """
+
+    field: str
+    uri: str
+    sha256: str
+    ext: str
+    data: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -25,6 +39,7 @@ class Inputs:
     image: Image.Image | None = None
     mask: Image.Image | None = None
     conditions: list[str | Image.Image] = field(default_factory=list)
+    sources: list[InputSource] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -38,7 +53,7 @@ class Item:
 
     @property
     def seed(self) -> int:
-        return ((self.spec.seed or 0) + self.index) % (MAX_SEED + 1)
+        return image_seed(self.spec.seed or 0, self.index)
 
 
 StepCallback = Callable[[int, int], None]  # (steps done, steps in all)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import stat
 import warnings
@@ -19,14 +20,15 @@ from urllib.parse import unquote, urlparse
 from PIL import Image, ImageDraw
 
 from kandinsky_batch.errors import BadInput
-from kandinsky_batch.schema import JobSpec, Mode
+from kandinsky_batch.schema import JobSpec, Mode, Rect
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import Storage
 from kandinsky_batch.storage.file import file_root
-from worker.generate import Inputs
+from worker.generate import Inputs, InputSource
 from worker.remote import fetch_https
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
+EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 
 
 class InputLoader:
@@ -39,34 +41,48 @@ class InputLoader:
         self.roots = [r.resolve() for r in roots]
 
     def load(self, spec: JobSpec) -> Inputs:
-        """All input images a job needs, or BadInput naming what is wrong."""
+        """All input images a job needs, with where each came from, or BadInput naming what is wrong."""
+        sources: list[InputSource] = []
         if spec.mode is Mode.INTERPOLATE:
             conditions: list[str | Image.Image] = [
-                c.text if c.text is not None else self.image(c.image or "", "condition image")
-                for c in spec.conditions or []
+                c.text
+                if c.text is not None
+                else self.image(c.image or "", "condition image", f"conditions.{i}.image", sources)
+                for i, c in enumerate(spec.conditions or [])
             ]
-            return Inputs(conditions=conditions)
+            return Inputs(conditions=conditions, sources=sources)
         if spec.mode not in (Mode.IMG2IMG, Mode.INPAINT):
             return Inputs()
-        image = self.image(spec.image or "", "image")
-        mask = self.mask(spec, image.size) if spec.mode is Mode.INPAINT else None
-        return Inputs(image=image, mask=mask)
+        image = self.image(spec.image or "", "image", "image", sources)
+        mask = self.mask(spec, image.size, sources) if spec.mode is Mode.INPAINT else None
+        return Inputs(image=image, mask=mask, sources=sources)
 
-    def mask(self, spec: JobSpec, size: tuple[int, int]) -> Image.Image:
-        """WHITE = repaint. Rectangles are drawn in the input image's pixel coordinates."""
+    def mask(self, spec: JobSpec, size: tuple[int, int], sources: list[InputSource]) -> Image.Image:
+        """WHITE = repaint. Rectangles are in the input image's pixels, [x0, x1) x [y0, y1)."""
         if isinstance(spec.mask, list):
-            canvas = Image.new("L", size, 0)
-            draw = ImageDraw.Draw(canvas)
-            for x0, y0, x1, y1 in spec.mask:
-                draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=255)
-            return canvas
-        mask = self.image(spec.mask or "", "mask", mode="L")
+            return draw_mask(spec.mask, size)
+        mask = self.image(spec.mask or "", "mask", "mask", sources, mode="L")
         if mask.size != size:
             raise BadInput(f"mask is {mask.size[0]}x{mask.size[1]} but image is {size[0]}x{size[1]}")
         return mask
 
-    def image(self, uri: str, what: str, mode: str = "RGB") -> Image.Image:
-        return decode_image(self.fetch(uri, what), what, self.settings.max_input_pixels).convert(mode)
+    def image(
+        self, uri: str, what: str, field: str, sources: list[InputSource], mode: str = "RGB"
+    ) -> Image.Image:
+        """Fetch, check and decode one input; append where it came from to `sources`."""
+        data = self.fetch(uri, what)
+        image = decode_image(data, what, self.settings.max_input_pixels)
+        inline = urlparse(uri).scheme == "data"
+        sources.append(
+            InputSource(
+                field=field,
+                uri=uri if not inline else "",
+                sha256=hashlib.sha256(data).hexdigest(),
+                ext=EXTENSIONS.get(image.format or "", "png"),
+                data=data if inline else None,
+            )
+        )
+        return image.convert(mode)
 
     def fetch(self, uri: str, what: str) -> bytes:
         scheme = urlparse(uri).scheme
@@ -111,6 +127,15 @@ class InputLoader:
             return self.storage.get(key)
         except KeyError:
             raise BadInput(f"{what}: {uri} does not exist") from None
+
+
+def draw_mask(rectangles: list[Rect], size: tuple[int, int]) -> Image.Image:
+    """A black L mask of `size` with each [x0, y0, x1, y1] white: x0, y0 inclusive, x1, y1 exclusive."""
+    canvas = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(canvas)
+    for x0, y0, x1, y1 in rectangles:
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=255)
+    return canvas
 
 
 def decode_data_url(uri: str, what: str) -> bytes:

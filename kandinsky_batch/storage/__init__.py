@@ -61,6 +61,11 @@ def metadata_key(batch_id: str, job_id: str) -> str:
     return f"{batch_id}/{job_id}.json"
 
 
+def input_key(batch_id: str, sha256: str, ext: str) -> str:
+    """An inline input, stored once per batch under its content hash."""
+    return f"{batch_id}/inputs/{sha256}.{ext}"
+
+
 def manifest_key(batch_id: str) -> str:
     return f"{batch_id}/manifest.jsonl"
 

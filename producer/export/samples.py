@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from kandinsky_batch.errors import StorageUnavailable
-from kandinsky_batch.schema import JobStatus
+from kandinsky_batch.schema import JobStatus, image_seed
 from kandinsky_batch.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def read_job(
             "caption": caption,
             "spec": spec,
             "seed": seed,
-            "image_seed": seed + k if isinstance(seed, int) else None,
+            "image_seed": image_seed(seed, k) if isinstance(seed, int) else None,
             "models": meta.get("models"),
             "versions": meta.get("versions"),
             "clip_score": score,

@@ -69,17 +69,17 @@ def test_file_inputs_only_from_allowed_folders(loader: InputLoader, tmp_path: Pa
     (tmp_path / "inputs").mkdir()
     (tmp_path / "inputs" / "a.png").write_bytes(image_bytes((8, 8)))
     (tmp_path / "secret.png").write_bytes(image_bytes((8, 8)))
-    ok = loader.image((tmp_path / "inputs" / "a.png").as_uri(), "image")
+    ok = loader.image((tmp_path / "inputs" / "a.png").as_uri(), "image", "image", [])
     assert ok.size == (8, 8)
     with pytest.raises(BadInput, match="outside the allowed"):
-        loader.image((tmp_path / "inputs" / ".." / "secret.png").as_uri(), "image")
+        loader.image((tmp_path / "inputs" / ".." / "secret.png").as_uri(), "image", "image", [])
     with pytest.raises(BadInput, match="cannot read"):
-        loader.image((tmp_path / "inputs" / "missing.png").as_uri(), "image")
+        loader.image((tmp_path / "inputs" / "missing.png").as_uri(), "image", "image", [])
 
 
 def test_huge_inline_data_is_refused(loader: InputLoader):
     with pytest.raises(BadInput, match="byte limit"):
-        loader.image(data_url(b"\0" * 300_000), "image")
+        loader.image(data_url(b"\0" * 300_000), "image", "image", [])
 
 
 def test_rectangle_masks_are_white_where_to_repaint(loader: InputLoader):

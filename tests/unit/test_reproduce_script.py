@@ -1,0 +1,107 @@
+"""The printed reproduce script is valid, lint-clean Python whatever the prompt holds.
+
+Its parameters are a literal in the script's source, so a prompt with quotes, backslashes, newlines
+or `'''` must come back unchanged, never break the script or run as code.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from kandinsky_batch.errors import BadInput
+from producer.reproduce import needed_inputs, render, script_parameters
+
+HOSTILE = [
+    "a fox",
+    'it\'s "quoted" and \'\'\'tripled\'\'\' and """again"""',
+    "back\\slash \\n not a newline\nbut this is",
+    "__import__('os').system('echo pwned')",
+    "ünïcødé 🦊 \u2028 separator",
+]
+
+
+def meta(prompt: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "job_id": "b-0",
+        "batch_id": "b",
+        "spec": {"mode": "text2img", "prompt": prompt, "negative_prompt": None, **spec},
+        "seed": 4294967295,
+        "models": {"prior": {"id": "p", "revision": None}, "decoder": {"id": "d", "revision": "abc"}},
+        "outputs": ["file:///x/b/b-0/0.png", "file:///x/b/b-0/1.png"],
+        "batch": {"size": 2},
+    }
+
+
+def literal_of(script: str) -> dict[str, Any]:
+    """The value the script's `P: dict = ...` line assigns, read without running the script."""
+    tree = ast.parse(script)
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "P":
+            assert node.value is not None
+            value: dict[str, Any] = ast.literal_eval(node.value)
+            return value
+    raise AssertionError("no P = ... line")
+
+
+@pytest.mark.parametrize("prompt", HOSTILE)
+def test_any_prompt_round_trips_through_the_script_literal(prompt: str) -> None:
+    params = script_parameters(meta(prompt), 1, lambda uri: uri)
+    script = render(params)
+    assert literal_of(script)["spec"]["prompt"] == prompt
+    assert literal_of(script) == params
+
+
+def test_image_k_gets_seed_plus_k_wrapping_at_two_to_the_32() -> None:
+    assert script_parameters(meta("a"), 0, str)["seed"] == 4294967295
+    assert script_parameters(meta("a"), 1, str)["seed"] == 0
+
+
+def test_the_rendered_script_passes_ruff() -> None:
+    script = render(script_parameters(meta(HOSTILE[1]), 0, str))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--isolated",
+            "--select",
+            "E,F,W",
+            "--line-length",
+            "120",
+            "--stdin-filename",
+            "reproduce.py",
+            "-",
+        ],
+        input=script,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "fields"),
+    [
+        ({"mode": "img2img"}, ["image"]),
+        ({"mode": "inpaint", "mask": [[0, 0, 1, 1]]}, ["image"]),
+        ({"mode": "inpaint", "mask": "data:..."}, ["image", "mask"]),
+        (
+            {"mode": "interpolate", "conditions": [{"text": "a"}, {"image": "x"}, {"image": "y"}]},
+            ["conditions.1.image", "conditions.2.image"],
+        ),
+    ],
+)
+def test_needed_inputs_names_every_image_a_mode_reads(spec: dict[str, Any], fields: list[str]) -> None:
+    assert needed_inputs(spec) == fields
+
+
+def test_metadata_without_input_references_is_refused_with_the_reason() -> None:
+    old = meta("a", mode="img2img", strength=0.5)
+    with pytest.raises(BadInput, match="does not say where its input image is stored"):
+        script_parameters(old, 0, str)
