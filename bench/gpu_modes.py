@@ -2,15 +2,16 @@
 
 Models come from the settings (`KANDINSKY_BATCH_PRIOR_MODEL`, `_DECODER_MODEL`, `_INPAINT_MODEL`; by default
 the Hugging Face hub ids, which must already be in the local cache), or `--tiny` builds the tiny random
-model in a temp dir. Each mode runs the worker's own diffusers call (`worker.generate.generate`) on inputs
-loaded by `worker.inputs.InputLoader`; every shape is warmed up (with 2 steps) before it is timed.
+model in a temp dir, or `--random-full-size` the full-size architecture with random float16 weights
+(`bench/full_size.py`: real shapes and speed, no hub). Each mode runs the worker's own diffusers call
+(`worker.generate.generate`) on inputs loaded by `worker.inputs.InputLoader`; every shape is warmed up (with 2 steps) before it is timed.
 Load time is what each mode adds when it is first used: text2img loads prior + decoder, img2img and
 interpolate reuse them, inpaint loads its own decoder.
 `--oom-check` also caps this process's CUDA memory so a big micro-batch runs out of memory, runs it
 through `worker.engine.Engine` (status on the Redis of `KANDINSKY_BATCH_REDIS_URL`), and checks that the
 engine split the batch and every job still succeeded. Without CUDA it says so and exits with code 2.
 
-Run: python bench/gpu_modes.py [--tiny] [--size 512|768] [--steps N] [--prior-steps N] [--batch 4] [--oom-check]
+Run: python bench/gpu_modes.py [--tiny | --random-full-size] [--size 512|768] [--steps N] [--prior-steps N] [--batch 4] [--oom-check]
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ MODES = ("text2img", "img2img", "inpaint", "interpolate")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--tiny", action="store_true", help="build and use the tiny random model")
+    models = parser.add_mutually_exclusive_group()
+    models.add_argument("--tiny", action="store_true", help="build and use the tiny random model")
+    models.add_argument(
+        "--random-full-size",
+        action="store_true",
+        help="build and use the full-size architecture with random weights (no hub)",
+    )
     parser.add_argument("--size", type=int, default=512, choices=(512, 768), help="height and width")
     parser.add_argument("--steps", type=int, default=None, help="decoder steps (default: the JobSpec's)")
     parser.add_argument("--prior-steps", type=int, default=None, help="prior steps (default: the JobSpec's)")
@@ -98,6 +105,13 @@ class GpuBench:
 
             root = make_tiny(tmp / "models")
             models = {name: str(root / part) for name, part in self._parts()}
+        elif args.random_full_size:
+            from full_size import save_full_size
+
+            wanted = {m.strip() for m in args.modes.split(",")}
+            parts = ("prior", "decoder", "inpaint") if "inpaint" in wanted else ("prior", "decoder")
+            root = save_full_size(tmp / "models", parts=parts, device="cuda", dtype=torch.float16)
+            models = {name: str(root / part) for name, part in self._parts() if part in parts}
         self.settings = bench_settings(
             self.tag,
             device="cuda",
