@@ -120,7 +120,18 @@ def _interpolation_prior(cache: PipelineCache, items: list[Item]) -> tuple[torch
 
 
 def generate(cache: PipelineCache, items: list[Item], on_step: StepCallback) -> list[Image.Image]:
-    """Run one pipeline call for compatible `items`; one PIL image per item, in order."""
+    """Run one pipeline call for compatible `items`; one PIL image per item, in order.
+
+    A compiled decoder has a graph per batch size, so the batch is padded up to its bucket with
+    copies of the last item (each with its own generator, as every item) and their images are
+    dropped; without compile, nothing is padded.
+    """
+    wanted = len(items)
+    padded = items + [items[-1]] * (cache.batch_size_for(wanted) - wanted)
+    return _generate(cache, padded, on_step)[:wanted]
+
+
+def _generate(cache: PipelineCache, items: list[Item], on_step: StepCallback) -> list[Image.Image]:
     spec = items[0].spec
     if spec.mode is Mode.INTERPOLATE:
         image_embeds, negative_embeds = _interpolation_prior(cache, items)

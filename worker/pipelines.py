@@ -2,13 +2,16 @@
 
 text2img, img2img and interpolate use one prior and one decoder (img2img is made
 with `from_pipe` from the decoder's components, so no weight is copied); inpaint adds only its
-own decoder. Loads are counted so tests can prove nothing loads twice.
+own decoder. Loads are counted so tests can prove nothing loads twice. The GPU options
+(worker/acceleration.py) are applied at each load, and a compiled decoder is compiled for every
+batch bucket by `warm`, before the worker reports ready.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import Counter, OrderedDict
 from typing import Any
 
@@ -20,10 +23,11 @@ from diffusers import (
     KandinskyPriorPipeline,
 )
 from diffusers.utils import logging as diffusers_logging
+from PIL import Image
 
-from kandinsky_batch.schema import Mode
+from kandinsky_batch.schema import JobSpec, Mode
 from kandinsky_batch.settings import Settings
-from worker import metrics
+from worker import acceleration, metrics
 
 log = logging.getLogger(__name__)
 diffusers_logging.disable_progress_bar()  # one bar per load is noise in a worker's log
@@ -58,7 +62,12 @@ class PipelineCache:
             torch.set_num_threads(settings.torch_threads)
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.channels_last = acceleration.resolve_channels_last(settings.channels_last, self.device)
+        self.tf32 = acceleration.apply_tf32(settings.tf32, self.device)  # None: flags left as they were
         self.loads: Counter[str] = Counter()
+        # What the compile warm-up ran: decoder name -> batch sizes, and how long it took in all.
+        self.compiled_buckets: dict[str, list[int]] = {}
+        self.compile_seconds = 0.0
         # diffusers pipelines are untyped where we use them (components, __call__).
         self._prior: Any = None
         self._img2img: Any = None
@@ -67,6 +76,7 @@ class PipelineCache:
     def _load(self, name: str, cls: Any, source: str) -> Any:
         log.info("loading %s from %s (%s, %s)", name, source, self.device, self.dtype)
         pipe = cls.from_pretrained(source, torch_dtype=self.dtype)
+        self._accelerate(name, pipe)
         if self.settings.cpu_offload and self.device.type == "cuda":
             pipe.enable_model_cpu_offload(device=self.device)
         else:
@@ -75,6 +85,44 @@ class PipelineCache:
         self.loads[name] += 1
         metrics.PIPELINE_LOADS.labels(name).inc()
         return pipe
+
+    def _accelerate(self, name: str, pipe: Any) -> None:
+        """SDPA attention always; channels_last and torch.compile (decoders only) as set."""
+        for part, module in pipe.components.items():
+            if isinstance(module, torch.nn.Module) and acceleration.ensure_sdpa(module):
+                log.info("%s.%s: eager attention processors switched to SDPA", name, part)
+        nhwc = acceleration.use_channels_last(pipe) if self.channels_last else []
+        compiled = [] if name == "prior" else acceleration.compile_pipeline(pipe, self.settings.compile)
+        log.info(
+            "%s: attention %s, channels_last %s, compiled %s",
+            name,
+            self._processors(name, pipe),
+            nhwc or "none",
+            compiled or "nothing",
+        )
+
+    @staticmethod
+    def _processors(name: str, pipe: Any) -> dict[str, list[str]]:
+        found = {}
+        for part, module in pipe.components.items():
+            if isinstance(module, torch.nn.Module) and (names := acceleration.processor_names(module)):
+                found[f"{name}.{part}"] = names
+        return found
+
+    def attention_processors(self) -> dict[str, list[str]]:
+        """Attention processor class names per loaded `pipeline.component` (SDPA ones end in `2_0`)."""
+        found: dict[str, list[str]] = {}
+        if self._prior is not None:
+            found.update(self._processors("prior", self._prior))
+        for name, pipe in self._decoders.items():
+            found.update(self._processors(name, pipe))
+        return found
+
+    def batch_size_for(self, n: int) -> int:
+        """How many images a micro-batch of `n` runs as: its bucket when compiled, else `n`."""
+        if self.settings.compile == "none":
+            return n
+        return acceleration.bucket_for(n, self.settings.max_batch_size)
 
     def prior(self) -> Any:
         if self._prior is None:
@@ -133,8 +181,12 @@ class PipelineCache:
     def inpaint(self) -> Any:
         return self._decoder("inpaint")
 
-    def warm(self, modes: list[Mode]) -> None:
-        """Load everything the served modes need, before the worker reports ready."""
+    def warm(self, modes: list[Mode], size: tuple[int, int] | None = None) -> None:
+        """Load everything the served modes need, and compile it if set, before the worker is ready.
+
+        `size` (height, width) is what compiled decoders are warmed at: the job spec's default
+        unless given; other sizes compile on their first micro-batch.
+        """
         self.prior()
         if {Mode.TEXT2IMG, Mode.IMG2IMG, Mode.INTERPOLATE} & set(modes):
             self.text2img()
@@ -142,6 +194,61 @@ class PipelineCache:
             self.img2img()
         if Mode.INPAINT in modes:
             self.inpaint()
+        if self.settings.compile != "none":
+            fields = JobSpec.model_fields
+            self.warm_compiled(modes, size or (fields["height"].default, fields["width"].default))
+
+    def warm_compiled(self, modes: list[Mode], size: tuple[int, int]) -> None:
+        """One tiny call per batch bucket of each served, loaded decoder, so every compile happens here.
+
+        One decoder step at the spec's default guidance scale (the UNet sees the 2N latents of
+        classifier-free guidance, as jobs do), with embeddings from one two-step prior call.
+        img2img runs text2img's compiled modules on latents of the same shape: no call of its own.
+        """
+        names = []
+        if {Mode.TEXT2IMG, Mode.IMG2IMG, Mode.INTERPOLATE} & set(modes):
+            names.append("decoder")
+        if Mode.INPAINT in modes:
+            names.append("inpaint")
+        height, width = size
+        seed = torch.Generator("cpu").manual_seed(0)
+        embeds = self.prior()(prompt=[""], num_inference_steps=2, generator=seed)  # UnCLIP needs 2
+        buckets = acceleration.batch_buckets(self.settings.max_batch_size)
+        for name in names:
+            pipe = self._decoders.get(name)
+            if pipe is None:  # evicted to stay in the memory budget: it compiles on first use
+                continue
+            started = time.perf_counter()
+            for n in buckets:
+                inputs: dict[str, Any] = {}
+                if name == "inpaint":
+                    inputs = {
+                        "image": [Image.new("RGB", (width, height))] * n,
+                        "mask_image": [Image.new("L", (width, height), 255)] * n,
+                    }
+                pipe(
+                    prompt=[""] * n,
+                    image_embeds=embeds.image_embeds.repeat(n, 1),
+                    negative_image_embeds=embeds.negative_image_embeds.repeat(n, 1),
+                    height=height,
+                    width=width,
+                    num_inference_steps=1,
+                    guidance_scale=JobSpec.model_fields["guidance_scale"].default,
+                    output_type="pt",
+                    **inputs,
+                )
+            seconds = time.perf_counter() - started
+            self.compiled_buckets[name] = buckets
+            self.compile_seconds += seconds
+            log.info(
+                "compiled %s (%s) for batches %s at %dx%d in %.1f s",
+                name,
+                self.settings.compile,
+                buckets,
+                height,
+                width,
+                seconds,
+            )
 
     def models(self, mode: Mode) -> dict[str, dict[str, str | None]]:
         """Ids and revisions of the models a mode uses, for the metadata beside each image."""
