@@ -217,6 +217,18 @@ class Keys:
         """
         return f"{self.prefix}:running"
 
+    def taken(self, worker: str) -> str:
+        """Hash: entry id -> "{list}\n{message}" for each message a worker took beside Celery's one.
+
+        A worker takes more queue messages than Celery gives it, to fill a micro-batch; each
+        stays here until that worker's task ends, or until a reaper returns it to its list.
+        """
+        return f"{self.prefix}:taken:{worker}"
+
+    def taking(self) -> str:
+        """Sorted set: worker -> expiry of its lease on the messages it took (see `taken`)."""
+        return f"{self.prefix}:taking"
+
     def delayed(self) -> str:
         """Sorted set: queue message (JSON of list and envelope) -> when it is due (unix time)."""
         return f"{self.prefix}:delayed"

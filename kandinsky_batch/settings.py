@@ -55,10 +55,15 @@ class Settings(BaseSettings):
     cpu_offload: bool = False
     torch_threads: int = Field(0, ge=0)  # 0: torch's default; 1 is fastest for the tiny model on CPU
     memory_budget_mb: int = Field(0, ge=0)  # 0: keep every decoder loaded
+    # GPU speed options (worker/acceleration.py); each keeps images within rounding of the default.
+    compile: Literal["none", "unet", "all"] = "none"  # torch.compile the UNet, or UNet and MoVQ decode
+    channels_last: Literal["auto", "true", "false"] = "auto"  # auto: on for cuda, off elsewhere
+    tf32: bool = True  # TF32 matmuls and convolutions, on CUDA compute capability 8.0 and later
 
     # What a worker serves and how it batches.
     modes: Annotated[list[Mode], NoDecode] = Field(default_factory=lambda: list(Mode))
     max_batch_size: int = Field(8, ge=1, le=64)
+    max_pending_images: int = Field(16, ge=1)  # generated images waiting to be stored, at most
     max_side: int = Field(1024, ge=64, le=MAX_SIDE, multiple_of=64)
     worker_name: str = ""
     ready_file: Path = Path("/tmp/kandinsky-batch-worker.ready")
@@ -124,6 +129,14 @@ class Settings(BaseSettings):
     @classmethod
     def _modes_from_csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("compile", "channels_last", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        """`TRUE` or `Unet` from the environment mean what their lower case means; a bool its name."""
+        if isinstance(value, bool):
+            return str(value).lower()
+        return value.strip().lower() if isinstance(value, str) else value
 
     def as_env(self) -> dict[str, str]:
         """These settings as `KANDINSKY_BATCH_*` variables, for a child process (worker, probe).

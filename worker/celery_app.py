@@ -67,6 +67,16 @@ def _on_shutdown(**_: Any) -> None:
     log.warning("shutting down: %.0f s to finish the current micro-batch", ctx.settings.shutdown_grace_s)
 
 
+def _finish_storing(ctx: Any) -> None:
+    """Uploads still in the background finish (or go back) while the heartbeat keeps their leases."""
+    from worker.delivery import finish_storing
+
+    try:
+        finish_storing(ctx)
+    except Exception:  # Redis gone too: the leases expire and a reaper hands the jobs back
+        log.exception("could not finish or hand back the jobs still storing")
+
+
 def serve(settings: Settings, loglevel: str = "INFO") -> int:
     """Run a worker until it is told to stop (SIGTERM: finish the current job first)."""
     fmt = setup_logging(settings.log_format, loglevel)
@@ -98,6 +108,7 @@ def serve(settings: Settings, loglevel: str = "INFO") -> int:
             ]
         )
     finally:
+        _finish_storing(ctx)
         for thread in _THREADS.values():
             thread.stopped.set()
         if server is not None:

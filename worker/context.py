@@ -11,14 +11,15 @@ from dataclasses import dataclass, field
 
 import redis
 
-from kandinsky_batch.errors import KandinskyBatchError
+from kandinsky_batch.errors import KandinskyBatchError, StorageUnavailable
 from kandinsky_batch.keys import Keys
 from kandinsky_batch.manifest import write_manifest
 from kandinsky_batch.redis_client import connect
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import Storage, open_storage
 from kandinsky_batch.store.status import StatusStore
-from worker.engine import Engine
+from kandinsky_batch.store.taken import TakenStore
+from worker.engine import Engine, Job
 from worker.leases import LeaseStore
 from worker.pipelines import PipelineCache
 
@@ -36,8 +37,9 @@ class WorkerContext:
     storage: Storage
     cache: PipelineCache
     engine: Engine
+    taken: TakenStore  # messages taken beside Celery's one, to fill micro-batches
     current: set[str] = field(default_factory=set)  # job ids leased by the task in progress
-    queue: str = ""  # the queue of the task in progress ('' while idle)
+    queue: str = ""  # the queue of the last task (its jobs may still be storing)
     beat: Callable[[], None] | None = None  # the heartbeat, to be seen busy at once
     stopping_since: float | None = None  # monotonic time SIGTERM arrived
     task_started: float | None = None  # monotonic start of the task in progress
@@ -56,8 +58,10 @@ class WorkerContext:
         cache = PipelineCache(settings)
         cache.warm(list(settings.modes))
         engine = Engine(settings, cache, storage, status, name)
-        ctx = cls(settings, name, client, keys, status, leases, storage, cache, engine)
+        taken = TakenStore(client, keys, settings.lease_ttl_s)
+        ctx = cls(settings, name, client, keys, status, leases, storage, cache, engine, taken)
         engine.stop_deadline = ctx.stop_deadline
+        engine.on_storage_failure = ctx.retry_later
         engine.leases = leases
         status.on_batch_done = ctx.write_manifest
         return ctx
@@ -69,6 +73,12 @@ class WorkerContext:
             log.info("batch %s done; manifest %s", batch_id, uri)
         except (KandinskyBatchError, OSError, ValueError) as exc:
             log.warning("batch %s is done but its manifest was not written: %s", batch_id, exc)
+
+    def retry_later(self, jobs: list[Job], exc: StorageUnavailable) -> None:
+        """Jobs a background upload handed back: sent again after a backoff (worker/delivery.py)."""
+        from worker.delivery import retry_later
+
+        retry_later(self, jobs, exc)
 
     def stop_deadline(self) -> float | None:
         """When a stopping worker must give its jobs back (monotonic); None while serving."""

@@ -191,6 +191,26 @@ def hand_back(ctx: WorkerContext, jobs: list[Job]) -> None:
     ctx.leases.release(ctx.name, [j.job_id for j in jobs])
 
 
+def finish_storing(ctx: WorkerContext) -> None:
+    """Stopping: let background uploads finish within what is left of the grace period, then
+    hand back the jobs still storing (queued again and re-sent; their message was acked)."""
+    deadline = ctx.stop_deadline()
+    left = ctx.settings.shutdown_grace_s if deadline is None else max(0.0, deadline - time.monotonic())
+    if ctx.engine.store_pool.wait(left):
+        return
+    pending = sorted(ctx.engine.store_pool.pending())
+    handed = 0
+    for ref in (JobRef.parse(job) for job in pending):
+        if ref is None:
+            continue
+        moved, _ = ctx.status.transition(ref, JobState.QUEUED, [JobState.RUNNING], fence=ctx.name)
+        if moved:
+            handed += resend(ctx, ref)
+    ctx.leases.release(ctx.name, pending)
+    metrics.redelivered("shutdown", handed)
+    log.warning("shutting down: %d jobs still storing after the grace period were handed back", handed)
+
+
 class Reaper:
     """Pushes due delayed re-sends every second; every half lease TTL, hands back what dead workers held."""
 
@@ -207,5 +227,8 @@ class Reaper:
                 if time.monotonic() - last_reap >= self.ctx.settings.lease_ttl_s / 2:
                     last_reap = time.monotonic()
                     reap_once(self.ctx)
+                    returned = self.ctx.taken.return_expired()
+                    if returned:
+                        log.warning("returned %d taken messages of dead workers to their queues", returned)
             except Exception:  # a Redis blip must not kill the thread
                 log.exception("reaper pass failed")

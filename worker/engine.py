@@ -49,6 +49,7 @@ from worker.leases import LeaseStore
 from worker.outputs import encode_image, extension
 from worker.pipelines import PipelineCache
 from worker.progress import StepCheck
+from worker.store_pool import StorePool
 from worker.stored_inputs import StoredInputs, spec_with_refs
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,12 @@ class Engine:
         self.generate_fn = generate_fn
         self.inputs = InputLoader(settings, storage)
         self.stored_inputs = StoredInputs()
+        self.store_pool = StorePool(settings.max_pending_images)
+        # Where jobs handed back by a storage outage go: the worker re-sends them after a backoff
+        # (worker/delivery.retry_later); alone, the engine raises them as RetryLater from `run`.
+        self.on_storage_failure: Callable[[list[Job], StorageUnavailable], None] = self._collect
+        self._handed_back: list[Job] = []
+        self._handed_back_cause: StorageUnavailable | None = None
         self.sleep: Callable[[float], None] = time.sleep
         # Set when the worker is told to stop: (monotonic) time its grace period ends.
         self.stop_deadline: Callable[[], float | None] = lambda: None
@@ -153,17 +160,28 @@ class Engine:
             return {job.job_id for job in jobs}
         return self.leases.held(self.worker_name, [job.job_id for job in jobs])
 
-    def run(self, jobs: list[Job]) -> None:
+    def run(self, jobs: list[Job], wait: bool = True) -> None:
         """Run every job; on a storage outage hand the unfinished ones back and raise RetryLater.
 
+        Each micro-batch is stored in the background while the next one generates; with `wait`
+        this returns once all are stored, else storing goes on past the return (the worker's
+        next task overlaps it; its heartbeat keeps those jobs' leases).
         When the worker is stopping, no new micro-batch starts and the one running
         stops at its grace deadline: HandBack lists the jobs to give back.
         """
-        runs = list(micro_batches(jobs, self.settings.max_batch_size))
+        # A job whose worker died while running it (it may kill workers) runs alone, after the
+        # others are stored, so it never takes its batch-mates down with it again.
+        suspects = self.crashed(jobs) if len(jobs) > 1 else frozenset()
+        runs = list(
+            micro_batches([j for j in jobs if j.job_id not in suspects], self.settings.max_batch_size)
+        )
+        runs += [[job] for job in jobs if job.job_id in suspects]
         for n, run in enumerate(runs):
             if n > 0 and self.stop_deadline() is not None:
                 raise HandBack([job for later in runs[n:] for job in later])
             try:
+                if run[0].job_id in suspects:
+                    self.store_pool.wait()
                 self.run_micro_batch(run)
             except HandBack as exc:
                 raise HandBack([job for later in runs[n:] for job in later]) from exc
@@ -173,7 +191,9 @@ class Engine:
                 ]
                 for job in pending:
                     self.status.requeue(job.ref, transient=True, fence=self.fence)
-                raise RetryLater(pending, exc) from exc
+                if wait:
+                    self.store_pool.wait()
+                raise RetryLater(self._take_collected() + pending, exc) from exc
             except (ControlFlow, redis.RedisError):
                 raise
             except Exception as exc:  # a bug for some parameter mix, a CUDA error that is not OOM, ...
@@ -181,6 +201,30 @@ class Engine:
                     log.exception("micro-batch %s failed unexpectedly", [job.job_id for job in run])
                 for job in run:
                     self.fail(job, InternalError(f"{type(exc).__name__}: {exc}"))
+        if wait:
+            self.store_pool.wait()
+            self._raise_collected()
+
+    def _collect(self, jobs: list[Job], exc: StorageUnavailable) -> None:
+        """Without a worker around the engine: jobs handed back by storage, raised at the end of `run`."""
+        self._handed_back += jobs
+        self._handed_back_cause = exc
+
+    def _take_collected(self) -> list[Job]:
+        jobs, self._handed_back = self._handed_back, []
+        return jobs
+
+    def _raise_collected(self) -> None:
+        jobs = self._take_collected()
+        if jobs and self._handed_back_cause is not None:
+            raise RetryLater(jobs, self._handed_back_cause)
+
+    def crashed(self, jobs: list[Job]) -> frozenset[str]:
+        """Ids of the jobs whose worker died while running them before (one round trip)."""
+        pipe = self.status.redis.pipeline(transaction=False)
+        for job in jobs:
+            pipe.hget(self.status.keys.job(job.ref), JobField.CRASHES)
+        return frozenset(job.job_id for job, n in zip(jobs, pipe.execute(), strict=True) if n and int(n) > 0)
 
     def job_fields(self, job: Job) -> dict[str, Any]:
         """The fields of a log line about one job (the worker's name is on every line already)."""
@@ -249,16 +293,38 @@ class Engine:
             scores = score_micro_batch(self.cache, images, [it.spec.prompt for it in items])
             timing = {**timing, "clip_score_s": round(time.perf_counter() - scoring, 3)}
         batch_info = {"size": len(items), "jobs": [job.job_id for job in running]}
+        finishing: list[tuple[Job, Made]] = []
         for job in running:
-            with log_fields(**self.job_fields(job)):
-                if job.job_id in progress.lost:
+            if job.job_id in progress.lost:
+                with log_fields(**self.job_fields(job)):
                     log.warning("not storing %s: this worker lost its lease", job.job_id)
-                    continue
-                mine = [i for i, it in enumerate(items) if it.job_id == job.job_id]
-                kept = [scores[i] for i in mine if isinstance(images[i], Image.Image)]
-                clip = job_score(kept) if self.settings.clip_score else None
-                made = Made([images[i] for i in mine], inputs[job.job_id], timing, batch_info, clip)
-                self._finish(job, made)
+                continue
+            mine = [i for i, it in enumerate(items) if it.job_id == job.job_id]
+            kept = [scores[i] for i in mine if isinstance(images[i], Image.Image)]
+            clip = job_score(kept) if self.settings.clip_score else None
+            finishing.append(
+                (job, Made([images[i] for i in mine], inputs[job.job_id], timing, batch_info, clip))
+            )
+        if finishing:
+            ids = [job.job_id for job, _ in finishing]
+            self.store_pool.submit(ids, len(items), lambda: self._store_all(finishing))
+
+    def _store_all(self, finishing: list[tuple[Job, Made]]) -> None:
+        """Store (or fail) each job of one micro-batch, in the storing thread.
+
+        When an upload gives up past its retry window, only that job goes back to `queued` and
+        to `on_storage_failure` (a delayed re-send); the others are stored as usual.
+        """
+        for job, made in finishing:
+            try:
+                with log_fields(**self.job_fields(job)):
+                    self._finish(job, made)
+            except StorageUnavailable as exc:
+                if not self.status.is_terminal(job.job_id):
+                    self.status.requeue(job.ref, transient=True, fence=self.fence)
+                    self.on_storage_failure([job], exc)
+            finally:
+                self.attempts.pop(job.job_id, None)
 
     def _read_started(self, jobs: list[Job]) -> dict[str, float | None]:
         """One round trip after the starts: each job's attempt (kept for logs) and created time."""
@@ -266,7 +332,8 @@ class Engine:
         for job in jobs:
             pipe.hmget(self.status.keys.job(job.ref), [JobField.CREATED, JobField.ATTEMPTS])
         created: dict[str, float | None] = {}
-        self.attempts = {}
+        keep = self.store_pool.pending()
+        self.attempts = {job: n for job, n in self.attempts.items() if job in keep}
         for job, (ct, attempts) in zip(jobs, pipe.execute(), strict=True):
             created[job.job_id] = float(ct) if ct else None
             self.attempts[job.job_id] = int(attempts or 0)
@@ -320,9 +387,11 @@ class Engine:
             )
             metrics.generated(items[0].spec.mode.value, len(items), time.perf_counter() - started)
             return images
+        except ControlFlow:
+            raise
         except Exception as exc:
             if not is_oom(exc):
-                raise
+                return self._isolate(items, progress, exc)
             free_memory()
             if len(items) == 1:
                 log.warning("out of memory on a single image of %s", items[0].job_id)
@@ -338,6 +407,29 @@ class Engine:
             return self._generate_splitting(items[:half], progress) + self._generate_splitting(
                 items[half:], progress
             )
+
+    def _isolate(
+        self, items: list[Item], progress: StepCheck, exc: Exception
+    ) -> list[Image.Image | KandinskyBatchError]:
+        """An unexpected error: retry in halves, so only the images that fail alone fail.
+
+        Micro-batches mix jobs from many messages, so one job's bad parameter mix must not
+        fail its batch-mates; an image that fails on its own gets `internal_error`.
+        """
+        if len(items) == 1:
+            log.error("generating an image of %s failed", items[0].job_id, exc_info=exc)
+            return [InternalError(f"{type(exc).__name__}: {exc}")]
+        half = len(items) // 2
+        log.warning(
+            "micro-batch of %d images failed (%s); retrying as %d + %d",
+            len(items),
+            exc,
+            half,
+            len(items) - half,
+        )
+        return self._generate_splitting(items[:half], progress) + self._generate_splitting(
+            items[half:], progress
+        )
 
     def fail(self, job: Job, exc: KandinskyBatchError) -> None:
         with log_fields(**self.job_fields(job)):

@@ -43,20 +43,23 @@ class Heartbeat:
             s.ready_file.parent.mkdir(parents=True, exist_ok=True)
             s.ready_file.write_text(json.dumps({"worker": ctx.name, "at": time.time()}))
         # `busy`, `queue` and `in_flight` feed the API's queue metrics (and so autoscaling).
+        held = ctx.current | ctx.engine.store_pool.pending()  # running, or generated and being stored
         info = {
             "modes": [m.value for m in s.modes],
             "at": time.time(),
             "loads": dict(ctx.cache.loads),
-            "busy": bool(ctx.current),
-            "queue": ctx.queue if ctx.current else "",
-            "in_flight": len(ctx.current),
+            "busy": bool(held),
+            "queue": ctx.queue if held else "",
+            "in_flight": len(held),
         }
         try:
-            renewed, lost = ctx.leases.renew(ctx.name, sorted(ctx.current))
+            renewed, lost = ctx.leases.renew(ctx.name, sorted(held))
             if lost:
                 # Expired while this worker was paused or cut off: the jobs may run elsewhere now.
                 # The engine sees it at its next step or write, and stops writing for them.
                 log.warning("lost %d leases (%d still held)", lost, renewed)
+            if ctx.current:
+                ctx.taken.renew(ctx.name)  # the messages taken to fill this task's micro-batch
             ctx.status.heartbeat(ctx.name, info, ttl_s=int(HEARTBEAT_S * 6))
         except redis.RedisError as exc:
             log.warning("heartbeat to Redis failed: %s", exc)

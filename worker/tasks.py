@@ -6,6 +6,7 @@ import logging
 import time
 from typing import Any
 
+import redis
 from celery import Task
 from celery.exceptions import Reject
 
@@ -17,6 +18,8 @@ from kandinsky_batch.schema import Priority
 from worker import metrics
 from worker.context import WorkerContext, get_context
 from worker.delivery import claim, fail_unfinished, hand_back, retry_later
+from worker.engine import Job
+from worker.gather import take_more
 from worker.messages import read_message
 
 log = logging.getLogger(__name__)
@@ -35,24 +38,45 @@ def run_jobs(task: Task, **message: Any) -> None:
 def _run(ctx: WorkerContext, task: Task, message: dict[str, Any]) -> None:
     delivery = task.request.delivery_info or {}
     priority = priority_from_kombu(delivery.get("priority"))
-    queue_list = queue_list_of(str(delivery.get("routing_key") or ""), priority is Priority.LOW)
-    jobs = claim(ctx, read_message(message, ctx.settings, ctx.status, priority, queue_list))
-    ctx.current = {job.job_id for job in jobs}
-    ctx.queue = str(delivery.get("routing_key") or "")
-    ctx.task_started = time.monotonic()
-    if ctx.beat is not None:
-        ctx.beat()  # seen busy at once, not at the next beat
+    queue = str(delivery.get("routing_key") or "")
+    queue_list = queue_list_of(queue, priority is Priority.LOW)
+    jobs: list[Job] = []
+    handed_back = False
     try:
-        ctx.engine.run(jobs)
-    except HandBack as exc:
-        hand_back(ctx, exc.jobs)
-        with log_fields(**ctx.engine.batch_fields(exc.jobs)):
-            log.warning("shutting down: %d jobs handed back", len(exc.jobs))
-        raise Reject("worker shutting down", requeue=True) from exc
-    except RetryLater as exc:
-        retry_later(ctx, exc.jobs, exc.cause)
-    except Exception as exc:  # nothing the engine expected: fail what is left, keep serving
-        fail_unfinished(ctx, jobs, exc)
+        jobs = claim(ctx, read_message(message, ctx.settings, ctx.status, priority, queue_list))
+        ctx.current, ctx.queue = {job.job_id for job in jobs}, queue
+        jobs += take_more(ctx, jobs, queue)
+        ctx.current = {job.job_id for job in jobs}
+        ctx.task_started = time.monotonic()
+        if ctx.beat is not None:
+            ctx.beat()  # seen busy at once, not at the next beat
+        try:
+            ctx.engine.run(jobs, wait=False)  # storing overlaps the next task; leases kept meanwhile
+        except HandBack as exc:
+            hand_back(ctx, exc.jobs)
+            ctx.taken.give_back(ctx.name)  # the messages this worker took go back with Celery's
+            handed_back = True
+            with log_fields(**ctx.engine.batch_fields(exc.jobs)):
+                log.warning("shutting down: %d jobs handed back", len(exc.jobs))
+            raise Reject("worker shutting down", requeue=True) from exc
+        except RetryLater as exc:
+            retry_later(ctx, exc.jobs, exc.cause)
+        except Exception as exc:  # nothing the engine expected: fail what is left, keep serving
+            fail_unfinished(ctx, jobs, exc)
     finally:
-        ctx.leases.release(ctx.name, sorted(ctx.current))
-        ctx.current, ctx.task_started, ctx.queue = set(), None, ""
+        if not handed_back:
+            _drop_taken(ctx)
+        ctx.leases.release(ctx.name, sorted(ctx.current - ctx.engine.store_pool.pending()))
+        ctx.current, ctx.task_started = set(), None  # `queue` stays: its jobs may still be storing
+
+
+def _drop_taken(ctx: WorkerContext) -> None:
+    """Forget the messages taken for this task: each of their jobs is finished, failed or re-sent.
+
+    If Redis is gone, they stay under a lease nobody renews, and a reaper puts them back on their
+    list: the jobs run again unless they finished, never lost.
+    """
+    try:
+        ctx.taken.drop(ctx.name)
+    except redis.RedisError as exc:
+        log.warning("could not drop the messages taken for this task (%s); a reaper will return them", exc)

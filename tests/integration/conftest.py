@@ -67,8 +67,9 @@ def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
         kill_prompt: str | None = None,
         name: str = "w",
         raise_prompt: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> WorkerProcess:
-        env = {"KB_TEST_STEP_SLEEP_S": str(step_sleep)}
+        env = {"KB_TEST_STEP_SLEEP_S": str(step_sleep), **(env or {})}
         if kill_prompt:
             env["KB_TEST_KILL_PROMPT"] = kill_prompt
         if raise_prompt:

@@ -140,6 +140,27 @@ def test_out_of_memory_on_one_image_fails_only_that_job(engine: Engine):
     assert states[1].error is not None and states[1].error.code == "out_of_memory"
 
 
+def test_an_unexpected_error_fails_only_the_job_that_fails_alone(engine: Engine):
+    # Given a micro-batch of 4 jobs (from any messages) where one job's parameters hit a bug
+    calls: list[int] = []
+
+    def buggy_for_one(cache, items, on_step):
+        calls.append(len(items))
+        if any(it.spec.prompt == "buggy" for it in items):
+            raise ValueError("a bug for this mix")
+        return generate(cache, items, on_step)
+
+    engine.generate_fn = buggy_for_one
+    jobs = submit(engine, "bug-one", [{"prompt": p} for p in ("a", "b", "buggy", "c")])
+    engine.run(jobs)
+    # Then it is retried in halves, and only the job that fails alone fails, with internal_error
+    assert calls == [4, 2, 2, 1, 1]
+    states = [engine.status.job(j.job_id) for j in jobs]
+    assert [s.state for s in states] == [JobState.SUCCEEDED] * 2 + [JobState.FAILED, JobState.SUCCEEDED]
+    assert states[2].error is not None and states[2].error.code == "internal_error"
+    assert "ValueError: a bug for this mix" in states[2].error.message
+
+
 def test_progress_reaches_every_step(engine: Engine):
     seen: list[tuple[int, int]] = []
 

@@ -47,7 +47,9 @@ def wait_known_and_done(client: Client, batch: str, timeout: float = 180) -> Non
 
 
 def test_a_worker_takes_every_normal_job_before_any_low_one(redis_url, tiny_models, tmp_path):
-    settings = make_settings(redis_url, tiny_models, tmp_path, chunk_size=1)
+    # Micro-batches of 2 images: the worker fills its first one with the two normal jobs (Celery
+    # hands it one, it takes the other, normal before low), and the low ones come after.
+    settings = make_settings(redis_url, tiny_models, tmp_path, chunk_size=1, max_batch_size=2)
     normal_list, low_list = queue_lists(settings.queue_for(Mode.TEXT2IMG))
     with Client(settings) as client:
         low = client.submit_batch([tiny(f"low {i}") for i in range(3)], priority=Priority.LOW)

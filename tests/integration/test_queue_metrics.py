@@ -33,7 +33,10 @@ STEP_SLEEP_S = 0.5  # a job holds the worker ~15 s
 
 @pytest.fixture(scope="module")
 def module_settings(redis_url: str, tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return make_settings(redis_url, tiny_models, tmp_path_factory.mktemp("queue-metrics"), chunk_size=1)
+    # One job per message and micro-batches of one image: the worker takes no extra messages, so
+    # what waits stays on the lists to be counted, and every job is a Celery task Flower lists.
+    root = tmp_path_factory.mktemp("queue-metrics")
+    return make_settings(redis_url, tiny_models, root, chunk_size=1, max_batch_size=1)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,192 @@
+"""End to end on the CPU: single submits and a bulk file through a real worker, against bare diffusers.
+
+`--n` text2img jobs (tiny model, 64x64, 2 decoder + 2 prior steps, fixed seeds, CPU float32, one torch
+thread everywhere) run four ways in one run:
+- a bare loop calling the prior and decoder pipelines directly, at batch 1 and at batch `--batch`,
+  in this process (the images are made, never stored);
+- the same jobs submitted one at a time (`Client.submit`, one message each), as a service submits;
+- the same jobs as one bulk JSONL file (`Client.submit_batch`, chunks of 64 jobs per message);
+both through one real worker process (`producer.launch.WorkerProcess`), warmed up first, timed from
+the first submit to the last job's recorded finish time (so no polling delay counts). The worker stores every image, its metadata and status.
+CLIP scoring is off by default (`--clip-score` turns it on), since the bare loop does not score.
+The worker's time outside its diffusers calls per job is the wall time minus the `generate_s` its log
+reports per micro-batch, over the jobs.
+
+Run: python bench/e2e.py [--n 48] [--batch 8] [--clip-score]
+Targets: single submits >= 0.95x the bare loop at batch 8; the bulk file >= 1.0x it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import _common
+import torch
+from _common import note, result
+
+from kandinsky_batch.schema import JobSpec, JobState
+from kandinsky_batch.settings import Settings
+from producer.client import Client
+from producer.launch import WorkerProcess
+from worker.pipelines import PipelineCache
+from worker.tiny import make_tiny
+
+SPEC = {"height": 64, "width": 64, "num_inference_steps": 2, "prior_num_inference_steps": 2}
+TARGET_SINGLE, TARGET_BULK = 0.95, 1.0
+GENERATED = re.compile(r"generated (\d+) images for (\d+) jobs in ([0-9.]+) s")
+
+
+def specs(n: int, first_seed: int = 1000) -> list[dict[str, Any]]:
+    texts = _common.prompts(n, seed=11)
+    return [{"prompt": text, **SPEC, "seed": first_seed + i} for i, text in enumerate(texts)]
+
+
+def bare_loop(cache: PipelineCache, jobs: list[dict[str, Any]], batch: int) -> float:
+    """Seconds for the prior and decoder called directly, with one CPU generator per image."""
+    started = time.perf_counter()
+    for at in range(0, len(jobs), batch):
+        chunk = [JobSpec(**job) for job in jobs[at : at + batch]]
+        prompts = [s.prompt for s in chunk]
+        prior = cache.prior()(
+            prompt=prompts,
+            num_inference_steps=chunk[0].prior_num_inference_steps,
+            guidance_scale=chunk[0].prior_guidance_scale,
+            generator=[torch.Generator("cpu").manual_seed(s.seed or 0) for s in chunk],
+        )
+        images = cache.text2img()(
+            prompt=prompts,
+            image_embeds=prior.image_embeds,
+            negative_image_embeds=prior.negative_image_embeds,
+            height=chunk[0].height,
+            width=chunk[0].width,
+            num_inference_steps=chunk[0].num_inference_steps,
+            guidance_scale=chunk[0].guidance_scale,
+            generator=[torch.Generator("cpu").manual_seed(s.seed or 0) for s in chunk],
+            output_type="pil",
+        ).images
+        assert len(images) == len(chunk)
+    return time.perf_counter() - started
+
+
+def generate_seconds(log: str) -> tuple[float, list[int]]:
+    """Seconds inside diffusers and micro-batch sizes, from the worker's "generated" lines."""
+    found = GENERATED.findall(log)
+    return sum(float(s) for _, _, s in found), [int(images) for images, _, _ in found]
+
+
+def finished_after(client: Client, started: float, job_ids: list[str]) -> float:
+    """Seconds from `started` (unix time) to the last job's recorded finish: no polling delay in it."""
+    finals = [client.status_store.job(job_id) for job_id in job_ids]
+    if any(f.state is not JobState.SUCCEEDED for f in finals):
+        raise RuntimeError(f"not every job succeeded: {[f.state.value for f in finals]}")
+    return max(f.finished_at or 0.0 for f in finals) - started
+
+
+def run_singles(client: Client, jobs: list[dict[str, Any]]) -> float:
+    started = time.time()
+    ids = [client.submit(job) for job in jobs]
+    for job_id in ids:
+        client.wait(job_id, timeout=600, poll_s=0.05)
+    return finished_after(client, started, ids)
+
+
+def run_bulk(client: Client, jobs: list[dict[str, Any]], path: Path) -> float:
+    path.write_text("".join(json.dumps(job) + "\n" for job in jobs))
+    started = time.time()
+    submitted = client.submit_batch(path)
+    client.wait(submitted.batch_id, timeout=600, poll_s=0.05)
+    return finished_after(client, started, submitted.job_ids)
+
+
+def worker_part(
+    settings: Settings, jobs: list[dict[str, Any]], work: Path, batch: int
+) -> dict[str, tuple[float, float, list[int]]]:
+    """(wall s, s inside diffusers, micro-batch sizes) for single submits and the bulk file."""
+    log_path = work / "worker.log"
+    proc = WorkerProcess(settings, log_path).start(timeout=300)
+    figures: dict[str, tuple[float, float, list[int]]] = {}
+    try:
+        with Client(settings) as client:
+            warm = specs(batch * 2, first_seed=1)
+            run_singles(client, warm[:batch])  # every micro-batch shape once: oneDNN builds kernels per shape
+            run_bulk(client, warm[batch:], work / "warm.jsonl")
+            for name, runner in (  # each timed from its first submit to its last recorded finish
+                ("single", lambda: run_singles(client, jobs)),
+                ("bulk", lambda: run_bulk(client, jobs, work / "jobs.jsonl")),
+            ):
+                before = len(log_path.read_text(errors="replace"))
+                wall = runner()
+                time.sleep(0.5)  # the last "generated" line is written before the job's status
+                inside, sizes = generate_seconds(log_path.read_text(errors="replace")[before:])
+                figures[name] = (wall, inside, sizes)
+    finally:
+        proc.stop()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=48)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--clip-score", action="store_true", help="let the worker score each image")
+    args = parser.parse_args()
+    _common.stop_on_sigterm()
+    _common.machine_note()
+    torch.set_num_threads(1)
+    client = _common.connect()
+    tag = _common.new_tag()
+    with tempfile.TemporaryDirectory(prefix="kbb-e2e-") as tmp:
+        work = Path(tmp)
+        models = make_tiny(work / "models")
+        settings = _common.bench_settings(
+            tag,
+            storage_url=(work / "store").as_uri(),
+            prior_model=str(models / "prior"),
+            decoder_model=str(models / "decoder"),
+            inpaint_model=str(models / "inpaint"),
+            device="cpu",
+            dtype="float32",
+            torch_threads=1,
+            max_batch_size=args.batch,
+            clip_score=args.clip_score,
+            ready_file=work / "ready",
+            modes=["text2img"],
+        )
+        try:
+            jobs = specs(args.n)
+            cache = PipelineCache(settings)
+            cache.warm(list(settings.modes))
+            for size in (1, args.batch):
+                bare_loop(cache, jobs[:size], size)  # warm-up of each shape
+            bare = {size: args.n / bare_loop(cache, jobs, size) for size in (1, args.batch)}
+            del cache
+            result("bare_loop_b1_images_per_s", bare[1], "images/s")
+            result(f"bare_loop_b{args.batch}_images_per_s", bare[args.batch], "images/s")
+            figures = worker_part(settings, jobs, work, args.batch)
+            for name, (wall, inside, sizes) in figures.items():
+                rate = args.n / wall
+                result(f"{name}_images_per_s", rate, "images/s")
+                result(f"{name}_vs_bare_b1", rate / bare[1], "x")
+                result(f"{name}_vs_bare_b{args.batch}", rate / bare[args.batch], "x")
+                result(f"{name}_mean_micro_batch", sum(sizes) / max(len(sizes), 1), "images")
+                result(f"{name}_outside_diffusers_ms_per_job", 1000 * (wall - inside) / args.n, "ms")
+            single = figures["single"][0]
+            bulk = figures["bulk"][0]
+            b = bare[args.batch]
+            note(
+                f"targets: single >= {TARGET_SINGLE}x bare b{args.batch}: "
+                f"{'met' if args.n / single / b >= TARGET_SINGLE else 'NOT met'}; "
+                f"bulk >= {TARGET_BULK}x: {'met' if args.n / bulk / b >= TARGET_BULK else 'NOT met'}"
+            )
+        finally:
+            _common.finish(client, tag)
+
+
+if __name__ == "__main__":
+    main()

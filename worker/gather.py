@@ -1,0 +1,89 @@
+"""Fill a micro-batch across messages: take more compatible jobs off the queue, never wait.
+
+A service submits jobs one at a time, so each comes in a message of its own, and a message of one
+job alone would be a micro-batch of one. After Celery hands the worker a message, the worker takes
+more messages of the same queue while they fit the last micro-batch (`MAX_BATCH_SIZE` images):
+normal priority before low, compatible jobs only (same mode, size, steps, guidance, strength,
+negative prompt or not). It pops what is there and never waits for more, so a lone job starts as
+soon as before. Each message is taken under a lease in one script (kandinsky_batch/store/taken.py):
+a worker killed at any instant loses none. A message that does not fit goes back to the front of
+its list, and anything that is not a valid message of ours goes back too, for the usual path to
+refuse with its warning or error code.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from kandinsky_batch.envelope import call_kwargs
+from kandinsky_batch.errors import BadMessage, InvalidSpec
+from kandinsky_batch.keys import TASK_NAME, queue_lists
+from kandinsky_batch.schema import Priority
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.wire import parse_message, validate_spec
+from worker.delivery import claim
+from worker.engine import Job
+from worker.generate import compat_key
+from worker.messages import read_message
+
+if TYPE_CHECKING:
+    from worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+def room_left(jobs: list[Job], max_images: int) -> int:
+    """Images that would fill the last micro-batch of `jobs[0]`'s kind (0 when it is full)."""
+    key = compat_key(jobs[0].spec)
+    images = sum(job.spec.num_images for job in jobs if compat_key(job.spec) == key)
+    return -images % max_images
+
+
+def images_if_fits(message: dict[str, Any], key: tuple[Any, ...], room: int, settings: Settings) -> int:
+    """The images of a message whose every job is valid, served and of kind `key`, if they fit; else 0."""
+    try:
+        parsed = parse_message(message)
+    except BadMessage:
+        return 0
+    if parsed.problem:
+        return 0
+    images = 0
+    for entry in parsed.entries:
+        if entry.data is None:
+            return 0
+        try:
+            spec = validate_spec({**entry.data, "seed": entry.seed}, settings)
+        except InvalidSpec:
+            return 0
+        if spec.mode not in settings.modes or compat_key(spec) != key:
+            return 0
+        images += spec.num_images
+    return images if images <= room else 0
+
+
+def take_more(ctx: WorkerContext, jobs: list[Job], queue: str) -> list[Job]:
+    """Jobs of more messages of `queue`, received and leased, that fill the last micro-batch."""
+    if not jobs or not queue or ctx.stopping_since is not None or ctx.engine.crashed(jobs):
+        return []  # a job that crashed a worker before runs without company (worker/engine.py)
+    room = room_left(jobs, ctx.settings.max_batch_size)
+    key = compat_key(jobs[0].spec)
+    lists = queue_lists(queue)
+    more: list[Job] = []
+    messages = 0
+    while room > 0:
+        taken = ctx.taken.take(ctx.name, lists)
+        if taken is None:
+            break
+        message = call_kwargs(taken.message, TASK_NAME)
+        images = images_if_fits(message, key, room, ctx.settings) if message is not None else 0
+        if not images or message is None:
+            ctx.taken.put_back(ctx.name, taken.entry)
+            break
+        priority = Priority.LOW if taken.queue_list == lists[1] else Priority.NORMAL
+        more += claim(ctx, read_message(message, ctx.settings, ctx.status, priority, taken.queue_list))
+        messages += 1
+        room -= images
+    if messages:
+        log.info("took %d more messages (%d jobs) to fill the micro-batch", messages, len(more))
+    return more
