@@ -12,7 +12,9 @@ CLIP scoring is off by default (`--clip-score` turns it on), since the bare loop
 The worker's time outside its diffusers calls per job is the wall time minus the `generate_s` its log
 reports per micro-batch, over the jobs.
 
-Run: python bench/e2e.py [--n 48] [--batch 8] [--clip-score]
+Each path runs `--rounds` times (default 2), the four interleaved, and the best round of each counts.
+
+Run: python bench/e2e.py [--n 48] [--batch 8] [--rounds 2] [--clip-score]
 Targets: single submits >= 0.95x the bare loop at batch 8; the bulk file >= 1.0x it.
 """
 
@@ -104,36 +106,53 @@ def run_bulk(client: Client, jobs: list[dict[str, Any]], path: Path) -> float:
     return finished_after(client, started, submitted.job_ids)
 
 
-def worker_part(
-    settings: Settings, jobs: list[dict[str, Any]], work: Path, batch: int
-) -> dict[str, tuple[float, float, list[int]]]:
-    """(wall s, s inside diffusers, micro-batch sizes) for single submits and the bulk file."""
+Figures = tuple[float, float, list[int]]  # wall s, s inside diffusers, micro-batch sizes
+
+
+def measure(rounds: int, settings: Settings, n: int, work: Path, batch: int) -> dict[str, Figures]:
+    """The best of `rounds` for each path, the four interleaved in every round so drift hits all."""
+    jobs = specs(n)
+    cache = PipelineCache(settings)
+    cache.warm(list(settings.modes))
+    for size in (1, batch):
+        bare_loop(cache, jobs[:size], size)  # every shape once: oneDNN builds kernels per shape
     log_path = work / "worker.log"
     proc = WorkerProcess(settings, log_path).start(timeout=300)
-    figures: dict[str, tuple[float, float, list[int]]] = {}
+    best: dict[str, Figures] = {}
     try:
         with Client(settings) as client:
             warm = specs(batch * 2, first_seed=1)
-            run_singles(client, warm[:batch])  # every micro-batch shape once: oneDNN builds kernels per shape
+            run_singles(client, warm[:batch])
             run_bulk(client, warm[batch:], work / "warm.jsonl")
-            for name, runner in (  # each timed from its first submit to its last recorded finish
-                ("single", lambda: run_singles(client, jobs)),
-                ("bulk", lambda: run_bulk(client, jobs, work / "jobs.jsonl")),
-            ):
-                before = len(log_path.read_text(errors="replace"))
-                wall = runner()
-                time.sleep(0.5)  # the last "generated" line is written before the job's status
-                inside, sizes = generate_seconds(log_path.read_text(errors="replace")[before:])
-                figures[name] = (wall, inside, sizes)
+            for r in range(rounds):
+                jobs = specs(
+                    n, first_seed=1000 + r * n
+                )  # new seeds: a resubmitted file would resume its batch
+                for size in (1, batch):
+                    wall = bare_loop(cache, jobs, size)
+                    name = f"bare_b{size}"
+                    if name not in best or wall < best[name][0]:
+                        best[name] = (wall, wall, [size])
+                for name in ("single", "bulk"):  # each timed from its first submit to its last finish
+                    before = len(log_path.read_text(errors="replace"))
+                    if name == "single":
+                        wall = run_singles(client, jobs)
+                    else:
+                        wall = run_bulk(client, jobs, work / f"jobs-{r}.jsonl")
+                    time.sleep(0.5)  # the last "generated" line is written before the job's status
+                    inside, sizes = generate_seconds(log_path.read_text(errors="replace")[before:])
+                    if name not in best or wall < best[name][0]:
+                        best[name] = (wall, inside, sizes)
     finally:
         proc.stop()
-    return figures
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=48)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2, help="best of this many rounds of each path")
     parser.add_argument("--clip-score", action="store_true", help="let the worker score each image")
     args = parser.parse_args()
     _common.stop_on_sigterm()
@@ -159,16 +178,10 @@ def main() -> None:
             modes=["text2img"],
         )
         try:
-            jobs = specs(args.n)
-            cache = PipelineCache(settings)
-            cache.warm(list(settings.modes))
-            for size in (1, args.batch):
-                bare_loop(cache, jobs[:size], size)  # warm-up of each shape
-            bare = {size: args.n / bare_loop(cache, jobs, size) for size in (1, args.batch)}
-            del cache
+            figures = measure(args.rounds, settings, args.n, work, args.batch)
+            bare = {size: args.n / figures.pop(f"bare_b{size}")[0] for size in (1, args.batch)}
             result("bare_loop_b1_images_per_s", bare[1], "images/s")
             result(f"bare_loop_b{args.batch}_images_per_s", bare[args.batch], "images/s")
-            figures = worker_part(settings, jobs, work, args.batch)
             for name, (wall, inside, sizes) in figures.items():
                 rate = args.n / wall
                 result(f"{name}_images_per_s", rate, "images/s")

@@ -67,7 +67,7 @@ if KILL_AFTER_TAKE:
 
     def _take_then_die(self: TakenStore, *args: Any, **kwargs: Any) -> Any:
         taken = _original_take(self, *args, **kwargs)
-        if taken is not None:
+        if taken:
             os.kill(os.getpid(), signal.SIGKILL)
         return taken
 

@@ -250,10 +250,12 @@ class Engine:
     def run_micro_batch(self, jobs: list[Job]) -> None:
         started: list[Job] = []
         skipped: list[tuple[Job, JobState | None]] = []
-        for job in jobs:
-            moved, before = self.status.start(
-                job.ref, self.worker_name, decoder_steps(job.spec), job.spec.wire(), fence=bool(self.fence)
-            )
+        outcomes = self.status.start_many(
+            [(job.ref, decoder_steps(job.spec), job.spec.wire()) for job in jobs],
+            self.worker_name,
+            fence=bool(self.fence),
+        )
+        for job, (moved, before) in zip(jobs, outcomes, strict=True):
             if moved:
                 started.append(job)
             else:

@@ -67,23 +67,23 @@ def take_more(ctx: WorkerContext, jobs: list[Job], queue: str) -> list[Job]:
     if not jobs or not queue or ctx.stopping_since is not None or ctx.engine.crashed(jobs):
         return []  # a job that crashed a worker before runs without company (worker/engine.py)
     room = room_left(jobs, ctx.settings.max_batch_size)
+    if room == 0:
+        return []
     key = compat_key(jobs[0].spec)
     lists = queue_lists(queue)
-    more: list[Job] = []
-    messages = 0
-    while room > 0:
-        taken = ctx.taken.take(ctx.name, lists)
-        if taken is None:
-            break
-        message = call_kwargs(taken.message, TASK_NAME)
+    taken = ctx.taken.take(ctx.name, lists, most=room)  # one message per job is the usual case
+    received: list[Job] = []
+    for n, item in enumerate(taken):
+        message = call_kwargs(item.message, TASK_NAME)
         images = images_if_fits(message, key, room, ctx.settings) if message is not None else 0
         if not images or message is None:
-            ctx.taken.put_back(ctx.name, taken.entry)
+            for later in reversed(taken[n:]):  # back in front, in their order
+                ctx.taken.put_back(ctx.name, later.entry)
             break
-        priority = Priority.LOW if taken.queue_list == lists[1] else Priority.NORMAL
-        more += claim(ctx, read_message(message, ctx.settings, ctx.status, priority, taken.queue_list))
-        messages += 1
+        priority = Priority.LOW if item.queue_list == lists[1] else Priority.NORMAL
+        received += read_message(message, ctx.settings, ctx.status, priority, item.queue_list)
         room -= images
-    if messages:
-        log.info("took %d more messages (%d jobs) to fill the micro-batch", messages, len(more))
+    more = claim(ctx, received)
+    if received:
+        log.info("took %d more jobs to fill the micro-batch", len(more))
     return more

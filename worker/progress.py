@@ -44,6 +44,9 @@ class StepCheck:
         states = status.states_of([job.ref for job in self.jobs])
         if all(s is JobState.CANCELED for s in states):
             raise Canceled()
-        for job, state in zip(self.jobs, states, strict=True):
-            if state is JobState.RUNNING and job.job_id in held:
-                status.progress(job.ref, step, total)
+        running = [
+            job.ref
+            for job, state in zip(self.jobs, states, strict=True)
+            if state is JobState.RUNNING and job.job_id in held
+        ]
+        status.progress_many(running, step, total)

@@ -313,6 +313,27 @@ class StatusStore(StatusReader):
         fenced = worker if fence else ""
         return self.transition(job, JobState.RUNNING, allowed, fields, bump=JobField.ATTEMPTS, fence=fenced)
 
+    def start_many(
+        self, jobs: Sequence[tuple[JobRef, int, dict[str, Any]]], worker: str, fence: bool = False
+    ) -> list[tuple[bool, JobState | None]]:
+        """`start` for each `(job, total steps, wire spec)`, in one round trip (a micro-batch's starts)."""
+        pipe = self.redis.pipeline(transaction=False)
+        allowed = (JobState.QUEUED,)
+        for ref, total_steps, spec in jobs:
+            fields: dict[str, Any] = {
+                JobField.WORKER: worker,
+                JobField.STARTED: _now(),
+                JobField.STEP: 0,
+                JobField.TOTAL_STEPS: total_steps,
+                JobField.SPEC: json.dumps(spec),
+            }
+            keys, args = self._transition_call(
+                ref, JobState.RUNNING, allowed, fields, JobField.ATTEMPTS, (), worker if fence else ""
+            )
+            self._transition(keys=keys, args=args, client=pipe)
+        replies = pipe.execute()
+        return [self._outcome(ref.batch_id, reply) for (ref, _, _), reply in zip(jobs, replies, strict=True)]
+
     def succeed(self, job: str | JobRef, outputs: list[str], metadata: str, fence: str = "") -> bool:
         fields: dict[str, Any] = {
             JobField.OUTPUTS: json.dumps(outputs),
@@ -397,7 +418,14 @@ class StatusStore(StatusReader):
         return sum(self._outcome(ref.batch_id, reply)[0] for ref, reply in zip(refs, replies, strict=True))
 
     def progress(self, job: str | JobRef, step: int, total: int) -> None:
-        self.redis.hset(self.keys.job(job), mapping={JobField.STEP: step, JobField.TOTAL_STEPS: total})
+        self.progress_many([job], step, total)
+
+    def progress_many(self, jobs: Sequence[str | JobRef], step: int, total: int) -> None:
+        """The step a micro-batch's jobs reached, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job in jobs:
+            pipe.hset(self.keys.job(job), mapping={JobField.STEP: step, JobField.TOTAL_STEPS: total})
+        pipe.execute()
 
 
 def _now() -> str:

@@ -37,15 +37,11 @@ class TakenStore:
         self._return = client.register_script(scripts.lua("take_return"))
         self._renew = client.register_script(scripts.lua("take_renew"))
 
-    def take(self, worker: str, lists: Sequence[str]) -> Taken | None:
-        """The next message of the first non-empty list (normal first), now leased to `worker`."""
-        entry = uuid.uuid4().hex
+    def take(self, worker: str, lists: Sequence[str], most: int = 1) -> list[Taken]:
+        """Up to `most` messages, in the order they would be popped (normal first), leased to `worker`."""
         keys = [self.keys.taken(worker), self.keys.taking(), *lists]
-        got = self._take(keys=keys, args=[worker, time.time() + self.ttl_s, entry])
-        if not got:
-            return None
-        queue_list, message = got
-        return Taken(entry, queue_list.decode(), message)
+        got = self._take(keys=keys, args=[worker, time.time() + self.ttl_s, most, uuid.uuid4().hex])
+        return [Taken(got[i + 2].decode(), got[i].decode(), got[i + 1]) for i in range(0, len(got), 3)]
 
     def put_back(self, worker: str, entry: str) -> bool:
         """Return one taken message to the front of its list (it did not fit the micro-batch)."""

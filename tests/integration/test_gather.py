@@ -38,13 +38,13 @@ def test_take_pops_normal_before_low_and_never_waits(store) -> None:
     taken, client, keys, (normal, low) = store
     client.lpush(low, b"low-1")
     client.lpush(normal, b"normal-1", b"normal-2")
-    got = [taken.take("w", [normal, low]) for _ in range(4)]
-    assert [(t.queue_list, t.message) for t in got if t] == [
+    got = taken.take("w", [normal, low], most=2) + taken.take("w", [normal, low], most=5)
+    assert [(t.queue_list, t.message) for t in got] == [
         (normal, b"normal-1"),
         (normal, b"normal-2"),
         (low, b"low-1"),
     ]
-    assert got[3] is None  # empty lists: no wait
+    assert taken.take("w", [normal, low], most=3) == []  # empty lists: no wait
     # every taken message is in the worker's hash, under its lease, and on no list
     assert client.hlen(keys.taken("w")) == 3
     assert client.zscore(keys.taking(), "w") > time.time()
@@ -54,8 +54,8 @@ def test_take_pops_normal_before_low_and_never_waits(store) -> None:
 def test_a_message_put_back_is_the_next_one_popped(store) -> None:
     taken, client, keys, (normal, low) = store
     client.lpush(normal, b"first", b"second")
-    first = taken.take("w", [normal, low])
-    assert first is not None and taken.put_back("w", first.entry)
+    [first] = taken.take("w", [normal, low])
+    assert taken.put_back("w", first.entry)
     assert client.rpop(normal) == b"first"  # where kombu pops next, ahead of "second"
     assert client.hlen(keys.taken("w")) == 0
     assert client.zscore(keys.taking(), "w") is None
@@ -65,7 +65,7 @@ def test_a_live_lease_keeps_the_messages_and_an_expired_one_returns_them(store) 
     taken, client, keys, (normal, low) = store
     client.lpush(normal, b"a")
     client.lpush(low, b"b")
-    assert taken.take("live", [normal, low]) and taken.take("live", [normal, low])
+    assert len(taken.take("live", [normal, low], most=2)) == 2
     assert taken.return_expired() == 0
     client.zadd(keys.taking(), {"live": time.time() - 1})  # its heartbeat stopped
     assert not taken.renew("live")  # an expired lease is never renewed
@@ -77,7 +77,7 @@ def test_a_live_lease_keeps_the_messages_and_an_expired_one_returns_them(store) 
 def test_give_back_and_drop(store) -> None:
     taken, client, keys, (normal, low) = store
     client.lpush(normal, b"x", b"y")
-    assert taken.take("w", [normal, low]) and taken.take("w", [normal, low])
+    assert len(taken.take("w", [normal, low], most=2)) == 2
     assert taken.renew("w")
     assert taken.give_back("w") == 2
     assert sorted(client.lrange(normal, 0, -1)) == [b"x", b"y"]
@@ -128,16 +128,16 @@ def test_incompatible_jobs_are_left_for_their_own_micro_batch(fault_settings, st
 def test_a_worker_killed_right_after_it_took_a_message_loses_none_of_its_jobs(
     fault_settings, start_worker
 ) -> None:
-    # Given 3 single jobs waiting, and a worker that dies the instant it has taken an extra message
+    # Given 3 single jobs waiting, and a worker that dies the instant it has taken extra messages
     settings = fault_settings(max_batch_size=8)
     keys = Keys(settings.key_prefix)
     with Client(settings) as client:
         jobs = [client.submit({"prompt": f"kept {i}", **TINY, "seed": i}) for i in range(3)]
         victim = start_worker(settings, step_sleep=0.0, name="victim", env={"KB_TEST_KILL_AFTER_TAKE": "1"})
         wait_for(lambda: not victim.alive(), 60, "the worker to die after taking a message")
-        # Then the message it took is in its taken hash, on no list, with nothing lost yet
-        assert client.redis.hlen(keys.taken("victim0")) == 1
-        assert client.redis.llen(settings.queue_for(Mode.TEXT2IMG)) == 1
+        # Then the two messages it took are in its taken hash, on no list, with nothing lost yet
+        assert client.redis.hlen(keys.taken("victim0")) == 2
+        assert client.redis.llen(settings.queue_for(Mode.TEXT2IMG)) == 0
         # When another worker comes up, its reaper returns the message once the lease runs out
         start_worker(settings, step_sleep=0.0, name="survivor")
         finals = [client.wait(job, timeout=60) for job in jobs]

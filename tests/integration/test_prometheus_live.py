@@ -48,8 +48,12 @@ def keda_query(settings: Settings) -> tuple[str, int]:
 
 @pytest.fixture(scope="module")
 def module_settings(redis_url: str, tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    # One job per message and micro-batches of one image: the worker takes no extra messages, so the
+    # queued jobs stay on the list for the query to count.
     folder = tmp_path_factory.mktemp("prometheus-live")
-    return make_settings(redis_url, tiny_models, folder, chunk_size=1, metrics_port=free_port())
+    return make_settings(
+        redis_url, tiny_models, folder, chunk_size=1, max_batch_size=1, metrics_port=free_port()
+    )
 
 
 @pytest.fixture(scope="module")
