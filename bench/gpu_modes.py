@@ -234,8 +234,9 @@ class GpuBench:
         from kandinsky_batch.schema import JobSpec, JobState
         from kandinsky_batch.storage.file import FileStorage
         from kandinsky_batch.store.status import StatusStore
-        from worker.engine import Engine, Job, is_oom
+        from worker.engine import Engine, Job
         from worker.generate import generate
+        from worker.splitting import is_oom
 
         settings = self.settings.model_copy(update={"max_batch_size": self.args.oom_batch})
         client = redis.Redis.from_url(REDIS_URL)

@@ -8,7 +8,6 @@ send again after a backoff.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import platform
@@ -29,7 +28,6 @@ from kandinsky_batch.errors import (
     InternalError,
     KandinskyBatchError,
     LeaseLost,
-    OutOfMemory,
     PermanentError,
     RetryLater,
     StorageUnavailable,
@@ -43,18 +41,17 @@ from kandinsky_batch.storage import Storage, image_key, metadata_key
 from kandinsky_batch.store.status import StatusStore
 from worker import metrics
 from worker.clip import job_score, score_micro_batch
-from worker.generate import Inputs, Item, StepCallback, compat_key, decoder_steps, generate
+from worker.generate import Inputs, Item, compat_key, decoder_steps, generate
 from worker.inputs import InputLoader
 from worker.leases import LeaseStore
 from worker.outputs import encode_image, extension
 from worker.pipelines import PipelineCache
 from worker.progress import StepCheck
+from worker.splitting import Generate, generate_splitting
 from worker.store_pool import StorePool
 from worker.stored_inputs import StoredInputs, spec_with_refs
 
 log = logging.getLogger(__name__)
-
-Generate = Callable[[PipelineCache, list[Item], StepCallback], list[Image.Image]]
 
 
 @dataclass(frozen=True)
@@ -84,18 +81,6 @@ class Made:
     timing: dict[str, float]
     batch: dict[str, Any]
     clip_score: float | list[float | None] | None = None
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
-
-
-def free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def micro_batches(jobs: list[Job], max_images: int) -> Iterator[list[Job]]:
@@ -348,7 +333,7 @@ class Engine:
         metrics.MICRO_BATCH.observe(len(items))
         started = time.time()
         try:
-            images = self._generate_splitting(items, progress)
+            images = generate_splitting(self.generate_fn, self.cache, items, progress)
         except Canceled:
             log.info("micro-batch canceled: %s", [job.job_id for job in jobs])
             metrics.job_done(jobs[0].spec.mode.value, "canceled", n=len(jobs))
@@ -377,61 +362,6 @@ class Engine:
                 self.store(job, made)
         except LeaseLost:
             log.warning("stopped storing %s: this worker lost its lease", job.job_id)
-
-    def _generate_splitting(
-        self, items: list[Item], progress: StepCheck
-    ) -> list[Image.Image | KandinskyBatchError]:
-        """On out-of-memory, free memory and retry in halves down to single images."""
-        try:
-            started = time.perf_counter()
-            images: list[Image.Image | KandinskyBatchError] = list(
-                self.generate_fn(self.cache, items, progress)
-            )
-            metrics.generated(items[0].spec.mode.value, len(items), time.perf_counter() - started)
-            return images
-        except ControlFlow:
-            raise
-        except Exception as exc:
-            if not is_oom(exc):
-                return self._isolate(items, progress, exc)
-            free_memory()
-            if len(items) == 1:
-                log.warning("out of memory on a single image of %s", items[0].job_id)
-                return [
-                    OutOfMemory(
-                        f"out of memory even for one {items[0].spec.width}x{items[0].spec.height} image"
-                    )
-                ]
-            half = len(items) // 2
-            log.warning(
-                "out of memory with %d images: retrying as %d + %d", len(items), half, len(items) - half
-            )
-            return self._generate_splitting(items[:half], progress) + self._generate_splitting(
-                items[half:], progress
-            )
-
-    def _isolate(
-        self, items: list[Item], progress: StepCheck, exc: Exception
-    ) -> list[Image.Image | KandinskyBatchError]:
-        """An unexpected error: retry in halves, so only the images that fail alone fail.
-
-        Micro-batches mix jobs from many messages, so one job's bad parameter mix must not
-        fail its batch-mates; an image that fails on its own gets `internal_error`.
-        """
-        if len(items) == 1:
-            log.error("generating an image of %s failed", items[0].job_id, exc_info=exc)
-            return [InternalError(f"{type(exc).__name__}: {exc}")]
-        half = len(items) // 2
-        log.warning(
-            "micro-batch of %d images failed (%s); retrying as %d + %d",
-            len(items),
-            exc,
-            half,
-            len(items) - half,
-        )
-        return self._generate_splitting(items[:half], progress) + self._generate_splitting(
-            items[half:], progress
-        )
 
     def fail(self, job: Job, exc: KandinskyBatchError) -> None:
         with log_fields(**self.job_fields(job)):
