@@ -13,7 +13,7 @@ import logging
 import platform
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata as importlib_metadata
 from typing import Any
 
@@ -274,35 +274,43 @@ class Engine:
         if generated is None:
             return
         images, timing = generated
-        scores: list[float | None] = [None] * len(items)
-        if self.settings.clip_score:
-            scoring = time.perf_counter()
-            scores = score_micro_batch(self.cache, images, [it.spec.prompt for it in items])
-            timing = {**timing, "clip_score_s": round(time.perf_counter() - scoring, 3)}
         batch_info = {"size": len(items), "jobs": [job.job_id for job in running]}
-        finishing: list[tuple[Job, Made]] = []
+        finishing: list[tuple[Job, Made, list[int]]] = []
         for job in running:
             if job.job_id in progress.lost:
                 with log_fields(**self.job_fields(job)):
                     log.warning("not storing %s: this worker lost its lease", job.job_id)
                 continue
             mine = [i for i, it in enumerate(items) if it.job_id == job.job_id]
-            kept = [scores[i] for i in mine if isinstance(images[i], Image.Image)]
-            clip = job_score(kept) if self.settings.clip_score else None
-            finishing.append(
-                (job, Made([images[i] for i in mine], inputs[job.job_id], timing, batch_info, clip))
-            )
+            made = Made([images[i] for i in mine], inputs[job.job_id], timing, batch_info)
+            finishing.append((job, made, mine))
         if finishing:
-            ids = [job.job_id for job, _ in finishing]
-            self.store_pool.submit(ids, len(items), lambda: self._store_all(finishing))
+            ids = [job.job_id for job, _, _ in finishing]
+            prompts = [it.spec.prompt for it in items]
+            self.store_pool.submit(ids, len(items), lambda: self._store_all(finishing, images, prompts))
 
-    def _store_all(self, finishing: list[tuple[Job, Made]]) -> None:
-        """Store (or fail) each job of one micro-batch, in the storing thread.
+    def _store_all(
+        self,
+        finishing: list[tuple[Job, Made, list[int]]],
+        images: list[Image.Image | KandinskyBatchError],
+        prompts: list[str],
+    ) -> None:
+        """Score and store (or fail) each job of one micro-batch, in the storing thread.
 
-        When an upload gives up past its retry window, only that job goes back to `queued` and
-        to `on_storage_failure` (a delayed re-send); the others are stored as usual.
+        CLIP scoring runs here too, so it overlaps the next micro-batch's generation. When an
+        upload gives up past its retry window, only that job goes back to `queued` and to
+        `on_storage_failure` (a delayed re-send); the others are stored as usual.
         """
-        for job, made in finishing:
+        scores: list[float | None] = [None] * len(images)
+        extra: dict[str, float] = {}
+        if self.settings.clip_score:
+            scoring = time.perf_counter()
+            scores = score_micro_batch(self.cache, images, list(prompts))
+            extra = {"clip_score_s": round(time.perf_counter() - scoring, 3)}
+        for job, made, mine in finishing:
+            if self.settings.clip_score:
+                kept = [scores[i] for i in mine if isinstance(images[i], Image.Image)]
+                made = replace(made, timing={**made.timing, **extra}, clip_score=job_score(kept))
             try:
                 with log_fields(**self.job_fields(job)):
                     self._finish(job, made)
