@@ -56,7 +56,19 @@ def needed_inputs(spec: dict[str, Any]) -> list[str]:
 
 
 def script_parameters(meta: dict[str, Any], image: int, locate: Callable[[str], str]) -> dict[str, Any]:
-    """What the script needs: `locate` turns an input's URI into a path or URL the script can read."""
+    """What the script needs: `locate` turns an input's URI into a path or URL the script can read.
+
+    Metadata not in the form the worker writes is BadInput naming what is wrong, never a traceback.
+    """
+    try:
+        return _parameters(meta, image, locate)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BadInput(
+            f"the metadata is not in the form a worker writes ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _parameters(meta: dict[str, Any], image: int, locate: Callable[[str], str]) -> dict[str, Any]:
     spec = meta["spec"]
     outputs = meta.get("outputs") or []
     if not 0 <= image < max(len(outputs), 1):

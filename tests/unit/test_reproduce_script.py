@@ -105,3 +105,18 @@ def test_metadata_without_input_references_is_refused_with_the_reason() -> None:
     old = meta("a", mode="img2img", strength=0.5)
     with pytest.raises(BadInput, match="does not say where its input image is stored"):
         script_parameters(old, 0, str)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"spec": {"mode": "sculpture"}},
+        {"spec": {"mode": "text2img"}, "seed": "x", "models": {}},
+        {"spec": {"mode": "interpolate", "conditions": [7]}, "seed": 1, "models": {}},
+        {"spec": {"mode": "img2img"}, "seed": 1, "models": {}, "inputs": [{"sha256": "0"}]},
+        {"spec": {"mode": "text2img"}, "models": {}},
+    ],
+)
+def test_metadata_in_another_form_is_refused_with_a_reason_not_a_traceback(broken: dict[str, Any]) -> None:
+    with pytest.raises(BadInput, match="not in the form a worker writes"):
+        script_parameters(broken, 0, str)
