@@ -13,6 +13,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -107,6 +108,20 @@ def bench_settings(tag: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"redis_url": REDIS_URL, "key_prefix": tag, "queue_prefix": tag}
     values.update(overrides)
     return Settings(**values)
+
+
+def tiny_settings(tag: str, models: Path, root: Path, **overrides: Any) -> Settings:
+    """Settings for a worker of the tiny model under `models` on the CPU, storing under `root`."""
+    return bench_settings(
+        tag,
+        storage_url=(root / "store").as_uri(),
+        prior_model=str(models / "prior"),
+        decoder_model=str(models / "decoder"),
+        inpaint_model=str(models / "inpaint"),
+        device="cpu",
+        dtype="float32",
+        **overrides,
+    )
 
 
 def connect() -> redis.Redis:

@@ -194,16 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             note(f"tiny model built in {time.perf_counter() - started:.1f} s")
 
             def settings_for(batch_size: int) -> Settings:
-                return _common.bench_settings(
-                    tag,
-                    storage_url=(tmp / "store").as_uri(),
-                    prior_model=str(models / "prior"),
-                    decoder_model=str(models / "decoder"),
-                    inpaint_model=str(models / "inpaint"),
-                    device="cpu",
-                    dtype="float32",
-                    max_batch_size=batch_size,
-                )
+                return _common.tiny_settings(tag, models, tmp, max_batch_size=batch_size)
 
             cache = PipelineCache(settings_for(1))
             started = time.perf_counter()

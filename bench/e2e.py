@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import _common
+import batching
 import torch
 from _common import note, result
 
@@ -51,29 +52,7 @@ def specs(n: int, first_seed: int = 1000) -> list[dict[str, Any]]:
 
 def bare_loop(cache: PipelineCache, jobs: list[dict[str, Any]], batch: int) -> float:
     """Seconds for the prior and decoder called directly, with one CPU generator per image."""
-    started = time.perf_counter()
-    for at in range(0, len(jobs), batch):
-        chunk = [JobSpec(**job) for job in jobs[at : at + batch]]
-        prompts = [s.prompt for s in chunk]
-        prior = cache.prior()(
-            prompt=prompts,
-            num_inference_steps=chunk[0].prior_num_inference_steps,
-            guidance_scale=chunk[0].prior_guidance_scale,
-            generator=[torch.Generator("cpu").manual_seed(s.seed or 0) for s in chunk],
-        )
-        images = cache.text2img()(
-            prompt=prompts,
-            image_embeds=prior.image_embeds,
-            negative_image_embeds=prior.negative_image_embeds,
-            height=chunk[0].height,
-            width=chunk[0].width,
-            num_inference_steps=chunk[0].num_inference_steps,
-            guidance_scale=chunk[0].guidance_scale,
-            generator=[torch.Generator("cpu").manual_seed(s.seed or 0) for s in chunk],
-            output_type="pil",
-        ).images
-        assert len(images) == len(chunk)
-    return time.perf_counter() - started
+    return batching.bare_loop(cache, batch)([JobSpec(**job) for job in jobs])
 
 
 def generate_seconds(log: str) -> tuple[float, list[int]]:
@@ -163,14 +142,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kbb-e2e-") as tmp:
         work = Path(tmp)
         models = make_tiny(work / "models")
-        settings = _common.bench_settings(
+        settings = _common.tiny_settings(
             tag,
-            storage_url=(work / "store").as_uri(),
-            prior_model=str(models / "prior"),
-            decoder_model=str(models / "decoder"),
-            inpaint_model=str(models / "inpaint"),
-            device="cpu",
-            dtype="float32",
+            models,
+            work,
             torch_threads=1,
             max_batch_size=args.batch,
             clip_score=args.clip_score,

@@ -189,14 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             url = f"http://127.0.0.1:{port}/metrics"
             for name, tag in tags.items():
                 metered = name == "on" and not args.control
-                settings = _common.bench_settings(
+                settings = _common.tiny_settings(
                     tag,
-                    storage_url=(tmp / "store").as_uri(),
-                    prior_model=str(models / "prior"),
-                    decoder_model=str(models / "decoder"),
-                    inpaint_model=str(models / "inpaint"),
-                    device="cpu",
-                    dtype="float32",
+                    models,
+                    tmp,
                     torch_threads=1,
                     modes=["text2img"],
                     chunk_size=args.chunk,

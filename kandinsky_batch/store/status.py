@@ -302,16 +302,10 @@ class StatusStore(StatusReader):
         The spec (wire form) is kept with the job from here on, for manifests and retries.
         A job still marked running must be recovered first (`recover`): that counts its crash.
         """
-        fields: dict[str, Any] = {
-            JobField.WORKER: worker,
-            JobField.STARTED: _now(),
-            JobField.STEP: 0,
-            JobField.TOTAL_STEPS: total_steps,
-            JobField.SPEC: json.dumps(spec),
-        }
-        allowed = (JobState.QUEUED,)
-        fenced = worker if fence else ""
-        return self.transition(job, JobState.RUNNING, allowed, fields, bump=JobField.ATTEMPTS, fence=fenced)
+        ref = as_ref(job)
+        if ref is None:
+            return False, None
+        return self.start_many([(ref, total_steps, spec)], worker, fence)[0]
 
     def start_many(
         self, jobs: Sequence[tuple[JobRef, int, dict[str, Any]]], worker: str, fence: bool = False
