@@ -1,4 +1,4 @@
-"""The one Redis client factory: the SDK, the worker, the probe and the tools all connect here.
+"""The one Redis client factory: the SDK, the worker, the probe, the API and the tools connect here.
 
 Every client rides out a Redis restart of up to ~30 s (retries with exponential backoff on
 connection errors and timeouts) instead of failing the call, whichever side it is on. A refused
@@ -9,11 +9,13 @@ private CA) work for the status store and, with the same URL, for Celery's broke
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError
 from redis.retry import Retry
@@ -43,6 +45,34 @@ def connect(url: str, socket_timeout: float = 30.0, retries: int = 12) -> redis.
     return redis.Redis.from_url(
         url,
         retry=_RetryUnlessRefused(ExponentialBackoff(cap=5.0, base=0.1), retries=retries),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+
+
+class _AsyncRetryUnlessRefused(AsyncRetry):
+    """The same rule for redis-py's asyncio client."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def retryable(error: Exception) -> bool:
+            return not isinstance(error, REFUSED) and (is_retryable is None or is_retryable(error))
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def connect_async(url: str, socket_timeout: float = 30.0, retries: int = 12) -> redis.asyncio.Redis:
+    """An asyncio client for `url`, with the same retries and timeouts as `connect`'s."""
+    return redis.asyncio.Redis.from_url(
+        url,
+        retry=_AsyncRetryUnlessRefused(ExponentialBackoff(cap=5.0, base=0.1), retries=retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_timeout=socket_timeout,
         socket_connect_timeout=5,

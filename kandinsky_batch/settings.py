@@ -102,6 +102,7 @@ class Settings(BaseSettings):
     api_wait_max_s: float = Field(60.0, ge=0, le=60)  # the most `Prefer: wait=N` waits
     api_max_body_bytes: int = Field(64 * 1024**2, ge=1024)  # one request, except batch uploads
     api_max_upload_bytes: int = Field(2 * 1024**3, ge=1024)  # one JSONL batch upload
+    api_access_log: bool = False  # one log line per request (off: at 1000 req/s it is most of the log)
     api_metrics: bool = True  # serve the queue metrics at /metrics (no key: queue sizes only)
 
     # Webhooks, sent by a dispatcher in the API process.

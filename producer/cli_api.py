@@ -22,22 +22,26 @@ def api(ctx: click.Context) -> None:
     import uvicorn
 
     from kandinsky_batch.logs import logging_config
-    from producer.api.nodelay import NoDelayH11Protocol
+    from producer.api.nodelay import NoDelayHttpToolsProtocol
 
     s = ctx.obj
     options: dict[str, Any] = {
         "host": s.api_host,
         "port": s.api_port,
         "timeout_graceful_shutdown": 30,
-        "http": NoDelayH11Protocol,
+        "http": NoDelayHttpToolsProtocol,
+        "loop": "uvloop",
+        "access_log": s.api_access_log,
         "log_config": logging_config(s.log_format),  # applied in every uvicorn worker process too
     }
     if s.api_workers == 1:
         from producer.api.app import create_app
 
         uvicorn.run(create_app(s), **options)
-    else:  # each worker process builds its app from the environment
-        uvicorn.run("producer.api.app:app_from_env", factory=True, workers=s.api_workers, **options)
+    else:  # each worker process listens on its own socket and builds its app from the environment
+        from producer.api.workers import serve
+
+        serve(options, s.api_workers)
 
 
 @click.group()

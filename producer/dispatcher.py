@@ -114,7 +114,7 @@ class Dispatcher:
                 if WebhookEvent.PROGRESS in hook.events:
                     with self._lock:
                         if len(self._watched) < WATCH_MAX:
-                            self._watched[job] = (hook, tenant, -1)
+                            self._watched[job] = (hook, tenant, 0)  # step 0 is no progress yet
             elif state in TERMINAL_STATES:
                 with self._lock:
                     self._watched.pop(job, None)

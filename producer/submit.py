@@ -146,6 +146,33 @@ def split_lines(chunks: Iterable[bytes], max_line: int) -> Iterator[bytes]:
         yield rest
 
 
+def chunk_of(
+    settings: Settings,
+    batch_id: str,
+    mode: Mode,
+    jobs: list[tuple[int, dict[str, Any]]],
+    priority: Priority,
+    tenant: str = "",
+    cap: int = 0,
+    webhook: str = "",
+) -> Chunk:
+    """The message for `(index, wire)` jobs of one mode, with what the submit script checks."""
+    chunk = outgoing(settings, batch_id, mode, jobs, priority, tenant)
+    images = sum(int(wire.get("num_images", 1)) for _, wire in jobs)
+    return replace(chunk, cap=cap, images=images, webhook=webhook)
+
+
+def seeded_wire(spec: JobSpec, draw: random.Random) -> dict[str, Any]:
+    """The job's wire form with its seed fixed now if the caller gave none, so it is reproducible."""
+    wire = spec.wire()
+    wire.setdefault("seed", draw.randint(0, MAX_SEED))
+    return wire
+
+
+def cap_reached(tenant: str, cap: int, refused: list[int]) -> OverQuota:
+    return OverQuota(f"tenant {tenant!r} has reached its cap of {cap} unfinished jobs", sorted(refused))
+
+
 class Submitter:
     """Sends validated jobs for one batch in chunks, with backpressure on queue length."""
 
@@ -174,9 +201,7 @@ class Submitter:
         self._seeds = random.Random(secrets.randbits(64))
 
     def add(self, index: int, spec: JobSpec) -> None:
-        wire = spec.wire()
-        # Fixed now if the caller gave none, so the job is reproducible.
-        wire.setdefault("seed", self._seeds.randint(0, MAX_SEED))
+        wire = seeded_wire(spec, self._seeds)
         chunk = self._pending.setdefault(spec.mode, [])
         chunk.append((index, wire))
         if len(chunk) >= self.settings.chunk_size:
@@ -196,9 +221,9 @@ class Submitter:
 
     def _send(self, mode: Mode, jobs: list[tuple[int, dict[str, Any]]]) -> None:
         """Queue one message for the next pipeline, once its queue has room for it."""
-        chunk = outgoing(self.settings, self.batch_id, mode, jobs, self.priority, self.tenant)
-        images = sum(int(wire.get("num_images", 1)) for _, wire in jobs)
-        chunk = replace(chunk, cap=self.cap, images=images, webhook=self.webhook)
+        chunk = chunk_of(
+            self.settings, self.batch_id, mode, jobs, self.priority, self.tenant, self.cap, self.webhook
+        )
         if mode not in self._lengths:
             self._lengths[mode] = self.status.queue_length(chunk.lists)
         while (
@@ -239,9 +264,7 @@ class Submitter:
             gone = set(refused)
             self.result.indices = [i for i in self.result.indices if i not in gone]
             self._pending.clear()
-            raise OverQuota(
-                f"tenant {self.tenant!r} has reached its cap of {self.cap} unfinished jobs", sorted(refused)
-            )
+            raise cap_reached(self.tenant, self.cap, refused)
 
     def _wait_for_room(self, mode: Mode, lists: Sequence[str]) -> None:
         """Pause while the mode's queue (both priority lists) is at the high-water mark."""

@@ -12,6 +12,7 @@ import re
 import secrets
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import redis
 
@@ -34,7 +35,7 @@ class ApiKey:
     created: float = 0.0
 
 
-def _digest(secret: str) -> str:
+def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -53,13 +54,22 @@ class ApiKeys:
             raise ValueError(f"a tenant is 1 to 64 of letters, digits, '_', '.', '-'; not {tenant!r}")
         record = ApiKey(secrets.token_hex(6), tenant, admin, rate_per_s, max_queued, round(time.time(), 3))
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
-        self.redis.hset(self.key, _digest(secret), json.dumps(asdict(record)))
+        self.redis.hset(self.key, digest(secret), json.dumps(asdict(record)))
         return record, secret
 
     def authenticate(self, secret: str) -> tuple[ApiKey | None, float]:
         """The key's record (None for an unknown or revoked key), and 0 if this request is within
         its rate, else the seconds until it would be: one script, one round trip."""
-        found = self._auth(keys=[self.key, self.keys.rate("")], args=[_digest(secret), time.time()])
+        keys, args = self.auth_call(secret)
+        return self.auth_answer(self._auth(keys=keys, args=args))
+
+    def auth_call(self, secret: str) -> tuple[list[str], list[Any]]:
+        """The auth script's keys and arguments, for this client or an asyncio one."""
+        return [self.key, self.keys.rate("")], [digest(secret), time.time()]
+
+    @staticmethod
+    def auth_answer(found: list[Any]) -> tuple[ApiKey | None, float]:
+        """What the auth script's reply says: `authenticate`'s answer."""
         if not found[0]:
             return None, 0.0
         _, raw, allowed, wait_ms = found
@@ -71,7 +81,7 @@ class ApiKeys:
 
     def revoke(self, key_id: str) -> bool:
         """Remove the key with this id; False if there is none."""
-        for digest, raw in self.redis.hscan_iter(self.key):
+        for hashed, raw in self.redis.hscan_iter(self.key):
             if json.loads(raw)["id"] == key_id:
-                return bool(self.redis.hdel(self.key, digest))
+                return bool(self.redis.hdel(self.key, hashed))
         return False

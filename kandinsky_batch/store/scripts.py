@@ -3,7 +3,8 @@
 Each script runs atomically in Redis, so batch counters always equal the sum of their jobs'
 states. Every file opens with the KEYS and ARGV it takes. Before loading, each gets the field
 names (`F`, `B`, `E` from kandinsky_batch/keys.py) and the shared helpers of `common.lua`,
-with the record layout's constants (kandinsky_batch/store/records.py) filled in.
+with the record layout's constants (kandinsky_batch/store/records.py) filled in. A script can
+run others in its round trip (`auth_submit.lua`): it names them, and their text is pasted in.
 
 The scripts address a batch's record shards by name (`rec_prefix .. shard`) when they expire or
 keep them with their batch: one standalone Redis (or a primary with replicas) is the supported
@@ -12,6 +13,7 @@ deployment, not Redis Cluster.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib import resources
 
@@ -35,6 +37,10 @@ def lua(name: str) -> str:
         "__COUNTED__": records.COUNTED,
     }
     text = lua_prelude() + _read("common") + _read(name)
+    # A script that runs others in the same round trip names them `__SCRIPT_<name>__`: each is
+    # pasted in as the body of a function of its own KEYS and ARGV.
+    for inner in re.findall(r"__SCRIPT_(\w+?)__", text):
+        text = text.replace(f"__SCRIPT_{inner}__", _read(inner))
     for token, value in constants.items():
         text = text.replace(token, str(value))
     return text

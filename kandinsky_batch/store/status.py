@@ -65,6 +65,21 @@ class Pushed:
     created: list[Created]  # per job (all NEW when sent)
     queue_length: int  # messages waiting on the queue's lists after the push
     over_cap: int | None = None  # refused for the tenant's cap: its unfinished jobs, else None
+    ahead: int | None = None  # when sent: the jobs ahead of its first one (queue_position's estimate)
+    full: bool = False  # refused at the high-water mark (`queue_length` messages waiting)
+
+
+def pushed_from(chunk: Chunk, reply: list[Any]) -> Pushed:
+    """What the submit script's reply for `chunk` says it did."""
+    sent, found, length = reply[:3]
+    if sent == 3:
+        return Pushed(False, [], int(length), full=True)
+    if sent == 2:
+        return Pushed(False, [], 0, over_cap=int(length))
+    if sent:
+        return Pushed(True, [Created.NEW] * len(chunk.jobs), int(length), ahead=int(reply[3]))
+    decoded = [records.decode(found, n * records.RECORD_BYTES) for n in range(len(chunk.jobs))]
+    return Pushed(False, [Created.NEW if r is None else Created.EXISTS for r in decoded], 0)
 
 
 class StatusStore(StatusReader):
@@ -90,37 +105,7 @@ class StatusStore(StatusReader):
         `created` says which are new, so the caller can send those in a message of their own.
         All chunks go in one pipelined round trip.
         """
-        calls: list[tuple[list[str], list[Any]]] = []
-        for chunk in chunks:
-            jobs = chunk.jobs
-            indices = [index for index, _ in jobs]
-            if indices != sorted(set(indices)) or records.shard_of(indices[0]) != records.shard_of(
-                indices[-1]
-            ):
-                raise ValueError("a chunk's indices must be distinct, ascending and in one shard")
-            keys = [
-                self.keys.batch(chunk.batch_id),
-                self._record_key(JobRef(chunk.batch_id, jobs[0][0])),
-                self.keys.queue_counts(),
-                self.keys.usage(chunk.tenant),
-                self.keys.tenants(),
-                *chunk.lists,
-            ]
-            flags = records.EXISTS | (records.LOW if chunk.priority is Priority.LOW else 0)
-            packed = b"".join(i.to_bytes(4, "big") + seed.to_bytes(4, "big") for i, seed in jobs)
-            args: list[Any] = [
-                _now(),
-                int(time.time()),
-                self.keys.records_prefix(chunk.batch_id),
-                flags,
-                packed,
-                chunk.envelope,
-                chunk.tenant,
-                chunk.cap,
-                chunk.images,
-                chunk.webhook,
-            ]
-            calls.append((keys, args))
+        calls = [self.submit_call(chunk) for chunk in chunks]
         if len(calls) == 1:  # one chunk (a single job): one EVALSHA, no pipeline's SCRIPT EXISTS
             replies = [self._submit(keys=calls[0][0], args=calls[0][1])]
         else:
@@ -128,18 +113,45 @@ class StatusStore(StatusReader):
             for keys, args in calls:
                 self._submit(keys=keys, args=args, client=pipe)
             replies = pipe.execute()
-        pushed = []
-        for chunk, (sent, found, length) in zip(chunks, replies, strict=True):
-            if sent == 2:
-                pushed.append(Pushed(False, [], 0, over_cap=int(length)))
-            elif sent:
-                pushed.append(Pushed(True, [Created.NEW] * len(chunk.jobs), int(length)))
-            else:
-                decoded = [records.decode(found, n * records.RECORD_BYTES) for n in range(len(chunk.jobs))]
-                pushed.append(
-                    Pushed(False, [Created.NEW if r is None else Created.EXISTS for r in decoded], 0)
-                )
-        return pushed
+        return [pushed_from(chunk, reply) for chunk, reply in zip(chunks, replies, strict=True)]
+
+    def submit_call(
+        self, chunk: Chunk, high_water: int = 0, now_s: int | None = None
+    ) -> tuple[list[str], list[Any]]:
+        """The submit script's keys and arguments for one chunk, for this client or an asyncio one.
+
+        With `high_water`, the script refuses the chunk (`Pushed.full`) while the queue's lists
+        hold that many messages; without, the caller is trusted to have looked. The records say
+        they were made at `now_s` (unix seconds; default now).
+        """
+        jobs = chunk.jobs
+        indices = [index for index, _ in jobs]
+        if indices != sorted(set(indices)) or records.shard_of(indices[0]) != records.shard_of(indices[-1]):
+            raise ValueError("a chunk's indices must be distinct, ascending and in one shard")
+        keys = [
+            self.keys.batch(chunk.batch_id),
+            self._record_key(JobRef(chunk.batch_id, jobs[0][0])),
+            self.keys.queue_counts(),
+            self.keys.usage(chunk.tenant),
+            self.keys.tenants(),
+            *chunk.lists,
+        ]
+        flags = records.EXISTS | (records.LOW if chunk.priority is Priority.LOW else 0)
+        packed = b"".join(i.to_bytes(4, "big") + seed.to_bytes(4, "big") for i, seed in jobs)
+        args: list[Any] = [
+            _now(),
+            int(time.time()) if now_s is None else now_s,
+            self.keys.records_prefix(chunk.batch_id),
+            flags,
+            packed,
+            chunk.envelope,
+            chunk.tenant,
+            chunk.cap,
+            chunk.images,
+            chunk.webhook,
+            high_water,
+        ]
+        return keys, args
 
     def create_jobs(
         self, batch_id: str, jobs: Sequence[tuple[int, int]], priority: Priority = Priority.NORMAL

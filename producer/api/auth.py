@@ -15,6 +15,7 @@ from kandinsky_batch.errors import NotFound
 from kandinsky_batch.keys import JobRef
 from kandinsky_batch.schema import BatchStatus
 from kandinsky_batch.store.apikeys import ApiKey
+from producer.api.async_store import AsyncStore, Authenticated
 from producer.api.problems import Problem
 from producer.client import Client
 
@@ -26,12 +27,24 @@ async def client_of(request: Request) -> Client:  # no I/O: on the event loop, n
     return client
 
 
-def caller(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> ApiKey:
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+async def caller(request: Request, credentials: Credentials) -> ApiKey:
+    """The calling key, checked on the event loop (producer/api/async_store.py): no thread hop."""
+    store: AsyncStore = request.app.state.store
+    return allowed(await store.authenticate(secret_of(credentials)))
+
+
+def secret_of(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Problem(401, "Unauthorized", "send an API key as `Authorization: Bearer <key>`")
-    key, wait_s = request.app.state.keys.authenticate(credentials.credentials)
+    return credentials.credentials
+
+
+def allowed(answer: Authenticated) -> ApiKey:
+    """The key of an authentication's answer; 401 for an unknown key, 429 past its rate."""
+    key, wait_s = answer
     if key is None:
         raise Problem(401, "Unauthorized", "unknown or revoked API key")
     if wait_s:

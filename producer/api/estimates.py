@@ -24,19 +24,29 @@ class DrainRate:
         self._samples: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()
 
-    def per_s(self) -> float | None:
-        """Jobs taken off the queues per second lately, or None if not known yet."""
+    def due(self) -> bool:
+        """Whether the next rate reads the counter (a second since the last read)."""
+        with self._lock:
+            return not self._samples or time.monotonic() - self._samples[-1][0] >= 1.0
+
+    def per_s(self, sample: bool = True) -> float | None:
+        """Jobs taken off the queues per second lately, or None if not known yet.
+
+        Without `sample` it never reads Redis (for callers on the event loop, which sample in a
+        thread when `due`)."""
         now = time.monotonic()
         with self._lock:
-            if not self._samples or now - self._samples[-1][0] >= 1.0:
+            if sample and (not self._samples or now - self._samples[-1][0] >= 1.0):
                 self._samples.append((now, self.reader.taken()))
             while self._samples and now - self._samples[0][0] > WINDOW_S:
                 self._samples.popleft()
+            if not self._samples:
+                return None
             (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
         if t1 - t0 < MIN_SPAN_S or n1 <= n0:
             return None
         return (n1 - n0) / (t1 - t0)
 
-    def eta_s(self, position: int) -> float | None:
-        rate = self.per_s()
+    def eta_s(self, position: int, sample: bool = True) -> float | None:
+        rate = self.per_s(sample)
         return round((position + 1) / rate, 1) if rate else None

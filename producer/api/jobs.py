@@ -6,53 +6,69 @@ batch id and index, and its batch carries the tenant that submitted it.
 
 from __future__ import annotations
 
+import random
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from fastapi import APIRouter, Body, Depends, Header, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
-from kandinsky_batch.errors import NotFound, OverQuota
+from kandinsky_batch.errors import InvalidSpec, NotFound, OverQuota
 from kandinsky_batch.keys import JobRef
 from kandinsky_batch.schema import JobState, JobStatus, Priority, is_finished
+from kandinsky_batch.store import records
 from kandinsky_batch.store.apikeys import ApiKey
+from kandinsky_batch.store.reads import job_status_from_record
+from kandinsky_batch.store.status import Chunk
 from kandinsky_batch.webhooks import Webhook
 from kandinsky_batch.wire import validate_spec
-from producer.api.auth import caller, client_of, owned_job
+from producer.api.async_store import AsyncStore
+from producer.api.auth import Credentials, allowed, caller, client_of, owned_job, secret_of
 from producer.api.estimates import DrainRate
 from producer.api.problems import Problem
 from producer.client import Client
-from producer.submit import Submitter, batch_id_for_key, new_batch_id
+from producer.submit import batch_id_for_key, cap_reached, chunk_of, new_batch_id, seeded_wire
 
 router = APIRouter(prefix="/v1")
 WEBHOOK_FIELDS = ("webhook", "webhook_events")
+QUEUE_FULL_RETRY_S = 5
+_SEEDS = random.Random(secrets.randbits(64))  # seeds need to be varied, not secret (as Submitter's)
 _WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+(?:\.\d+)?)")
 
 Caller = Annotated[ApiKey, Depends(caller)]
 Sdk = Annotated[Client, Depends(client_of)]
 
 
-def job_view(request: Request, client: Client, job: JobStatus) -> dict[str, Any]:
+def job_view(request: Request, client: Client, job: JobStatus, ahead: int | None = None) -> dict[str, Any]:
     """A job as the API shows it: its status, its outputs as URLs an HTTP client can fetch, and
-    while it waits, its estimated queue position and ETA (producer/api/estimates.py)."""
+    while it waits, its estimated queue position and ETA (producer/api/estimates.py).
+
+    `ahead` is the queue position when the caller knows it (a submit just made it); else it is read.
+    """
     data = job.model_dump(mode="json", exclude={"metadata"})
-    data["urls"] = {
-        "get": str(request.url_for("get_job", job_id=job.job_id)),
-        "cancel": str(request.url_for("cancel_job", job_id=job.job_id)),
-    }
+    data["urls"] = {"get": job_url(request, job.job_id), "cancel": job_url(request, job.job_id, "/cancel")}
     data["outputs"] = [output_url(request, client, job.job_id, k, uri) for k, uri in enumerate(job.outputs)]
     data["queue"] = None
     if job.state is JobState.QUEUED:
-        position = client.status_store.queue_position(JobRef(job.batch_id, job.index), job.priority)
+        position = ahead
+        if position is None:
+            position = client.status_store.queue_position(JobRef(job.batch_id, job.index), job.priority)
         drain: DrainRate = request.app.state.drain
-        eta = drain.eta_s(position) if position is not None else None
+        eta = drain.eta_s(position, sample=ahead is None) if position is not None else None
         data["queue"] = {"position": position, "eta_s": eta}
     return data
+
+
+def job_url(request: Request, job_id: str, tail: str = "") -> str:
+    """The absolute URL of a job's route: formatted, not looked up (`url_for` walks every route)."""
+    return f"{str(request.base_url).rstrip('/')}{router.prefix}/jobs/{quote(job_id, safe='')}{tail}"
 
 
 def webhook_from(fields: dict[str, Any], batch: bool) -> str:
@@ -83,13 +99,13 @@ def over_quota(exc: OverQuota, **extra: Any) -> Problem:
 def output_url(request: Request, client: Client, job_id: str, index: int, uri: str) -> str:
     if urlparse(uri).scheme == "s3":
         return client.url_for(uri)
-    return str(request.url_for("get_image", job_id=job_id, index=index))
+    return job_url(request, job_id, f"/images/{index}")
 
 
 @router.post("/jobs", status_code=202, summary="Submit one job")
-def submit_job(
+async def submit_job(
     request: Request,
-    key: Caller,
+    credentials: Credentials,
     client: Sdk,
     spec: Annotated[dict[str, Any], Body(description="A job spec, as in the README's table.")],
     priority: Priority = Priority.NORMAL,
@@ -100,28 +116,62 @@ def submit_job(
 
     `webhook` (an https URL) and `webhook_events` (`started`, `progress`, `completed`) may
     ride along with the spec's fields; they are the job's webhook, not part of its spec.
+    While the job's queue is at its high-water mark the answer is 503 with `Retry-After`.
     """
-    hook = webhook_from(spec, batch=False)
-    job_spec = validate_spec({k: v for k, v in spec.items() if k not in WEBHOOK_FIELDS}, client.settings)
-    key_text = idempotency_key or job_spec.idempotency_key
-    batch_id = batch_id_for_key(key_text, key.tenant) if key_text else new_batch_id()
-    submitter = Submitter(
-        client.settings, client.status_store, batch_id, priority, key.tenant, key.max_queued, hook
-    )
+    # The key check and the submit run on the event loop, in one round trip for a key seen
+    # before (producer/api/async_store.py); a new job is answered from what the submit wrote.
+    settings = client.settings
+    secret = secret_of(credentials)
+    store: AsyncStore = request.app.state.store
     try:
-        submitter.add(0, job_spec)
-        job_id = submitter.close().job_ids[0]
-    except OverQuota as exc:
-        raise over_quota(exc) from None
-    wait = _wait_seconds(prefer, client.settings.api_wait_max_s)
-    status = client.status_store.job(job_id)
+        hook = webhook_from(spec, batch=False)
+        job_spec = validate_spec({k: v for k, v in spec.items() if k not in WEBHOOK_FIELDS}, settings)
+    except (Problem, InvalidSpec):
+        allowed(await store.authenticate(secret))  # a bad key is told so before a bad spec
+        raise
+    wire = seeded_wire(job_spec, _SEEDS)
+    key_text = idempotency_key or job_spec.idempotency_key
+
+    def chunk_for(key: ApiKey) -> Chunk:
+        batch_id = batch_id_for_key(key_text, key.tenant) if key_text else new_batch_id()
+        return chunk_of(
+            settings, batch_id, job_spec.mode, [(0, wire)], priority, key.tenant, key.max_queued, hook
+        )
+
+    now_s = int(time.time())
+    key, chunk, pushed = await store.authenticate_and_submit(
+        secret, allowed, chunk_for, settings.queue_high_water, now_s
+    )
+    if pushed.full:
+        detail = f"the {job_spec.mode.value} queue holds {pushed.queue_length} messages, its high-water mark"
+        raise Problem(503, "Queue full", detail, headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
+    if pushed.over_cap is not None:
+        raise over_quota(cap_reached(key.tenant, key.max_queued, [0]))
+    ref = JobRef(chunk.batch_id, 0)
+    wait = _wait_seconds(prefer, settings.api_wait_max_s)
+    if pushed.sent and not wait:  # a new job, answered from what the submit wrote: no read back
+        flags = records.EXISTS | (records.LOW if priority is Priority.LOW else 0)
+        status = job_status_from_record(ref, records.Record(flags, int(wire["seed"]), now_s))
+        drain: DrainRate = request.app.state.drain
+        if drain.due():
+            await run_in_threadpool(drain.per_s)
+        return _answer(request, job_view(request, client, status, ahead=pushed.ahead), 202)
+    return await run_in_threadpool(_read_and_wait, request, client, ref, wait)
+
+
+def _read_and_wait(request: Request, client: Client, ref: JobRef, wait: float) -> Response:
+    """The answer for a job that existed already (a repeated Idempotency-Key) or is waited for."""
+    status = client.status_store.job(ref)
     deadline = time.monotonic() + wait
     while wait and not is_finished(status) and time.monotonic() < deadline:
         time.sleep(0.1)
-        status = client.status_store.job(job_id)
+        status = client.status_store.job(ref)
     code = 200 if is_finished(status) and wait else 202
-    headers = {"Location": str(request.url_for("get_job", job_id=job_id))}
-    return JSONResponse(job_view(request, client, status), status_code=code, headers=headers)
+    return _answer(request, job_view(request, client, status), code)
+
+
+def _answer(request: Request, view: dict[str, Any], code: int) -> Response:
+    return JSONResponse(view, status_code=code, headers={"Location": view["urls"]["get"]})
 
 
 def _wait_seconds(prefer: str | None, most: float) -> float:

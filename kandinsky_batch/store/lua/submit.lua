@@ -3,15 +3,24 @@
 -- ARGV: now, now_s, rec_prefix, flags, jobs (big-endian u32 index + u32 seed each, indices
 --       ascending, all in this shard), envelope ('' to push nothing), tenant ('' for none),
 --       cap (the most unfinished jobs the tenant may have; 0 for no cap), images (in these
---       jobs), webhook (JSON, '' for none)
+--       jobs), webhook (JSON, '' for none), high water (the most messages the queue's lists
+--       may hold before this push; 0 for no check)
 -- If every job is new and the cap allows them: writes their records, pushes the envelope,
--- returns {1, '', queue length}. If some job exists: changes nothing and returns {0, the jobs'
--- records (9 zero bytes = new), 0}: the caller sends the new ones again in a message of their
--- own. Over the cap: changes nothing and returns {2, '', unfinished jobs of the tenant}.
+-- returns {1, '', queue length, jobs ahead of the first one}. If some job exists: changes
+-- nothing and returns {0, the jobs' records (9 zero bytes = new), 0}: the caller sends the new
+-- ones again in a message of their own. Over the cap: changes nothing and returns {2, '',
+-- unfinished jobs of the tenant}. At the high-water mark: changes nothing and returns {3, '',
+-- queue length}.
 local batch, rec, counts, usage, tenants = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, now_s, rec_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local flags, jobs, envelope = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local tenant, cap, images, webhook = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+local high_water = tonumber(ARGV[11]) or 0
+local function queue_length()
+  local length = 0
+  for i = 6, #KEYS do length = length + redis.call('LLEN', KEYS[i]) end
+  return length
+end
 local n = #jobs / 8
 local index, seed = {}, {}
 for j = 1, n do index[j], seed[j] = struct.unpack('>I4I4', jobs, 8 * j - 7) end
@@ -36,6 +45,10 @@ if fresh < n then
   local out = {}
   for j = 1, n do out[j] = old[j] or string.rep('\0', REC) end
   return {0, table.concat(out), 0}
+end
+if high_water > 0 then
+  local length = queue_length()
+  if length >= high_water then return {3, '', length} end
 end
 if tenant ~= '' and cap > 0 then
   local u = redis.call('HMGET', usage, 'queued', 'running')
@@ -73,6 +86,9 @@ if envelope ~= '' then
   redis.call('LPUSH', KEYS[6], envelope)
   redis.call('HINCRBY', counts, 'in:' .. KEYS[6], n)  -- jobs carried onto this list
 end
-local length = 0
-for i = 6, #KEYS do length = length + redis.call('LLEN', KEYS[i]) end
-return {1, '', length}
+-- Ahead of the first job: what its priority has had pushed before it and not yet taken, and
+-- for a low-priority job every normal job waiting (the estimate StatusReader.queue_position makes).
+local out = redis.call('HMGET', counts, 'out:' .. priority, 'in:normal', 'out:normal')
+local ahead = math.max(0, before - (tonumber(out[1]) or 0))
+if priority == 'low' then ahead = ahead + math.max(0, (tonumber(out[2]) or 0) - (tonumber(out[3]) or 0)) end
+return {1, '', queue_length(), ahead}

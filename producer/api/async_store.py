@@ -1,0 +1,91 @@
+"""The key check and a one-job submit over an asyncio Redis client, run on the event loop.
+
+Every request checks its key, and `POST /v1/jobs` is the call services make most. Done with
+the sync client, each is a hop to a worker thread and back, and those hand-offs (and the GIL
+passing between the threads) cost more CPU than the Redis calls. Here the same scripts, with
+the same keys and arguments (`ApiKeys.auth_call`, `StatusStore.submit_call`), run on the loop.
+
+A submit with a key seen before is one round trip (`auth_submit.lua`): the chunk is made for
+the tenant and cap the key had when last seen, and the script checks the key, its rate and that
+record before it submits. A revoked key therefore stops at once; a cached record only saves
+the round trip that would fetch it first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kandinsky_batch.redis_client import connect_async
+from kandinsky_batch.settings import Settings
+from kandinsky_batch.store import scripts
+from kandinsky_batch.store.apikeys import ApiKey, ApiKeys, digest
+from kandinsky_batch.store.status import Chunk, Pushed, StatusStore, pushed_from
+
+KNOWN_KEYS_MAX = 10_000  # records kept per process; the cache starts afresh when full
+
+Authenticated = tuple[ApiKey | None, float]  # the record (None: unknown key), seconds to wait
+
+
+class AsyncStore:
+    def __init__(self, settings: Settings, api_keys: ApiKeys, store: StatusStore, retries: int) -> None:
+        self.redis = connect_async(settings.redis_url, retries=retries)
+        self.api_keys = api_keys
+        self.store = store
+        self._auth = self.redis.register_script(scripts.lua("auth"))
+        self._submit = self.redis.register_script(scripts.lua("submit"))
+        self._auth_submit = self.redis.register_script(scripts.lua("auth_submit"))
+        self._known: dict[str, ApiKey] = {}  # sha256 of a key -> its record, as last seen
+
+    async def authenticate(self, secret: str) -> Authenticated:
+        """`ApiKeys.authenticate`, on the loop."""
+        keys, args = self.api_keys.auth_call(secret)
+        return self._seen(secret, self.api_keys.auth_answer(await self._auth(keys=keys, args=args)))
+
+    async def submit(self, chunk: Chunk, high_water: int, now_s: int) -> Pushed:
+        """`StatusStore.submit` of one chunk, refused at the high-water mark instead of waiting;
+        its records say they were made at `now_s` (unix seconds)."""
+        keys, args = self.store.submit_call(chunk, high_water, now_s)
+        return pushed_from(chunk, await self._submit(keys=keys, args=args))
+
+    async def authenticate_and_submit(
+        self,
+        secret: str,
+        allowed: Callable[[Authenticated], ApiKey],
+        chunk_for: Callable[[ApiKey], Chunk],
+        high_water: int,
+        now_s: int,
+    ) -> tuple[ApiKey, Chunk, Pushed]:
+        """The key check, then `submit` of the chunk made for the key's record.
+
+        `allowed` turns the check's answer into the key or raises (an unknown key, one over its
+        rate): then nothing is submitted. A record that changed since last seen is submitted
+        for again, with a chunk made for the new one.
+        """
+        known = self._known.get(digest(secret))
+        if known is not None:
+            chunk = chunk_for(known)
+            auth_keys, auth_args = self.api_keys.auth_call(secret)
+            keys, args = self.store.submit_call(chunk, high_water, now_s)
+            replies = await self._auth_submit(
+                keys=[*auth_keys, *keys], args=[*auth_args, known.tenant, known.max_queued, *args]
+            )
+            key = allowed(self._seen(secret, self.api_keys.auth_answer(replies[0])))
+            if len(replies) == 2:
+                return key, chunk, pushed_from(chunk, replies[1])
+        else:
+            key = allowed(await self.authenticate(secret))
+        chunk = chunk_for(key)
+        return key, chunk, await self.submit(chunk, high_water, now_s)
+
+    def _seen(self, secret: str, answer: Authenticated) -> Authenticated:
+        found = digest(secret)
+        if answer[0] is None:
+            self._known.pop(found, None)
+        else:
+            if len(self._known) >= KNOWN_KEYS_MAX:
+                self._known.clear()
+            self._known[found] = answer[0]
+        return answer
+
+    async def close(self) -> None:
+        await self.redis.aclose()
