@@ -2,21 +2,19 @@
 
 A real `kandinsky-batch api` process (uvicorn, `--api-workers` processes, default from the settings)
 is started on a free loopback port with an API key whose rate limit and cap never throttle the run.
-No worker runs: jobs stay queued. Clients are threads of this process, each with its own
-`httpx.Client` (one keep-alive connection) sending one request at a time: the sync client costs less
-CPU per request than `httpx.AsyncClient` in one event loop (~0.8 vs ~1.4 ms on a 2-core machine),
-so on a small machine it leaves more of the CPU to the server; its own CPU per request is printed so a
-client-bound figure shows as such. `/healthz` at 16 clients is the baseline of the HTTP stack alone.
+No worker runs: jobs stay queued. The clients are wrk (Debian's `wrk`, bench/wrk.py) when it is on
+PATH: one thread, one keep-alive connection per client, `--phase-seconds` per phase; Python clients
+cost ~1 ms of CPU per request on the same 2 cores as the server, wrk a few microseconds. With
+`--client httpx` (or without wrk) they are threads of this process, each with its own `httpx.Client`.
+Both print their own CPU per request, so a client-bound figure shows as such. `/healthz` at 16
+clients is the baseline of the HTTP stack alone.
 
 The upload streams `--lines` JSONL lines from a generator (never the whole body in memory), and is
 compared with `Client.submit_batch` of the same lines from a file, in the same run; the server's RSS
-(every process of it, from /proc) is sampled during the upload. `--profile` then runs POST and GET
-at 16 clients against single-worker servers under an in-process harness: one counts Redis commands
-and round trips and times the parts of each request (CPU per thread), one runs every thread under
-cProfile. The server's own CPU per request (event-loop thread apart) is printed for every phase.
+(every process of it, from /proc) is sampled during the upload.
 
 Run: python bench/api_load.py [--requests 3000] [--phase-seconds 10] [--concurrency 1,16,64]
-     [--api-workers N] [--lines 100000] [--parts jobs,upload] [--profile] [--max-wall 1200]
+     [--api-workers N] [--lines 100000] [--parts jobs,upload] [--client wrk|httpx] [--max-wall 1200]
 Targets: POST /v1/jobs >= 1000/s with p99 <= 50 ms at 16 clients; a 100k-line upload >= 50 % of the
 SDK's submit_batch rate; RSS growth < 200 MB for a 1M-line upload.
 """
@@ -24,7 +22,6 @@ SDK's submit_batch rate; RSS growth < 200 MB for a 1M-line upload.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import os
@@ -37,7 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +43,7 @@ from typing import Any
 import _common
 import httpx
 import redis
+import wrk
 from _common import note, result
 
 from kandinsky_batch.keys import Keys
@@ -316,6 +314,50 @@ def jobs_part(server: Server, headers: dict[str, str], args: argparse.Namespace)
         )
 
 
+def wrk_jobs_part(server: Server, headers: dict[str, str], args: argparse.Namespace) -> None:
+    """As `jobs_part`, with wrk as the clients: one connection per client, `--phase-seconds` each."""
+    body = json.dumps({"prompt": "a lighthouse, take {n}", **BODY})
+    post = wrk.lua_script("POST", ["/v1/jobs"], {**headers, "Content-Type": "application/json"}, body)
+    note("healthz (the HTTP stack alone):")
+    base = wrk_phase(server, wrk.lua_script("GET", ["/healthz"], {}, None), 16, args, "api_healthz_c16")
+    posts = {c: wrk_phase(server, post, c, args, f"api_post_jobs_c{c}") for c in args.concurrency}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http:  # ids for the GETs
+        ids = [
+            http.post("/v1/jobs", json={"prompt": f"read back {n}", **BODY}).json()["job_id"]
+            for n in range(200)
+        ]
+    get = wrk.lua_script("GET", [f"/v1/jobs/{job_id}" for job_id in ids], headers, None)
+    gets = {c: wrk_phase(server, get, c, args, f"api_get_job_c{c}") for c in args.concurrency}
+    base_rate = base.ok / base.seconds
+    for name, phases in (("post_jobs", posts), ("get_job", gets)):
+        if 16 in phases:
+            result(f"api_{name}_c16_vs_healthz", phases[16].ok / phases[16].seconds / base_rate, "x")
+    if 16 in posts:
+        rate, p99 = posts[16].ok / posts[16].seconds, posts[16].p99_ms
+        verdict = "met" if rate >= TARGET_RPS and p99 <= TARGET_P99_MS else "MISSED"
+        note(
+            f"target POST /v1/jobs >= {TARGET_RPS:g}/s with p99 <= {TARGET_P99_MS:g} ms at 16 clients: "
+            f"{verdict} ({rate:.0f}/s, p99 {p99:.1f} ms)"
+        )
+
+
+def wrk_phase(
+    server: Server, script: str, connections: int, args: argparse.Namespace, metric: str
+) -> wrk.WrkRun:
+    loop0, other0 = cpu_split(server.pid)
+    done = wrk.run(server.url, script, connections, args.phase_seconds)
+    loop1, other1 = cpu_split(server.pid)
+    server_cpu = (loop1 - loop0) + (other1 - other0)
+    result(f"{metric}_req_per_s", done.ok / done.seconds, "req/s")
+    result(f"{metric}_p50_ms", done.p50_ms, "ms")
+    result(f"{metric}_p99_ms", done.p99_ms, "ms")
+    result(f"{metric}_server_cpu_ms_per_req", 1e3 * server_cpu / max(1, done.requests), "ms")
+    result(f"{metric}_client_cpu_ms_per_req", 1e3 * done.cpu_s / max(1, done.requests), "ms")
+    result(f"{metric}_errors", done.non_2xx + done.socket_errors, "requests")
+    note(f"  {metric}: {done.requests} requests in {done.seconds:.2f} s")
+    return done
+
+
 # -- the upload vs the SDK -----------------------------------------------------------------------
 
 
@@ -445,203 +487,6 @@ def upload_part(
 # -- profiling: the server under a harness -------------------------------------------------------
 
 
-def serve_profiled(out: Path, with_cprofile: bool) -> int:
-    """The API app on uvicorn (one process), as `kandinsky-batch api` runs it, measured from inside.
-
-    Either Redis commands and round trips are counted and request parts timed, in CPU seconds of the
-    calling thread (`time.thread_time`, so waits for the GIL do not count; Redis I/O is wall time),
-    or, with `with_cprofile`, every thread runs under cProfile on a CPU clock and nothing else.
-    Everything is written to `out` when uvicorn stops.
-    """
-    import cProfile
-    import io
-    import pstats
-
-    import anyio.to_thread
-    import uvicorn
-    from redis.connection import AbstractConnection, HiredisRespSerializer, PythonRespSerializer
-    from starlette.responses import JSONResponse
-
-    import producer.api.auth as auth_module
-    import producer.api.jobs as jobs_module
-    import producer.submit as submit_module
-    from kandinsky_batch.store import scripts
-    from kandinsky_batch.store.reads import StatusReader
-    from kandinsky_batch.store.status import StatusStore
-    from producer.api.app import create_app
-
-    lock = threading.Lock()
-    cpu: defaultdict[str, float] = defaultdict(float)
-    calls: Counter[str] = Counter()
-    requests: Counter[str] = Counter()
-    commands: Counter[str] = Counter()
-    scripts_dir = Path(scripts.__file__).with_name("lua")
-
-    def timed(label: str, fn: Callable[..., Any], clock: Callable[[], float] = time.thread_time) -> Any:
-        def wrapper(*a: Any, **kw: Any) -> Any:
-            began = clock()
-            try:
-                return fn(*a, **kw)
-            finally:
-                spent = clock() - began
-                with lock:
-                    cpu[label] += spent
-                    calls[label] += 1
-
-        return wrapper
-
-    patches: list[tuple[Any, str, str, Callable[[], float]]] = [
-        (ApiKeys, "verify", "auth_verify_hget", time.thread_time),
-        (ApiKeys, "take", "auth_rate_limit_lua", time.thread_time),
-        (jobs_module, "validate_spec", "validate_spec", time.thread_time),
-        (submit_module, "validate_spec", "validate_spec", time.thread_time),
-        (submit_module.Submitter, "__init__", "submitter_init", time.thread_time),
-        (submit_module.Submitter, "add", "submitter_add", time.thread_time),
-        (submit_module.Submitter, "close", "submitter_close_send", time.thread_time),
-        (StatusStore, "queue_length", "queue_length_llen", time.thread_time),
-        (StatusStore, "submit", "record_and_push_lua", time.thread_time),
-        (StatusReader, "job", "status_job_read", time.thread_time),
-        (auth_module, "owned_batch", "owned_batch_hgetall", time.thread_time),
-        (jobs_module, "job_view", "job_view_urls", time.thread_time),
-        (JSONResponse, "render", "json_render", time.thread_time),
-        (AbstractConnection, "send_packed_command", "redis_send", time.perf_counter),
-        (AbstractConnection, "read_response", "redis_read", time.perf_counter),
-    ]
-    if not with_cprofile:  # the cProfile run measures the server alone
-        for owner, name, label, clock in patches:
-            setattr(owner, name, timed(label, getattr(owner, name), clock))
-        # Which commands: every command is packed once, alone or in a pipeline; EVALSHA named by script.
-        names = {
-            hashlib.sha1(scripts.lua(f.stem).encode()).hexdigest(): f.stem for f in scripts_dir.glob("*.lua")
-        }
-        for serializer in (PythonRespSerializer, HiredisRespSerializer):
-            packer = serializer.pack
-
-            def pack(self: Any, *a: Any, _packer: Callable[..., Any] = packer) -> Any:
-                name = str(a[0]).upper()
-                if name == "EVALSHA":
-                    name = f"EVALSHA {names.get(str(a[1]), '?')}"
-                elif name in ("SCRIPT", "CLIENT", "CONFIG") and len(a) > 1:
-                    name = f"{name} {str(a[1]).upper()}"
-                with lock:
-                    commands[name] += 1
-                return _packer(self, *a)
-
-            serializer.pack = pack  # type: ignore[method-assign]
-        run_sync = anyio.to_thread.run_sync
-
-        async def hop(*a: Any, **kw: Any) -> Any:  # each sync dependency or endpoint: a thread-pool hop
-            with lock:
-                calls["thread_pool_hops"] += 1
-            return await run_sync(*a, **kw)
-
-        anyio.to_thread.run_sync = hop  # type: ignore[assignment]
-
-    profiles: list[cProfile.Profile] = []
-    if with_cprofile:
-
-        def start_profile(*_: Any) -> None:
-            profile = cProfile.Profile(time.thread_time)  # CPU, not waits for the GIL or Redis
-            with lock:
-                profiles.append(profile)
-            profile.enable()
-
-        threading.setprofile(start_profile)
-        start_profile()
-
-    settings = Settings()
-    app = create_app(settings)
-
-    async def counted(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            path = re.sub(r"^/v1/jobs/[^/]+$", "/v1/jobs/{id}", scope["path"])
-            with lock:
-                requests[f"{scope['method']} {path}"] += 1
-        await app(scope, receive, send)
-
-    # uvicorn raises the signal that stopped it again once down: let it pass, so the report is written.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(counted, host=settings.api_host, port=settings.api_port, timeout_graceful_shutdown=30)
-    text = ""
-    if profiles:
-        stats = pstats.Stats(profiles[0], stream=io.StringIO())
-        for profile in profiles[1:]:
-            stats.add(profile)
-        stats.sort_stats("tottime").print_stats(40)
-        stats.sort_stats("cumulative").print_stats(r"/(producer|kandinsky_batch)/", 25)
-        text = stats.stream.getvalue()  # type: ignore[attr-defined]
-    report = {
-        "requests": dict(requests),
-        "cpu_s": dict(cpu),
-        "calls": dict(calls),
-        "commands": dict(commands),
-        "cprofile": text,
-    }
-    out.write_text(json.dumps(report))
-    return 0
-
-
-def profile_endpoints(
-    settings: Settings, headers: dict[str, str], args: argparse.Namespace, log: Path
-) -> None:
-    """Per endpoint round trips, from two short profiled servers (POST alone, then GET alone)."""
-    texts = _common.prompts(1000, seed=3)
-    with tempfile.TemporaryDirectory() as tmp:
-        ids: list[str] = []
-        for name in ("post", "get"):
-            out = Path(tmp) / f"{name}.json"
-            command = [sys.executable, str(Path(__file__).resolve()), "--serve-profiled", str(out)]
-            profiled = settings.model_copy(update={"api_port": free_port(), "api_workers": 1})
-            server = Server(profiled, log, command)
-            n = args.profile_requests
-            try:
-                send = post_job(texts) if name == "post" else get_job(ids)
-                phase = run_phase(server, headers, Phase(name, 16), send, n, 60)
-                ids = phase.job_ids or ids
-            finally:
-                server.stop()
-            report = json.loads(out.read_text())
-            done = len(phase.latencies)
-            calls, cpu = report["calls"], report["cpu_s"]
-            metric = "post_jobs" if name == "post" else "get_job"
-            note(f"profiled {metric} ({done} requests, 16 clients), per request:")
-            note(f"  thread_pool_hops         {calls.get('thread_pool_hops', 0) / done:6.2f} calls")
-            for label in sorted(cpu, key=lambda k: -cpu[k]):
-                clock = "wall" if label.startswith("redis_") else "cpu"
-                note(
-                    f"  {label:24s} {calls[label] / done:6.2f} calls  {1e3 * cpu[label] / done:7.3f} ms {clock}"
-                )
-            ranked = sorted(report["commands"].items(), key=lambda kv: -kv[1])
-            note("  Redis commands per request: " + ", ".join(f"{k} {v / done:.2f}" for k, v in ranked))
-            result(
-                f"api_profile_{metric}_redis_round_trips_per_req",
-                calls.get("redis_send", 0) / done,
-                "round trips",
-            )
-            result(
-                f"api_profile_{metric}_redis_replies_per_req", calls.get("redis_read", 0) / done, "replies"
-            )
-            redis_ms = 1e3 * (cpu.get("redis_send", 0) + cpu.get("redis_read", 0)) / done
-            result(f"api_profile_{metric}_redis_wall_ms_per_req", redis_ms, "ms")
-            result(
-                f"api_profile_{metric}_server_cpu_ms_per_req",
-                1e3 * (phase.loop_cpu_s + phase.other_cpu_s) / done,
-                "ms",
-            )
-            result(f"api_profile_{metric}_loop_cpu_ms_per_req", 1e3 * phase.loop_cpu_s / done, "ms")
-        # The same load once more under cProfile (every thread): which functions the time is in.
-        out = Path(tmp) / "cprofile.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--serve-profiled", str(out), "--cprofile"]
-        server = Server(settings.model_copy(update={"api_port": free_port(), "api_workers": 1}), log, command)
-        try:
-            run_phase(server, headers, Phase("post", 16), post_job(texts), args.profile_requests, 60)
-            run_phase(server, headers, Phase("get", 16), get_job(ids), args.profile_requests, 60)
-        finally:
-            server.stop()
-        note("cProfile (thread CPU time) of every server thread, POST then GET at 16 clients, by own time:")
-        note(json.loads(out.read_text())["cprofile"])
-
-
 # -- the run ---------------------------------------------------------------------------------------
 
 
@@ -670,14 +515,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lines", type=int, default=100_000, help="lines of the JSONL upload")
     parser.add_argument("--upload-timeout", type=float, default=900.0, help="seconds one upload may take")
     parser.add_argument("--parts", default="jobs,upload", help="jobs, upload (comma-separated)")
-    parser.add_argument("--profile", action="store_true", help="then profile POST and GET on one worker")
-    parser.add_argument("--profile-requests", type=int, default=2000, help="requests per profiled phase")
+    parser.add_argument(
+        "--client", choices=["wrk", "httpx"], default=None, help="load generator (default: wrk if on PATH)"
+    )
     parser.add_argument("--max-wall", type=float, default=1200.0, help="seconds before the run stops")
-    parser.add_argument("--serve-profiled", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--cprofile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_profiled:
-        return serve_profiled(args.serve_profiled, args.cprofile)
+    args.client = args.client or ("wrk" if wrk.available() else "httpx")
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     parts = set(args.parts.split(","))
 
@@ -717,16 +560,19 @@ def main(argv: list[str] | None = None) -> int:
             server = Server(settings, log)
             note(f"redis {_common.REDIS_URL}, prefix {tag}, server {server.url} (pid {server.pid})")
             result("api_workers", workers, "processes")
-            note(f"clients: threads with one httpx.Client each; up to {args.requests} requests or "
-                 f"{args.phase_seconds:g} s per phase")  # fmt: skip
+            if args.client == "wrk":
+                note(
+                    f"clients: wrk, one thread, N keep-alive connections, {args.phase_seconds:g} s per phase"
+                )
+            else:
+                note(f"clients: threads with one httpx.Client each; up to {args.requests} requests or "
+                     f"{args.phase_seconds:g} s per phase")  # fmt: skip
             if "jobs" in parts:
-                jobs_part(server, headers, args)
+                (wrk_jobs_part if args.client == "wrk" else jobs_part)(server, headers, args)
             if "upload" in parts:
                 upload_part(server, headers, settings, redis_client, keep, args)
             server.stop()
             server = None
-            if args.profile:
-                profile_endpoints(settings, headers, args, log)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         if server is not None:
