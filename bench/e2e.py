@@ -9,12 +9,15 @@ thread everywhere) run four ways in one run:
 both through one real worker process (`producer.launch.WorkerProcess`), warmed up first, timed from
 the first submit to the last job's recorded finish time (so no polling delay counts). The worker stores every image, its metadata and status.
 CLIP scoring is off by default (`--clip-score` turns it on), since the bare loop does not score.
+The worker decodes latents to images (MoVQ) in its storing thread (`DECODE_IN_STORE=auto` on the
+CPU), so it uses a second core that the bare loop leaves idle; `--decode-in-store off` measures it
+decoding on the generating thread, as the bare loop does.
 The worker's time outside its diffusers calls per job is the wall time minus the `generate_s` its log
 reports per micro-batch, over the jobs.
 
 Each path runs `--rounds` times (default 2), the four interleaved, and the best round of each counts.
 
-Run: python bench/e2e.py [--n 48] [--batch 8] [--rounds 2] [--clip-score]
+Run: python bench/e2e.py [--n 48] [--batch 8] [--rounds 2] [--clip-score] [--decode-in-store auto|on|off]
 Targets: single submits >= 0.95x the bare loop at batch 8; the bulk file >= 1.0x it.
 """
 
@@ -133,6 +136,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2, help="best of this many rounds of each path")
     parser.add_argument("--clip-score", action="store_true", help="let the worker score each image")
+    parser.add_argument(
+        "--decode-in-store",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the worker's DECODE_IN_STORE",
+    )
     args = parser.parse_args()
     _common.stop_on_sigterm()
     _common.machine_note()
@@ -149,6 +158,7 @@ def main() -> None:
             torch_threads=1,
             max_batch_size=args.batch,
             clip_score=args.clip_score,
+            decode_in_store=args.decode_in_store,
             ready_file=work / "ready",
             modes=["text2img"],
         )

@@ -41,13 +41,13 @@ from kandinsky_batch.storage import Storage, image_key, metadata_key
 from kandinsky_batch.store.status import StatusStore
 from worker import metrics
 from worker.clip import job_score, score_micro_batch
-from worker.generate import Inputs, Item, compat_key, decoder_steps, generate
+from worker.generate import Inputs, Item, Latent, compat_key, decoded, decoder_steps, generate
 from worker.inputs import InputLoader
 from worker.leases import LeaseStore
 from worker.outputs import encode_image, extension
 from worker.pipelines import PipelineCache
 from worker.progress import StepCheck
-from worker.splitting import Generate, generate_splitting
+from worker.splitting import Generate, Images, generate_splitting
 from worker.store_pool import StorePool
 from worker.stored_inputs import StoredInputs, spec_with_refs
 
@@ -282,7 +282,7 @@ class Engine:
                     log.warning("not storing %s: this worker lost its lease", job.job_id)
                 continue
             mine = [i for i, it in enumerate(items) if it.job_id == job.job_id]
-            made = Made([images[i] for i in mine], inputs[job.job_id], timing, batch_info)
+            made = Made([], inputs[job.job_id], timing, batch_info)  # its images once decoded
             finishing.append((job, made, mine))
         if finishing:
             ids = [job.job_id for job, _, _ in finishing]
@@ -292,25 +292,31 @@ class Engine:
     def _store_all(
         self,
         finishing: list[tuple[Job, Made, list[int]]],
-        images: list[Image.Image | KandinskyBatchError],
+        generated: Images,
         prompts: list[str],
     ) -> None:
-        """Score and store (or fail) each job of one micro-batch, in the storing thread.
+        """Decode, score and store (or fail) each job of one micro-batch, in the storing thread.
 
-        CLIP scoring runs here too, so it overlaps the next micro-batch's generation. When an
-        upload gives up past its retry window, only that job goes back to `queued` and to
-        `on_storage_failure` (a delayed re-send); the others are stored as usual.
+        Decoding (`DECODE_IN_STORE`) and CLIP scoring run here, so they overlap the next
+        micro-batch's generation. When an upload gives up past its retry window, only that job
+        goes back to `queued` and to `on_storage_failure` (a delayed re-send); the others are
+        stored as usual.
         """
-        scores: list[float | None] = [None] * len(images)
+        decoding = time.perf_counter()
+        images = decoded(generated)
         extra: dict[str, float] = {}
+        if any(isinstance(g, Latent) for g in generated):
+            extra["decode_s"] = round(time.perf_counter() - decoding, 3)
+        scores: list[float | None] = [None] * len(images)
         if self.settings.clip_score:
             scoring = time.perf_counter()
             scores = score_micro_batch(self.cache, images, list(prompts))
-            extra = {"clip_score_s": round(time.perf_counter() - scoring, 3)}
+            extra["clip_score_s"] = round(time.perf_counter() - scoring, 3)
         for job, made, mine in finishing:
+            made = replace(made, images=[images[i] for i in mine], timing={**made.timing, **extra})
             if self.settings.clip_score:
                 kept = [scores[i] for i in mine if isinstance(images[i], Image.Image)]
-                made = replace(made, timing={**made.timing, **extra}, clip_score=job_score(kept))
+                made = replace(made, clip_score=job_score(kept))
             try:
                 with log_fields(**self.job_fields(job)):
                     self._finish(job, made)
@@ -336,7 +342,7 @@ class Engine:
 
     def _generate_micro_batch(
         self, jobs: list[Job], items: list[Item], progress: StepCheck
-    ) -> tuple[list[Image.Image | KandinskyBatchError], dict[str, float]] | None:
+    ) -> tuple[Images, dict[str, float]] | None:
         """The micro-batch's images and timing, or None when it stopped (canceled, leases gone)."""
         metrics.MICRO_BATCH.observe(len(items))
         started = time.time()

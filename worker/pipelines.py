@@ -118,6 +118,18 @@ class PipelineCache:
             found.update(self._processors(name, pipe))
         return found
 
+    @property
+    def decode_in_store(self) -> bool:
+        """Whether MoVQ decoding moves to the storing thread (worker/generate.py, `Undecoded`).
+
+        `auto`: on the CPU, where it runs on a core the denoising does not use. Never with CPU
+        offload (its hooks run at the end of the pipeline call) or a compiled MoVQ.
+        """
+        choice = self.settings.decode_in_store
+        if choice == "off" or self.settings.compile == "all" or self.settings.cpu_offload:
+            return False
+        return choice == "on" or self.device.type == "cpu"
+
     def batch_size_for(self, n: int) -> int:
         """How many images a micro-batch of `n` runs as: its bucket when compiled, else `n`."""
         if self.settings.compile == "none":

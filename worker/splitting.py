@@ -18,13 +18,15 @@ from PIL import Image
 
 from kandinsky_batch.errors import ControlFlow, InternalError, KandinskyBatchError, OutOfMemory
 from worker import metrics
-from worker.generate import Item, StepCallback
+from worker.generate import Item, Latent, StepCallback
 from worker.pipelines import PipelineCache
 
 log = logging.getLogger(__name__)
 
-Generate = Callable[[PipelineCache, list[Item], StepCallback], list[Image.Image]]
-Images = list[Image.Image | KandinskyBatchError]  # one image, or the error that stopped it, per item
+Generate = Callable[[PipelineCache, list[Item], StepCallback], list[Image.Image | Latent]]
+Images = list[
+    Image.Image | KandinskyBatchError | Latent
+]  # an image (maybe still latent) or its error, per item
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -21,7 +21,7 @@ from torch._dynamo.utils import counters
 from kandinsky_batch.schema import JobSpec, Mode
 from tests.conftest import make_settings
 from worker.acceleration import SDPA_PROCESSORS
-from worker.generate import Inputs, Item, generate
+from worker.generate import Inputs, Item, decoded, generate
 from worker.pipelines import PipelineCache
 
 # torch's own inductor imports torch.jit.script_method, deprecated by torch itself.
@@ -41,7 +41,9 @@ def items(n: int, seed: int = 100) -> list[Item]:
 
 
 def pixels(cache: PipelineCache, batch: list[Item]) -> list[np.ndarray]:
-    return [np.asarray(image, dtype=np.int16) for image in generate(cache, batch, lambda _d, _t: None)]
+    return [
+        np.asarray(image, dtype=np.int16) for image in decoded(generate(cache, batch, lambda _d, _t: None))
+    ]
 
 
 def graphs() -> int:
