@@ -24,6 +24,13 @@ T = TypeVar("T")
 REFUSED = (AuthenticationError, AuthorizationError)
 
 
+def _unless_refused(is_retryable: Callable[[Exception], bool] | None) -> Callable[[Exception], bool]:
+    def retryable(error: Exception) -> bool:
+        return not isinstance(error, REFUSED) and (is_retryable is None or is_retryable(error))
+
+    return retryable
+
+
 class _RetryUnlessRefused(Retry):
     """redis-py's Retry, except that a refused password or command fails at once."""
 
@@ -34,22 +41,7 @@ class _RetryUnlessRefused(Retry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> T:
-        def retryable(error: Exception) -> bool:
-            return not isinstance(error, REFUSED) and (is_retryable is None or is_retryable(error))
-
-        return super().call_with_retry(do, fail, retryable, with_failure_count)
-
-
-def connect(url: str, socket_timeout: float = 30.0, retries: int = 12) -> redis.Redis:
-    """A client for `url` (`redis://`, `rediss://`, with a password if the URL has one)."""
-    return redis.Redis.from_url(
-        url,
-        retry=_RetryUnlessRefused(ExponentialBackoff(cap=5.0, base=0.1), retries=retries),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
+        return super().call_with_retry(do, fail, _unless_refused(is_retryable), with_failure_count)
 
 
 class _AsyncRetryUnlessRefused(AsyncRetry):
@@ -62,22 +54,28 @@ class _AsyncRetryUnlessRefused(AsyncRetry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> T:
-        def retryable(error: Exception) -> bool:
-            return not isinstance(error, REFUSED) and (is_retryable is None or is_retryable(error))
+        return await super().call_with_retry(do, fail, _unless_refused(is_retryable), with_failure_count)
 
-        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+def _client_options(socket_timeout: float) -> dict[str, Any]:
+    return {
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+    }
+
+
+def connect(url: str, socket_timeout: float = 30.0, retries: int = 12) -> redis.Redis:
+    """A client for `url` (`redis://`, `rediss://`, with a password if the URL has one)."""
+    retry = _RetryUnlessRefused(ExponentialBackoff(cap=5.0, base=0.1), retries=retries)
+    return redis.Redis.from_url(url, retry=retry, **_client_options(socket_timeout))
 
 
 def connect_async(url: str, socket_timeout: float = 30.0, retries: int = 12) -> redis.asyncio.Redis:
     """An asyncio client for `url`, with the same retries and timeouts as `connect`'s."""
-    return redis.asyncio.Redis.from_url(
-        url,
-        retry=_AsyncRetryUnlessRefused(ExponentialBackoff(cap=5.0, base=0.1), retries=retries),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
+    retry = _AsyncRetryUnlessRefused(ExponentialBackoff(cap=5.0, base=0.1), retries=retries)
+    return redis.asyncio.Redis.from_url(url, retry=retry, **_client_options(socket_timeout))
 
 
 def redact(url: str) -> str:

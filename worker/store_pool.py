@@ -1,4 +1,4 @@
-"""Storing in the background: a micro-batch's CLIP scores, encoding, uploads and status writes overlap the next.
+"""Storing in the background: decoding, CLIP scores, encoding, uploads and status writes overlap the next micro-batch.
 
 The engine hands each generated micro-batch to one storing thread and goes on generating. What does
 not change: a job is `succeeded` only after its objects are stored (the same code stores it, in

@@ -42,6 +42,14 @@ def secret_of(credentials: HTTPAuthorizationCredentials | None) -> str:
     return credentials.credentials
 
 
+async def presented(credentials: Credentials) -> str:
+    """The key sent, unchecked (a missing one is 401 before the body is looked at)."""
+    return secret_of(credentials)
+
+
+Secret = Annotated[str, Depends(presented)]
+
+
 def allowed(answer: Authenticated) -> ApiKey:
     """The key of an authentication's answer; 401 for an unknown key, 429 past its rate."""
     key, wait_s = answer

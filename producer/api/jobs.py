@@ -30,7 +30,7 @@ from kandinsky_batch.store.status import Chunk
 from kandinsky_batch.webhooks import Webhook
 from kandinsky_batch.wire import validate_spec
 from producer.api.async_store import AsyncStore
-from producer.api.auth import Credentials, allowed, caller, client_of, owned_job, secret_of
+from producer.api.auth import Secret, allowed, caller, client_of, owned_job
 from producer.api.estimates import DrainRate
 from producer.api.problems import Problem
 from producer.client import Client
@@ -105,7 +105,7 @@ def output_url(request: Request, client: Client, job_id: str, index: int, uri: s
 @router.post("/jobs", status_code=202, summary="Submit one job")
 async def submit_job(
     request: Request,
-    credentials: Credentials,
+    secret: Secret,
     client: Sdk,
     spec: Annotated[dict[str, Any], Body(description="A job spec, as in the README's table.")],
     priority: Priority = Priority.NORMAL,
@@ -116,12 +116,11 @@ async def submit_job(
 
     `webhook` (an https URL) and `webhook_events` (`started`, `progress`, `completed`) may
     ride along with the spec's fields; they are the job's webhook, not part of its spec.
-    While the job's queue is at its high-water mark the answer is 503 with `Retry-After`.
+    While the job's queue is at its high-water mark the answer is 429 with `Retry-After`.
     """
     # The key check and the submit run on the event loop, in one round trip for a key seen
     # before (producer/api/async_store.py); a new job is answered from what the submit wrote.
     settings = client.settings
-    secret = secret_of(credentials)
     store: AsyncStore = request.app.state.store
     try:
         hook = webhook_from(spec, batch=False)
@@ -144,7 +143,7 @@ async def submit_job(
     )
     if pushed.full:
         detail = f"the {job_spec.mode.value} queue holds {pushed.queue_length} messages, its high-water mark"
-        raise Problem(503, "Queue full", detail, headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
+        raise Problem(429, "Queue full", detail, headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
     if pushed.over_cap is not None:
         raise over_quota(cap_reached(key.tenant, key.max_queued, [0]))
     ref = JobRef(chunk.batch_id, 0)
