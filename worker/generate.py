@@ -136,14 +136,21 @@ class Undecoded:
         self.pipe = pipe
         self.latents = latents
         self._images: list[Image.Image] | None = None
+        self._failure: Exception | None = None  # a decode that failed fails each image once, not again
         self._lock = threading.Lock()
 
     def images(self) -> list[Image.Image]:
         with self._lock:
+            if self._failure is not None:
+                raise self._failure
             if self._images is None:
-                with torch.no_grad():  # grad mode is per thread: the pipelines' call has it off
-                    image = self.pipe.movq.decode(self.latents, force_not_quantize=True)["sample"]
-                    image = (image * 0.5 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
+                try:
+                    with torch.no_grad():  # grad mode is per thread: the pipelines' call has it off
+                        image = self.pipe.movq.decode(self.latents, force_not_quantize=True)["sample"]
+                        image = (image * 0.5 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
+                except Exception as exc:
+                    self._failure = exc
+                    raise
                 self._images = list(self.pipe.numpy_to_pil(image))
                 self.latents = torch.empty(0)  # the images are kept; the latents are not needed
             return self._images
@@ -165,6 +172,7 @@ def decoded(
 ) -> list[Image.Image | KandinskyBatchError]:
     """Every `Latent` decoded (each micro-batch once); a decode that fails fails its images."""
     out: list[Image.Image | KandinskyBatchError] = []
+    failed: set[int] = set()  # micro-batches whose decode failed, logged once each
     for image in images:
         if not isinstance(image, Latent):
             out.append(image)
@@ -172,7 +180,9 @@ def decoded(
         try:
             out.append(image.image())
         except Exception as exc:  # the image fails with the reason; the worker and the other images go on
-            log.error("decoding an image failed", exc_info=exc)
+            if id(image.batch) not in failed:
+                failed.add(id(image.batch))
+                log.error("decoding a micro-batch failed", exc_info=exc)
             out.append(InternalError(f"decoding the image: {type(exc).__name__}: {exc}"))
     return out
 
