@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import re
 import signal
 import socket
@@ -35,16 +34,17 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import _common
 import httpx
+import procstat
 import redis
 import wrk
 from _common import note, result
+from api_upload import upload_part
 
 from kandinsky_batch.keys import Keys
 from kandinsky_batch.settings import Settings
@@ -52,12 +52,10 @@ from kandinsky_batch.store.apikeys import ApiKeys
 from producer.client import Client
 from producer.launch import worker_env
 
-TARGET_RPS, TARGET_P99_MS, TARGET_UPLOAD_RATIO, TARGET_RSS_MB = 1000.0, 50.0, 0.5, 200.0
+TARGET_RPS, TARGET_P99_MS = 1000.0, 50.0
 TAG_PREFIX = "kbbapi"  # + 6 hex: stale runs are found by it
 ALIVE_TTL_S = 60
 BODY = {"height": 64, "width": 64}
-LINES_PER_CHUNK = 512  # JSONL lines per chunk of the streamed upload (~40 KB)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- the server process and its resources, from /proc -------------------------------------------
@@ -67,63 +65,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def tree(pid: int) -> list[int]:
-    """`pid` and every process below it (uvicorn's workers), by scanning /proc for parents."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = [pid], [pid]
-    while frontier:
-        frontier = [child for child, parent in parents.items() if parent in frontier]
-        found += frontier
-    return found
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    """CPU seconds of the server's processes: (event-loop threads, the rest: thread pool, exited threads)."""
-    loop = total = 0.0
-    for proc in tree(pid):
-        try:
-            total += _cpu_seconds(Path(f"/proc/{proc}/stat"))
-            loop += _cpu_seconds(Path(f"/proc/{proc}/task/{proc}/stat"))
-        except OSError:
-            continue
-    return loop, total - loop
-
-
-def _cpu_seconds(stat: Path) -> float:
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def memory_kb(pid: int, field_name: str) -> int:
-    """The sum of one /proc/<pid>/status field (VmRSS, VmHWM) over the server's processes."""
-    total = 0
-    for proc in tree(pid):
-        try:
-            for line in Path(f"/proc/{proc}/status").read_text().splitlines():
-                if line.startswith(field_name + ":"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
-
-
-def reset_peak(pid: int) -> bool:
-    """Reset VmHWM of the server's processes (`5` to clear_refs), so it then holds the upload's peak."""
-    try:
-        for proc in tree(pid):
-            Path(f"/proc/{proc}/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 class Server:
@@ -245,7 +186,7 @@ def run_phase(
     threads = [threading.Thread(target=client, daemon=True) for _ in range(phase.concurrency)]
     for thread in threads:
         thread.start()
-    loop0, other0 = cpu_split(server.pid)
+    loop0, other0 = procstat.cpu_split(server.pid)
     client0 = time.process_time()
     deadline[0] = time.perf_counter() + seconds
     began = time.perf_counter()
@@ -253,7 +194,7 @@ def run_phase(
     for thread in threads:
         thread.join()
     phase.seconds = time.perf_counter() - began
-    loop1, other1 = cpu_split(server.pid)
+    loop1, other1 = procstat.cpu_split(server.pid)
     phase.loop_cpu_s, phase.other_cpu_s = loop1 - loop0, other1 - other0
     phase.client_cpu_s = time.process_time() - client0
     return phase
@@ -344,9 +285,9 @@ def wrk_jobs_part(server: Server, headers: dict[str, str], args: argparse.Namesp
 def wrk_phase(
     server: Server, script: str, connections: int, args: argparse.Namespace, metric: str
 ) -> wrk.WrkRun:
-    loop0, other0 = cpu_split(server.pid)
+    loop0, other0 = procstat.cpu_split(server.pid)
     done = wrk.run(server.url, script, connections, args.phase_seconds)
-    loop1, other1 = cpu_split(server.pid)
+    loop1, other1 = procstat.cpu_split(server.pid)
     server_cpu = (loop1 - loop0) + (other1 - other0)
     result(f"{metric}_req_per_s", done.ok / done.seconds, "req/s")
     result(f"{metric}_p50_ms", done.p50_ms, "ms")
@@ -356,135 +297,6 @@ def wrk_phase(
     result(f"{metric}_errors", done.non_2xx + done.socket_errors, "requests")
     note(f"  {metric}: {done.requests} requests in {done.seconds:.2f} s")
     return done
-
-
-# -- the upload vs the SDK -----------------------------------------------------------------------
-
-
-def jsonl_chunks(lines: int, seed: int) -> Iterator[bytes]:
-    """The upload's body, LINES_PER_CHUNK lines at a time, made as it is sent."""
-    texts = _common.iter_prompts(seed)
-    for start in range(0, lines, LINES_PER_CHUNK):
-        count = min(LINES_PER_CHUNK, lines - start)
-        yield b"".join(
-            json.dumps({"prompt": text}).encode() + b"\n" for text in itertools.islice(texts, count)
-        )
-
-
-class RssSampler(threading.Thread):
-    """The server's summed VmRSS every 50 ms, while an upload runs."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.peak_kb = memory_kb(pid, "VmRSS")
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(0.05):
-            self.peak_kb = max(self.peak_kb, memory_kb(self.pid, "VmRSS"))
-
-
-def upload(server: Server, headers: dict[str, str], lines: int, seed: int, timeout: float) -> dict[str, Any]:
-    with httpx.Client(base_url=server.url, headers=headers, timeout=timeout) as http:
-        answer = http.post(
-            "/v1/batches",
-            content=jsonl_chunks(lines, seed),
-            headers={"Content-Type": "application/x-ndjson"},
-        )
-    if answer.status_code != 202:
-        raise RuntimeError(f"upload answered {answer.status_code}: {answer.text[:500]}")
-    body: dict[str, Any] = answer.json()
-    if body["sent"] != lines or body["errors"]:
-        raise RuntimeError(f"upload sent {body['sent']} of {lines}, errors {body['errors'][:5]}")
-    return body
-
-
-def clear_jobs(client: redis.Redis, tag: str, keep: set[bytes]) -> None:
-    """Delete the run's jobs, batches and queues between the upload and the SDK pass (keeps the key)."""
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=f"*{tag}*", count=5000):
-        if key not in keep:
-            batch.append(key)
-        if len(batch) >= 5000:
-            client.unlink(*batch)
-            batch = []
-    if batch:
-        client.unlink(*batch)
-
-
-def upload_part(
-    server: Server,
-    headers: dict[str, str],
-    settings: Settings,
-    redis_client: redis.Redis,
-    keep: set[bytes],
-    args: argparse.Namespace,
-) -> None:
-    lines = args.lines
-    note(f"upload of {lines} lines vs Client.submit_batch of the same lines:")
-    with tempfile.TemporaryDirectory() as tmp, Client(settings) as sdk:
-        path, warm = Path(tmp) / "lines.jsonl", Path(tmp) / "warm.jsonl"
-        for target, count, seed in ((path, lines, 5), (warm, 1000, 6)):
-            with target.open("wb") as fh:
-                for chunk in jsonl_chunks(count, seed):
-                    fh.write(chunk)
-        upload(server, headers, 1000, seed=6, timeout=args.upload_timeout)  # warm-up: threads, scripts
-        sdk.submit_batch(warm, batch_id="warm-sdk")
-
-        rss_before = memory_kb(server.pid, "VmRSS")
-        peak_reset = reset_peak(server.pid)
-        sampler = RssSampler(server.pid)
-        sampler.start()
-        loop0, other0 = cpu_split(server.pid)
-        began = time.perf_counter()
-        body = upload(server, headers, lines, seed=5, timeout=args.upload_timeout)
-        upload_s = time.perf_counter() - began
-        loop1, other1 = cpu_split(server.pid)
-        sampler.stopped.set()
-        sampler.join()
-        hwm = memory_kb(server.pid, "VmHWM") if peak_reset else 0
-        rss_after = memory_kb(server.pid, "VmRSS")
-        peak = max(sampler.peak_kb, hwm)
-
-        clear_jobs(redis_client, settings.key_prefix, keep)  # so Redis holds one upload's jobs at a time
-        began = time.perf_counter()
-        res = sdk.submit_batch(path)
-        sdk_s = time.perf_counter() - began
-        if res.sent != lines or res.errors:
-            raise RuntimeError(f"submit_batch sent {res.sent} of {lines}, errors {res.errors[:5]}")
-        clear_jobs(redis_client, settings.key_prefix, keep)
-
-    upload_rate, sdk_rate = body["sent"] / upload_s, lines / sdk_s
-    result("api_upload_lines", lines, "lines")
-    result("api_upload_lines_per_s", upload_rate, "lines/s")
-    result("api_sdk_submit_batch_lines_per_s", sdk_rate, "lines/s")
-    result("api_upload_vs_sdk", upload_rate / sdk_rate, "x")
-    result("api_upload_server_cpu_us_per_line", 1e6 * (loop1 - loop0 + other1 - other0) / lines, "us/line")
-    result("api_upload_server_loop_cpu_us_per_line", 1e6 * (loop1 - loop0) / lines, "us/line")
-    result("api_upload_server_rss_before_mb", rss_before / 1024, "MB")
-    result("api_upload_server_rss_peak_mb", peak / 1024, "MB")
-    result("api_upload_server_rss_growth_mb", (peak - rss_before) / 1024, "MB")
-    result("api_upload_server_rss_after_mb", rss_after / 1024, "MB")
-    how = "VmHWM after a clear_refs reset, and VmRSS every 50 ms" if peak_reset else "VmRSS every 50 ms"
-    note(f"  peak RSS from {how}, summed over the server's processes")
-    ratio = upload_rate / sdk_rate
-    verdict = "met" if ratio >= TARGET_UPLOAD_RATIO else "MISSED"
-    size = "" if lines == 100_000 else f" (this run: {lines} lines)"
-    note(
-        f"target upload >= {TARGET_UPLOAD_RATIO:.0%} of submit_batch at 100k lines{size}: {verdict} ({ratio:.0%})"
-    )
-    growth = (peak - rss_before) / 1024
-    if lines >= 1_000_000:
-        verdict = "met" if growth < TARGET_RSS_MB else "MISSED"
-        note(f"target RSS growth < {TARGET_RSS_MB:g} MB for 1M lines: {verdict} ({growth:.0f} MB)")
-    else:
-        note(
-            f"target RSS growth < {TARGET_RSS_MB:g} MB is for 1M lines (--lines 1000000); here {growth:.0f} MB"
-        )
-
-
-# -- profiling: the server under a harness -------------------------------------------------------
 
 
 # -- the run ---------------------------------------------------------------------------------------

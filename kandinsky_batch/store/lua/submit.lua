@@ -46,10 +46,8 @@ if fresh < n then
   for j = 1, n do out[j] = old[j] or string.rep('\0', REC) end
   return {0, table.concat(out), 0}
 end
-if high_water > 0 then
-  local length = queue_length()
-  if length >= high_water then return {3, '', length} end
-end
+local waiting = high_water > 0 and queue_length() or nil  -- measured once: the script is atomic
+if waiting and waiting >= high_water then return {3, '', waiting} end
 if tenant ~= '' and cap > 0 then
   local u = redis.call('HMGET', usage, 'queued', 'running')
   local unfinished = (tonumber(u[1]) or 0) + (tonumber(u[2]) or 0)
@@ -91,4 +89,5 @@ end
 local out = redis.call('HMGET', counts, 'out:' .. priority, 'in:normal', 'out:normal')
 local ahead = math.max(0, before - (tonumber(out[1]) or 0))
 if priority == 'low' then ahead = ahead + math.max(0, (tonumber(out[2]) or 0) - (tonumber(out[3]) or 0)) end
-return {1, '', queue_length(), ahead}
+local length = waiting and waiting + (envelope ~= '' and 1 or 0) or queue_length()
+return {1, '', length, ahead}
