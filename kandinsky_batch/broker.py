@@ -8,13 +8,15 @@ from __future__ import annotations
 from celery import Celery
 
 from kandinsky_batch.keys import LOW_PRIORITY_STEP, PRIORITY_SEP, TASK_NAME
+from kandinsky_batch.redis_client import normalized
 from kandinsky_batch.schema import Mode, Priority
 from kandinsky_batch.settings import Settings
 
 
 def make_celery(settings: Settings) -> Celery:
     """A Celery app for our Redis broker: JSON only, late acks, one job in flight."""
-    app = Celery("kandinsky_batch", broker=settings.redis_url, set_as_current=False)
+    # kombu takes the password only from the userinfo, so the same URL as the status store's works.
+    app = Celery("kandinsky_batch", broker=normalized(settings.redis_url), set_as_current=False)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

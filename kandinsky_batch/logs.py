@@ -5,6 +5,10 @@ about (`log_fields`, a context variable, so threads and tasks never see each oth
 process's own (`bind_process`, e.g. the worker's name), so a JSON line carries `job_id`,
 `batch_id`, `worker`, `mode` and `attempt` without every call spelling them out. The text
 format shows none of them: it keeps the plain one-line look.
+
+One call is one line in both formats, whatever the message holds: text escapes control
+characters (a newline in an input's URI shows as `\\n`, so it cannot forge a line of its own),
+and JSON escapes the few line breaks its encoder leaves as they are.
 """
 
 from __future__ import annotations
@@ -18,12 +22,21 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import IO, Any, Literal
 
+from pythonjsonlogger.json import JsonFormatter
+
 LogFormat = Literal["auto", "json", "text"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Fields every JSON line starts with; the record's extra fields follow, then `time` (UTC, ISO 8601).
 JSON_FIELDS = "{levelname}{name}{message}"
 JSON_RENAMES = {"levelname": "level", "name": "logger"}
+
+# What ends or rewrites a line for a terminal or a line-reading pipeline: C0 and C1 controls,
+# DEL, and Unicode's line and paragraph separators. Each becomes an escape of printable ASCII.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+# Inside JSON strings, the line breaks `json.dumps(ensure_ascii=False)` writes raw.
+_JSON_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 _NONE: Mapping[str, Any] = MappingProxyType({})
 _FIELDS: ContextVar[Mapping[str, Any]] = ContextVar("kandinsky_batch_log_fields", default=_NONE)
@@ -50,13 +63,32 @@ class ContextFilter(logging.Filter):
         return True
 
 
+def one_line(text: str) -> str:
+    """`text` with every control character escaped (a newline as the two characters `\\n`)."""
+    return text.translate(_ESCAPES)
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, one line per call: the message, its arguments and any traceback escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return one_line(super().format(record))
+
+
+class JsonLineFormatter(JsonFormatter):
+    """JSON lines that stay one line for readers that also split on U+2028, U+2029 and U+0085."""
+
+    def jsonify_log_record(self, log_data: Any) -> str:
+        return super().jsonify_log_record(log_data).translate(_JSON_LINE_BREAKS)
+
+
 def logging_config(fmt: LogFormat, level: str = "INFO") -> dict[str, Any]:
     """A `logging.config.dictConfig` for this format: also what uvicorn's `log_config=` takes."""
     resolved = resolve_format(fmt)
     formatter: dict[str, Any]
     if resolved == "json":
         formatter = {
-            "()": "pythonjsonlogger.json.JsonFormatter",
+            "()": "kandinsky_batch.logs.JsonLineFormatter",
             "fmt": JSON_FIELDS,
             "style": "{",
             "rename_fields": JSON_RENAMES,
@@ -64,7 +96,7 @@ def logging_config(fmt: LogFormat, level: str = "INFO") -> dict[str, Any]:
             "json_ensure_ascii": False,
         }
     else:
-        formatter = {"format": TEXT_FORMAT}
+        formatter = {"()": "kandinsky_batch.logs.TextFormatter", "fmt": TEXT_FORMAT}
     return {
         "version": 1,
         "disable_existing_loggers": False,  # module loggers made at import time keep working

@@ -3,15 +3,18 @@
 Every client rides out a Redis restart of up to ~30 s (retries with exponential backoff on
 connection errors and timeouts) instead of failing the call, whichever side it is on. A refused
 password is an answer, not an outage: it is never retried, so it shows as one clear error.
-`redis://:password@host:port/db` and `rediss://` (TLS; `?ssl_ca_certs=/path/ca.pem` for a
-private CA) work for the status store and, with the same URL, for Celery's broker.
+`redis://:password@host:port/db`, `redis://host:port/db?password=...` and `rediss://` (TLS;
+`?ssl_ca_certs=/path/ca.pem` for a private CA) work for the status store and, with the same URL,
+for Celery's broker (`normalized` puts a query's password where kombu reads it). No URL is ever
+printed with its credentials: messages show `redact(url)`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
@@ -22,6 +25,9 @@ from redis.retry import Retry
 
 T = TypeVar("T")
 REFUSED = (AuthenticationError, AuthorizationError)
+# Query parameters redis-py reads as credentials (it decodes their names; we also ignore case).
+CREDENTIAL_PARAMS = frozenset({"password", "username"})
+MASK = "***"
 
 
 def _unless_refused(is_retryable: Callable[[Exception], bool] | None) -> Callable[[Exception], bool]:
@@ -69,24 +75,77 @@ def _client_options(socket_timeout: float) -> dict[str, Any]:
 def connect(url: str, socket_timeout: float = 30.0, retries: int = 12) -> redis.Redis:
     """A client for `url` (`redis://`, `rediss://`, with a password if the URL has one)."""
     retry = _RetryUnlessRefused(ExponentialBackoff(cap=5.0, base=0.1), retries=retries)
-    return redis.Redis.from_url(url, retry=retry, **_client_options(socket_timeout))
+    return redis.Redis.from_url(normalized(url), retry=retry, **_client_options(socket_timeout))
 
 
-def connect_async(url: str, socket_timeout: float = 30.0, retries: int = 12) -> redis.asyncio.Redis:
-    """An asyncio client for `url`, with the same retries and timeouts as `connect`'s."""
+def connect_async(
+    url: str, socket_timeout: float = 30.0, retries: int = 12, max_connections: int = 0
+) -> redis.asyncio.Redis:
+    """An asyncio client for `url`, with the same retries and timeouts as `connect`'s.
+
+    With `max_connections`, a call made while that many connections are in use waits for one
+    (up to `socket_timeout`), where the default pool fails it at once (at 100).
+    """
     retry = _AsyncRetryUnlessRefused(ExponentialBackoff(cap=5.0, base=0.1), retries=retries)
-    return redis.asyncio.Redis.from_url(url, retry=retry, **_client_options(socket_timeout))
+    options = {"retry": retry, **_client_options(socket_timeout)}
+    if not max_connections:
+        return redis.asyncio.Redis.from_url(normalized(url), **options)
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        normalized(url), max_connections=max_connections, timeout=socket_timeout, **options
+    )
+    return redis.asyncio.Redis.from_pool(pool)
+
+
+def _credential_param(piece: str) -> bool:
+    name, eq, _ = piece.partition("=")
+    return bool(eq) and unquote_plus(name).strip().lower() in CREDENTIAL_PARAMS
+
+
+def normalized(url: str) -> str:
+    """`url` with a user name or password given as a query parameter moved into its userinfo.
+
+    redis-py reads `?password=` but kombu (Celery's broker) fails on it, so both get this form;
+    as in redis-py, a password already in the userinfo wins. Other URLs come back unchanged.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("redis", "rediss") or not parts.query:
+        return url
+    pieces = parts.query.split("&")
+    given: dict[str, str] = {}
+    for piece in filter(_credential_param, pieces):
+        name, _, value = piece.partition("=")
+        given.setdefault(unquote_plus(name).strip().lower(), unquote_plus(value))
+    if not given:
+        return url
+    user = unquote(parts.username or "") or given.get("username", "")
+    password = unquote(parts.password or "") or given.get("password", "")
+    userinfo = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{userinfo}@{host}" if userinfo else host
+    query = "&".join(p for p in pieces if not _credential_param(p))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced by `***`, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """`url` with every credential replaced by `***`, for messages and logs.
+
+    User names and passwords go, in the userinfo and as query parameters (any case). Parsing is
+    not trusted here: a password with an unencoded `/`, `?` or `#` moves its `@` past where a URL
+    parser looks, so everything before the last `@` is hidden, and so is any fragment.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    pieces = re.split(r"([?&])", rest)
+    for i in range(2, len(pieces), 2):  # the pieces after a '?' or '&'
+        if _credential_param(pieces[i]):
+            pieces[i] = f"{pieces[i].partition('=')[0]}={MASK}"
+    rest = "".join(pieces)
+    if "@" in rest:
+        rest = f"{MASK}@{rest.rpartition('@')[2]}"
+    if "#" in rest:
+        rest = f"{rest.partition('#')[0]}#{MASK}"
+    return f"{scheme}{sep}{rest}"
 
 
 def describe(error: redis.RedisError, url: str) -> str:

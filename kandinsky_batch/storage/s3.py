@@ -58,7 +58,7 @@ def parse_storage_url(url: str) -> tuple[str, str]:
     if scheme != "s3" or not sep:
         raise ValueError(f"not an S3 URL: {url!r} (use s3://bucket/prefix)")
     bucket, _, prefix = rest.partition("/")
-    if not _BUCKET.match(bucket):
+    if not _BUCKET.fullmatch(bucket):
         raise ValueError(f"invalid S3 bucket name {bucket!r} in {url!r}")
     prefix = prefix.strip("/")
     if prefix:

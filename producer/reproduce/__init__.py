@@ -10,6 +10,7 @@ and where each input image can be read, with its sha256.
 from __future__ import annotations
 
 import json
+import math
 import pprint
 from collections.abc import Callable
 from importlib import resources
@@ -80,23 +81,35 @@ def _parameters(meta: dict[str, Any], image: int, locate: Callable[[str], str]) 
             f"the metadata does not say where its input {', '.join(missing)} is stored "
             "(it was made by a worker that did not record inputs)"
         )
-    return {
-        "job_id": meta.get("job_id"),
-        "batch_id": meta.get("batch_id"),
-        "image": image,
-        "seed": image_seed(int(meta["seed"]), image),
-        "spec": spec,
-        "models": meta["models"],
-        "device": meta.get("device", "cpu"),
-        "dtype": meta.get("dtype", "float32"),
-        "torch_threads": meta.get("torch_threads"),
-        "micro_batch_size": (meta.get("batch") or {}).get("size", 1),
-        "output": outputs[image] if outputs else None,
-        "inputs": [
-            {"field": f, "location": locate(refs[f]["uri"]), "sha256": refs[f]["sha256"]}
-            for f in needed_inputs(spec)
-        ],
-    }
+    return _finite(
+        {
+            "job_id": meta.get("job_id"),
+            "batch_id": meta.get("batch_id"),
+            "image": image,
+            "seed": image_seed(int(meta["seed"]), image),
+            "spec": spec,
+            "models": meta["models"],
+            "device": meta.get("device", "cpu"),
+            "dtype": meta.get("dtype", "float32"),
+            "torch_threads": meta.get("torch_threads"),
+            "micro_batch_size": (meta.get("batch") or {}).get("size", 1),
+            "output": outputs[image] if outputs else None,
+            "inputs": [
+                {"field": f, "location": locate(refs[f]["uri"]), "sha256": refs[f]["sha256"]}
+                for f in needed_inputs(spec)
+            ],
+        }
+    )
+
+
+def _finite(value: Any) -> Any:
+    """`value`, if it holds no NaN or infinity: those have no literal in Python source."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number")
+    if isinstance(value, dict | list):
+        for inner in value.values() if isinstance(value, dict) else value:
+            _finite(inner)
+    return value
 
 
 def locator(storage: Storage, expires_s: int) -> Callable[[str], str]:
@@ -123,9 +136,16 @@ def render(parameters: dict[str, Any]) -> str:
     assert marker, "script.txt lost its parameters line"
     size = parameters["micro_batch_size"]
     note = (
-        f"# Image {parameters['image']} of job {parameters['job_id']}; it ran in a micro-batch of "
-        f"{size} image(s),\n# so a rerun on the same device and libraries gives "
+        f"# Image {_comment(parameters['image'])} of job {_comment(parameters['job_id'])}; it ran in a "
+        f"micro-batch of {_comment(size)} image(s),\n# so a rerun on the same device and libraries gives "
         f"{'the same bytes' if size == 1 else 'each pixel within one level of 255'}.\n"
     )
+    # Every value reaches the source as its repr: quotes, newlines and NULs stay inside literals.
     literal = pprint.pformat(parameters, indent=1, width=100, sort_dicts=True)
     return f"{header}{note}P: dict = {literal}\n{code}"
+
+
+def _comment(value: Any) -> str:
+    """`value` as text for a comment line: as it is when printable, else its repr (never a line break)."""
+    text = str(value)
+    return text if isinstance(value, int | str) and text.isprintable() else ascii(text)

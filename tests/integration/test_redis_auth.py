@@ -1,7 +1,8 @@
 """Redis with a password, and with TLS: the SDK, the CLI and a real worker, against a real
 `redis-server` started here with `--requirepass` (and `--tls-port` with a certificate made here).
 
-A wrong password is one clear error line at once, never a retry loop.
+A wrong password is one clear error line at once, never a retry loop. The password works as
+`?password=` too, and is never printed, in whichever form it is given.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -130,3 +132,45 @@ def test_the_worker_check_probe_names_a_refused_password(secured, tiny_models, t
     cli = [sys.executable, "-m", "producer.cli", "worker", "check"]
     out = subprocess.run(cli, env=worker_env(settings), capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "refused the password" in out.stderr
+
+
+def query_form(url: str, password: str = PASSWORD) -> str:
+    """The same URL with `password` as a `?password=` parameter instead of in the userinfo."""
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, f"password={quote(password, safe='')}") if q)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, query, ""))
+
+
+def test_a_worker_runs_a_job_with_the_password_as_a_query_parameter(secured, tiny_models, tmp_path):
+    # Text logs: Celery's banner, which names its broker, is printed too
+    settings = make_settings(query_form(secured.url), tiny_models, tmp_path, log_format="text")
+    worker = WorkerProcess(settings, tmp_path / "w.log").start()
+    try:
+        with Client(settings) as client:
+            job = client.submit({"prompt": "behind a query password", **TINY})
+            final = client.wait(job, timeout=120)
+        assert final.state is JobState.SUCCEEDED, worker.log()
+    finally:
+        assert worker.stop() == 0, worker.log()
+    log = (tmp_path / "w.log").read_text()
+    assert "transport:" in log and PASSWORD not in log
+
+
+def test_a_query_password_is_printed_by_neither_the_cli_nor_the_probe(secured, tiny_models, tmp_path):
+    wrong = "not-the-" + PASSWORD  # so that `PASSWORD not in` covers both
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+    runs = [
+        (query_form(secured.url, wrong), ["status", "some-batch"], "Redis at "),
+        (query_form(secured.url, wrong), ["worker", "check"], "Redis at "),
+        (query_form(secured.url), ["worker", "check"], "no ready file"),
+        (query_form(nobody), ["worker", "check"], "cannot reach Redis at redis://127.0.0.1"),
+    ]
+    for url, args, expected in runs:
+        env = worker_env(make_settings(url, tiny_models, tmp_path))
+        cli = [sys.executable, "-m", "producer.cli", *args]
+        out = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+        printed = out.stdout + out.stderr
+        assert out.returncode == 1 and expected in printed, printed
+        assert PASSWORD not in printed, printed
+        if "Redis" in expected:  # the line names the URL, its password masked
+            assert "password=***" in printed, printed

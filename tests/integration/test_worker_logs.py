@@ -77,3 +77,25 @@ def test_every_line_is_json_and_lines_about_a_job_carry_its_fields(redis_url, ti
     # The process's own lines carry the worker's name too, and no job.
     ready = only("worker logs-w ready: {'prior': 1, 'decoder': 1, 'inpaint': 1}")
     assert ready["worker"] == "logs-w" and "job_id" not in ready
+
+
+def test_in_text_a_newline_in_an_input_uri_is_escaped_and_forges_no_line(redis_url, tiny_models, tmp_path):
+    settings = make_settings(
+        redis_url, tiny_models, tmp_path, log_format="text", worker_name="text-w", input_roots=[str(tmp_path)]
+    )
+    forged = "FAKE 2026-01-01 00:00:00,000 INFO forged: line"
+    # %0A: a newline once the worker decodes the file URI's path
+    uri = (tmp_path / "gone").as_uri() + "%0A" + forged.replace(" ", "%20") + ".png"
+    log_path = tmp_path / "worker.log"
+    proc = WorkerProcess(settings, log_path).start()
+    try:
+        with Client(settings) as client:
+            job = client.submit({"mode": "img2img", "prompt": "x", "image": uri, **TINY})
+            final = client.wait(job, timeout=120)
+        assert final.state is JobState.FAILED
+    finally:
+        assert proc.stop() == 0, proc.log()
+    lines = Path(log_path).read_text(encoding="utf-8").splitlines()
+    assert not [line for line in lines if line.startswith("FAKE")]
+    [failed] = [line for line in lines if f"job {job} failed: bad_input" in line]
+    assert forged in failed, failed

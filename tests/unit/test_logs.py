@@ -119,3 +119,34 @@ def test_uvicorn_takes_the_same_config_and_logs_json(capsys):
     started, access = json_lines(capsys.readouterr().err)
     assert (started["logger"], started["message"]) == ("uvicorn.error", "Started server process")
     assert access["message"] == '127.0.0.1:5000 - "GET /healthz"'
+
+
+FORGED = "\nFAKE 2026-01-01 00:00:00,000 INFO forged: line"
+
+
+def test_text_escapes_control_characters_so_one_call_is_one_line(capsys):
+    setup_logging("text")
+    log = logging.getLogger("kb.test")
+    log.warning("cannot read %s: %s", f"file:///in/a.png{FORGED}", "gone")
+    log.info(f"in the message{FORGED}\r\t\x1b[2K\u2028\x85\x00")
+    try:
+        raise ValueError(f"boom{FORGED}")
+    except ValueError:
+        log.exception("it failed")
+    argument, message, traceback = capsys.readouterr().err.splitlines()
+    assert argument.endswith(
+        r"cannot read file:///in/a.png\nFAKE 2026-01-01 00:00:00,000 INFO forged: line: gone"
+    )
+    assert message.endswith(
+        r"in the message\nFAKE 2026-01-01 00:00:00,000 INFO forged: line\r\t\x1b[2K\u2028\x85\x00"
+    )
+    assert r"it failed\nTraceback (most recent call last):\n" in traceback
+    assert r"ValueError: boom\nFAKE 2026-01-01" in traceback
+
+
+def test_json_stays_one_line_whatever_the_message_holds(capsys):
+    setup_logging("json")
+    text = f"a{FORGED}\r\x1b[2K\u2028\u2029\x85\x00 end"
+    logging.getLogger("kb.test").warning("cannot read %s", text)
+    [line] = json_lines(capsys.readouterr().err)  # splitlines splits on U+2028, U+2029 and U+0085 too
+    assert line["message"] == f"cannot read {text}"

@@ -120,3 +120,54 @@ def test_metadata_without_input_references_is_refused_with_the_reason() -> None:
 def test_metadata_in_another_form_is_refused_with_a_reason_not_a_traceback(broken: dict[str, Any]) -> None:
     with pytest.raises(BadInput, match="not in the form a worker writes"):
         script_parameters(broken, 0, str)
+
+
+# Everything that can end a line, a string or a comment in Python source, or format a string.
+NASTY = "x\n'''\"\"\"\\ {a} }{ %s \x00 \r \x0c \x1b[2J \u2028 \x85 \udc80 # import os"
+
+
+def nasty_meta() -> dict[str, Any]:
+    """Metadata with a hostile string in every field the script embeds (as stored metadata could be)."""
+    return {
+        "job_id": f"{NASTY}-0",
+        "batch_id": NASTY,
+        "spec": {"mode": "img2img", "prompt": NASTY, "negative_prompt": NASTY, "image": NASTY, NASTY: NASTY},
+        "seed": 7,
+        "models": {name: {"id": NASTY, "revision": NASTY} for name in ("prior", "decoder", NASTY)},
+        "device": NASTY,
+        "dtype": NASTY,
+        "torch_threads": NASTY,
+        "outputs": [NASTY],
+        "batch": {"size": NASTY},
+        "inputs": [{"field": "image", "uri": NASTY, "sha256": NASTY}],
+    }
+
+
+def test_hostile_values_in_every_embedded_field_give_a_script_that_compiles_and_keeps_them_as_data() -> None:
+    params = script_parameters(nasty_meta(), 0, lambda uri: f"/inputs/{uri}")
+    script = render(params)
+    compile(script, "reproduce.py", "exec")  # a SyntaxError fails the test
+    literal = literal_of(script)
+    assert literal == params
+    assert literal["job_id"] == f"{NASTY}-0" and literal["batch_id"] == NASTY
+    assert (literal["device"], literal["dtype"], literal["torch_threads"]) == (NASTY, NASTY, NASTY)
+    assert literal["output"] == NASTY and literal["micro_batch_size"] == NASTY
+    assert literal["models"][NASTY] == {"id": NASTY, "revision": NASTY}
+    assert literal["spec"][NASTY] == NASTY and literal["spec"]["prompt"] == NASTY
+    assert literal["inputs"] == [{"field": "image", "location": f"/inputs/{NASTY}", "sha256": NASTY}]
+    # and nothing was added to the program: the same statements as a script of plain values
+    plain_meta = meta("a fox", mode="img2img", image="i")
+    plain_meta["inputs"] = [{"field": "image", "uri": "file:///i.png", "sha256": "0" * 64}]
+    plain = render(script_parameters(plain_meta, 0, str))
+    assert [type(n) for n in ast.parse(script).body] == [type(n) for n in ast.parse(plain).body]
+    # and the note above the parameters stays two comment lines
+    lines = script.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("# Image 0 of job "))
+    assert lines[first + 1].startswith("# so a rerun") and lines[first + 2].startswith("P: dict = ")
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), -float("inf")])
+def test_a_number_with_no_python_literal_is_refused_not_written(number: float) -> None:
+    broken = meta("a") | {"spec": {"mode": "text2img", "prompt": "a", "guidance_scale": number}}
+    with pytest.raises(BadInput, match="not in the form a worker writes"):
+        script_parameters(broken, 0, str)
