@@ -105,6 +105,19 @@ class Settings(BaseSettings):
     api_max_upload_bytes: int = Field(2 * 1024**3, ge=1024)  # one JSONL batch upload
     api_access_log: bool = False  # one log line per request (off: at 1000 req/s it is most of the log)
     api_metrics: bool = True  # serve the queue metrics at /metrics (no key: queue sizes only)
+    # Connections: a request's line and headers must arrive within the header timeout (slow
+    # senders hold no connection open); past the connection limit new requests get 503.
+    api_header_timeout_s: float = Field(10.0, gt=0, le=300)
+    api_max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024**2)  # headers incomplete past it: 431
+    api_keep_alive_s: int = Field(5, ge=1, le=300)  # an idle keep-alive connection is closed after it
+    api_max_connections: int = Field(1000, ge=1)  # per API process
+    # Long requests, per API process: past a tenant's share of uploads or event streams, 429;
+    # past its share of `Prefer: wait`, the job is answered at once (202) without waiting.
+    api_uploads: int = Field(16, ge=1, le=256)  # batch uploads at once, every tenant's together
+    api_uploads_per_tenant: int = Field(4, ge=1)
+    api_streams_per_tenant: int = Field(20, ge=1)  # `/v1/batches/{id}/events` streams
+    api_waits_per_tenant: int = Field(50, ge=1)  # `Prefer: wait` requests waiting
+    api_health_timeout_s: float = Field(3.0, gt=0, le=60)  # /healthz: 503 if the threads are stuck this long
 
     # Webhooks, sent by a dispatcher in the API process.
     webhooks: bool = True  # run the dispatcher in the API process

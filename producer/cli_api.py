@@ -19,6 +19,8 @@ console = Console(stderr=True)
 @click.pass_context
 def api(ctx: click.Context) -> None:
     """Serve the HTTP API on KANDINSKY_BATCH_API_HOST:API_PORT (uvicorn; API_WORKERS processes)."""
+    import functools
+
     import uvicorn
 
     from kandinsky_batch.logs import logging_config
@@ -29,7 +31,15 @@ def api(ctx: click.Context) -> None:
         "host": s.api_host,
         "port": s.api_port,
         "timeout_graceful_shutdown": 30,
-        "http": NoDelayHttpToolsProtocol,
+        # Slow or huge headers, idle keep-alive connections and a flood of connections are cut
+        # off; the partial pickles, so every worker process of `serve` gets the same protocol.
+        "http": functools.partial(
+            NoDelayHttpToolsProtocol,
+            header_timeout_s=s.api_header_timeout_s,
+            max_header_bytes=s.api_max_header_bytes,
+        ),
+        "timeout_keep_alive": s.api_keep_alive_s,
+        "limit_concurrency": s.api_max_connections,  # past it, a new request gets 503
         "loop": "uvloop",
         "access_log": s.api_access_log,
         "log_config": logging_config(s.log_format),  # applied in every uvicorn worker process too

@@ -1,13 +1,15 @@
 """The API server: `kandinsky-batch api` runs `create_app` on uvicorn. No torch is imported here.
 
 It talks to Redis and storage through the SDK (`producer.client.Client`); Redis never faces the
-callers. `/healthz` says the process is up, `/readyz` that Redis and storage answer. The
+callers. `/healthz` says the process can still serve (its event loop answers and its worker
+threads are not stuck: producer/api/liveness.py), `/readyz` that Redis and storage answer. The
 webhook dispatcher (producer/dispatcher.py) runs in the same process unless turned off.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,12 +25,17 @@ from kandinsky_batch.store.webhooks import WebhookStore
 from producer.api import batches, jobs, problems, tenants
 from producer.api.async_store import AsyncStore
 from producer.api.estimates import DrainRate
+from producer.api.keyed_ids import KeyedBatchIds
 from producer.api.limits import BodyLimit
+from producer.api.liveness import threads_move
 from producer.api.metrics import QueueCollector
+from producer.api.problems import Problem
+from producer.api.slots import Limits
 from producer.client import Client
 from producer.dispatcher import Dispatcher
 
 VERSION = "1"
+log = logging.getLogger(__name__)
 
 
 REDIS_RETRIES = 3  # about a second of retries: a caller gets 503 soon, not after half a minute
@@ -50,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
         if dispatcher is not None:
             dispatcher.stop()
         await app.state.store.close()
+        app.state.limits.close()
         client.close()
 
     app = FastAPI(title="kandinsky-batch", version=VERSION, lifespan=lifespan)
@@ -57,7 +65,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.keys = ApiKeys(client.redis, client.status_store.keys)
     app.state.store = AsyncStore(settings, app.state.keys, client.status_store, REDIS_RETRIES)
     app.state.webhooks = WebhookStore(client.redis, client.status_store.keys)
+    app.state.batch_ids = KeyedBatchIds(app.state.store.redis, client.status_store.keys)
     app.state.drain = DrainRate(client.status_store)
+    app.state.limits = Limits.from_settings(settings)
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
     problems.install(app)
     app.include_router(jobs.router)
@@ -74,15 +84,25 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:  # on the event loop: never queued behind slow requests
+        # A loop that no longer answers fails the probe by its timeout; stuck threads fail it here.
+        if not await threads_move(settings.api_health_timeout_s):
+            log.warning("unhealthy: no worker thread came free in %s s", settings.api_health_timeout_s)
+            raise Problem(503, "Unhealthy", "the server's worker threads are stuck")
         return {"status": "ok"}
 
     @app.get("/readyz", summary="Redis and storage answer")
     def readyz() -> JSONResponse:
+        # No key is needed here: what failed, and where, goes to the log, not to the caller.
         try:
             client.redis.ping()
+        except (redis.RedisError, KandinskyBatchError, OSError, ValueError) as exc:
+            log.warning("not ready: Redis: %s", exc)
+            return problems.problem(503, "Not ready", "Redis is unreachable")
+        try:
             client.storage.check()
         except (redis.RedisError, KandinskyBatchError, OSError, ValueError) as exc:
-            return problems.problem(503, "Not ready", str(exc))
+            log.warning("not ready: storage: %s", exc)
+            return problems.problem(503, "Not ready", "storage is unreachable")
         return JSONResponse({"status": "ready"})
 
     return app

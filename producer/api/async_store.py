@@ -9,18 +9,26 @@ A submit with a key seen before is one round trip (`auth_submit.lua`): the chunk
 the tenant and cap the key had when last seen, and the script checks the key, its rate and that
 record before it submits. A revoked key therefore stops at once; a cached record only saves
 the round trip that would fetch it first.
+
+The requests that stay open, event streams and `Prefer: wait`, poll their reads here too: a
+thread each, held for minutes, would leave none for the other routes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from kandinsky_batch.keys import JobField, JobRef
 from kandinsky_batch.redis_client import connect_async
+from kandinsky_batch.schema import BatchStatus, JobState
 from kandinsky_batch.settings import Settings
-from kandinsky_batch.store import scripts
+from kandinsky_batch.store import records, scripts
 from kandinsky_batch.store.apikeys import ApiKey, ApiKeys, digest
+from kandinsky_batch.store.reads import batch_status_from_hash, events_from_reply
 from kandinsky_batch.store.status import Chunk, Pushed, StatusStore, pushed_from
 
+REDIS_CONNECTIONS = 100  # per process; a burst of requests past it waits its turn for one, never a 503
 KNOWN_KEYS_MAX = 10_000  # records kept per process; the cache starts afresh when full
 
 Authenticated = tuple[ApiKey | None, float]  # the record (None: unknown key), seconds to wait
@@ -28,7 +36,7 @@ Authenticated = tuple[ApiKey | None, float]  # the record (None: unknown key), s
 
 class AsyncStore:
     def __init__(self, settings: Settings, api_keys: ApiKeys, store: StatusStore, retries: int) -> None:
-        self.redis = connect_async(settings.redis_url, retries=retries)
+        self.redis = connect_async(settings.redis_url, retries=retries, max_connections=REDIS_CONNECTIONS)
         self.api_keys = api_keys
         self.store = store
         self._auth = self.redis.register_script(scripts.lua("auth"))
@@ -76,6 +84,38 @@ class AsyncStore:
             key = allowed(await self.authenticate(secret))
         chunk = chunk_for(key)
         return key, chunk, await self.submit(chunk, high_water, now_s)
+
+    # -- the reads of requests that stay open (event streams, `Prefer: wait`): polled, so on the loop
+
+    async def batch(self, batch_id: str) -> BatchStatus:
+        """`StatusReader.batch`, on the loop."""
+        raw: Any = await self.redis.hgetall(self.store.keys.batch(batch_id))
+        return batch_status_from_hash(batch_id, raw)
+
+    async def job_state(self, ref: JobRef) -> JobState | None:
+        """`StatusReader.state`, on the loop: the job's hash field and its record, in one round trip."""
+        start = records.byte_offset(ref.index)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.store.keys.job(ref), JobField.STATE)
+        pipe.getrange(
+            self.store.keys.records(ref.batch_id, records.shard_of(ref.index)),
+            start,
+            start + records.RECORD_BYTES - 1,
+        )
+        raw, packed = await pipe.execute()
+        if raw:
+            return JobState(raw.decode())
+        record = records.decode(packed)
+        return JobState.QUEUED if record is not None and record.unreceived else None
+
+    async def last_event_id(self) -> bytes | str:
+        """`StatusReader.last_event_id`, on the loop."""
+        last: Any = await self.redis.xrevrange(self.store.keys.events(), count=1)
+        return last[0][0] if last else "0-0"
+
+    async def events_after(self, last_id: bytes | str, count: int) -> list[tuple[bytes, str, JobState]]:
+        """`StatusReader.events_after`, on the loop."""
+        return events_from_reply(await self.redis.xread({self.store.keys.events(): last_id}, count=count))
 
     def _seen(self, secret: str, answer: Authenticated) -> Authenticated:
         found = digest(secret)
