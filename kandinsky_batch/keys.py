@@ -77,7 +77,8 @@ class UsageField(StrEnum):
 
 
 def is_batch_id(value: object) -> bool:
-    return isinstance(value, str) and BATCH_ID.match(value) is not None
+    """Whether `value` is a batch id: the whole string, so a trailing newline is no loophole."""
+    return isinstance(value, str) and BATCH_ID.fullmatch(value) is not None
 
 
 def is_index(value: object) -> bool:
@@ -100,11 +101,16 @@ class JobRef:
 
     @classmethod
     def parse(cls, job: str) -> JobRef | None:
-        """The ref of a job id, or None if it is not one."""
+        """The ref of a job id, or None if it is not one.
+
+        Only the one spelling `str(ref)` gives: no other digits (`isdigit` takes '²' and '٣'),
+        no leading zeros, no batch id that submit would refuse, so one job has one id.
+        """
         batch, sep, index = job.rpartition("-")
-        if not sep or not batch or not index.isdigit():
+        if not sep or not is_batch_id(batch) or not (index.isascii() and index.isdigit()):
             return None
-        return cls(batch, int(index))
+        ref = cls(batch, int(index))
+        return ref if str(ref) == job and ref.index <= MAX_INDEX else None
 
 
 def queue_lists(queue: str) -> list[str]:
@@ -173,6 +179,10 @@ class Keys:
     def api_keys(self) -> str:
         """Hash: sha256 of an API key -> JSON of its id, tenant and limits (never the key itself)."""
         return f"{self.prefix}:apikeys"
+
+    def batch_id_secret(self) -> str:
+        """String: the random secret keyed batch ids of tenants are derived with (HMAC), made once."""
+        return f"{self.prefix}:bidsecret"
 
     def rate(self, key_id: str) -> str:
         """Hash: one API key's token bucket (tokens left, when last counted)."""

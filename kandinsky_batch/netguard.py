@@ -23,7 +23,15 @@ from kandinsky_batch.errors import BadInput
 
 
 class ForbiddenAddress(BadInput):
-    """The URL is refused for what it is or where it points, not for a passing failure (DNS)."""
+    """The URL is refused for what it is or where it points, not for a passing failure (DNS).
+
+    `kind` is what the address is ("loopback", "private", ...) without the address itself: what a
+    tenant may be told, where the message (with the internal DNS answer) is for the log.
+    """
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -94,7 +102,8 @@ def resolve_checked(host: str, what: str, resolve: Resolver, allow_loopback: boo
             continue
         if reason is not None:
             raise ForbiddenAddress(
-                f"{what}: host {host} resolves to {ip}, a {reason} address; only public ones are fetched"
+                f"{what}: host {host} resolves to {ip}, a {reason} address; only public ones are fetched",
+                kind=reason.split(" (")[0],
             )
     return ips
 

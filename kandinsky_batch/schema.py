@@ -6,11 +6,22 @@ again at the worker (a bad message fails that job, never the worker).
 
 from __future__ import annotations
 
+import re
 import secrets
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 MAX_SEED = 2**32 - 1
@@ -49,11 +60,37 @@ class JobState(StrEnum):
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED})
 
+# C0 and C1 controls, DEL and the Unicode line breaks: no URI needs one, and a NUL or a newline
+# in a path or a log line is how a URI attacks what reads it.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# No input image is wider or taller than this (JPEG's own limit; the pixel cap keeps the rest).
+MAX_COORD = 65535
+
+
+def _no_control_chars(value: str) -> str:
+    found = CONTROL_CHARS.search(value)
+    if found:
+        raise ValueError(f"must not contain control characters (found {found.group()!r} at {found.start()})")
+    return value
+
+
 Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
-Uri = Annotated[str, Field(min_length=1, max_length=MAX_URI_CHARS)]
+Uri = Annotated[str, Field(min_length=1, max_length=MAX_URI_CHARS), AfterValidator(_no_control_chars)]
 MAX_SIDE = 4096  # the most KANDINSKY_BATCH_MAX_SIDE may allow
 Side = Annotated[int, Field(ge=64, multiple_of=64)]
-Rect = tuple[int, int, int, int]
+Coord = Annotated[int, Field(ge=0, le=MAX_COORD)]
+Rect = tuple[Coord, Coord, Coord, Coord]
+
+
+def _mask_kind(value: object) -> str:
+    """Which form of mask a value is, so an error names that form's rule and not the other's."""
+    return "uri" if isinstance(value, str) else "rectangles"
+
+
+# A mask image's URI, or rectangles to repaint; errors are located as `mask.uri` or `mask.rectangles.N`.
+Mask = Annotated[
+    Annotated[Uri, Tag("uri")] | Annotated[list[Rect], Tag("rectangles")], Discriminator(_mask_kind)
+]
 
 
 class Condition(BaseModel):
@@ -92,7 +129,7 @@ class JobSpec(BaseModel):
     num_images: int = Field(1, ge=1, le=8)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     image: Uri | None = None
-    mask: Uri | list[Rect] | None = None
+    mask: Mask | None = None
     strength: float = Field(0.3, gt=0, le=1)
     conditions: list[Condition] | None = Field(None, min_length=2, max_length=8)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
@@ -114,7 +151,10 @@ class JobSpec(BaseModel):
                 raise ValueError("a rectangle mask needs at least one rectangle")
             for x0, y0, x1, y1 in value:
                 if min(x0, y0) < 0 or x1 <= x0 or y1 <= y0:
-                    raise ValueError("each rectangle is [x0, y0, x1, y1] with 0 <= x0 < x1, 0 <= y0 < y1")
+                    raise ValueError(
+                        f"each rectangle is [x0, y0, x1, y1] with 0 <= x0 < x1 <= {MAX_COORD}, "
+                        f"0 <= y0 < y1 <= {MAX_COORD}"
+                    )
         return value
 
     @model_validator(mode="after")

@@ -180,7 +180,10 @@ def submit(
         where = "row" if path and path.suffix.lower() in PARQUET_SUFFIXES else "line"  # a Parquet file's rows
         for err in result.errors:
             console.print(f"{where} {err.line}: {err.reason}", style="red", markup=False, soft_wrap=True)
-        if not result.indices:
+        if result.error_count > len(result.errors):
+            more = result.error_count - len(result.errors)
+            console.print(f"... and {more} more bad {where}s", style="red", markup=False, soft_wrap=True)
+        if not result.jobs:
             raise click.ClickException("no job was submitted: no line was valid")
         out: dict[str, Any] = {
             "batch_id": result.batch_id,
@@ -188,12 +191,13 @@ def submit(
             "sent": result.sent,
             "skipped": result.skipped,
             "errors": [{"line": e.line, "reason": e.reason} for e in result.errors],
+            "error_count": result.error_count,
         }
         if not as_json:
             click.echo(result.batch_id)
             console.print(
-                f"{len(result.indices)} jobs in batch ({result.sent} sent, "
-                f"{result.skipped} already sent), {len(result.errors)} bad lines"
+                f"{result.jobs} jobs in batch ({result.sent} sent, "
+                f"{result.skipped} already sent), {result.error_count} bad lines"
             )
         summary = None
         if wait_:
@@ -201,7 +205,7 @@ def submit(
             out["batch"] = summary.as_dict()
         if as_json:  # one JSON object, with the final batch summary under "batch" after --wait
             click.echo(json.dumps(out))
-    if result.errors or (summary is not None and not all_succeeded(summary.batch)):
+    if result.error_count or (summary is not None and not all_succeeded(summary.batch)):
         ctx.exit(1)
 
 

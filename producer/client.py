@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from kandinsky_batch.broker import make_celery
 from kandinsky_batch.enqueue import enqueue
-from kandinsky_batch.errors import InvalidSpec, KandinskyBatchError, NotFound
+from kandinsky_batch.errors import InvalidSpec, KandinskyBatchError, NotFound, OverQuota
 from kandinsky_batch.keys import JobRef, Keys
 from kandinsky_batch.manifest import write_manifest
 from kandinsky_batch.redis_client import connect
@@ -66,6 +66,7 @@ class RetryResult:
     batch_id: str
     retried: list[str] = field(default_factory=list)
     not_retried: list[tuple[str, str]] = field(default_factory=list)  # (job id, why)
+    over_cap: OverQuota | None = None  # set when the tenant's cap stopped the retry part way
 
 
 class Client:
@@ -252,11 +253,13 @@ class Client:
             if not is_finished(state):
                 yield ref.id
 
-    def retry_failed(self, batch_id: str) -> RetryResult:
+    def retry_failed(self, batch_id: str, cap: int = 0) -> RetryResult:
         """Send a batch's failed jobs again, with their stored spec and seed.
 
         A job that failed before any worker started it has no stored spec and is
-        reported in `not_retried` instead.
+        reported in `not_retried` instead. With `cap` (the API key's), its tenant is held to
+        that many unfinished jobs, by the same check as a submit: the jobs past it stay failed
+        and `over_cap` says so.
         """
         self.status_store.batch(batch_id)  # NotFound for an unknown batch
         result = RetryResult(batch_id)
@@ -275,8 +278,12 @@ class Client:
                 result.not_retried.append((job.job_id, f"stored spec is invalid now: {exc.message}"))
                 continue
             # Back to queued with the old error dropped, in one atomic step.
-            if not self.status_store.retry(job.job_id):
-                continue  # someone else moved it meanwhile
+            try:
+                if not self.status_store.retry(job.job_id, cap):
+                    continue  # someone else moved it meanwhile
+            except OverQuota as exc:
+                result.over_cap = exc
+                break
             group = pending.setdefault((spec.mode, job.priority), [])
             group.append((job.index, spec, job.error))
             if len(group) >= self.settings.chunk_size:

@@ -94,7 +94,7 @@ def run_demo(base: Settings, out: Path, count: int, timeout: float, console: Con
             "prior_num_inference_steps": 2,
         }
         result = client.submit_batch([{**spec, "prompt": p} for p in prompts])
-        console.print(f"submitted batch {result.batch_id}: {len(result.indices)} jobs")
+        console.print(f"submitted batch {result.batch_id}: {result.jobs} jobs")
         final = _watch(client, result.batch_id, count, timeout, console)
         _report(client, result.batch_id, console)
         ok = final is not None and final.counts[JobState.SUCCEEDED] == final.total

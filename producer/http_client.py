@@ -79,7 +79,9 @@ class HttpClient:
         answer = self._call("POST", "/v1/batches", content=body, params=params, headers=headers)
         result = SubmitResult(answer["batch_id"], sent=answer["sent"], skipped=answer["skipped"])
         result.errors = [LineError(e["line"], e["reason"]) for e in answer["errors"]]
+        result.error_count = int(answer.get("error_count", len(result.errors)))
         result.indices = [job.index for job in self._jobs(answer["batch_id"])]
+        result.jobs = int(answer["jobs"])
         return result
 
     # -- read ------------------------------------------------------------------------

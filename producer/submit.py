@@ -26,10 +26,12 @@ from kandinsky_batch.schema import MAX_SEED, JobSpec, Mode, Priority
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.store.records import by_shard
 from kandinsky_batch.store.status import Chunk, Created, StatusStore
+from kandinsky_batch.tenancy import KeyFor, check_inputs
 from kandinsky_batch.wire import validate_spec
 
 PIPELINE_MESSAGES = 8  # messages sent per Redis round trip (fewer while a queue is near its high water)
 MAX_SEEDS_PER_PROMPT = 10_000  # jobs one line may become (its seeds must fit below MAX_SEED)
+MAX_LINE_ERRORS = 100  # bad lines reported one by one; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -40,29 +42,37 @@ class LineError:
 
 @dataclass
 class SubmitResult:
+    """What a submit did. Bad lines are counted; only the first MAX_LINE_ERRORS are kept, so a
+    file of millions of bad lines costs a count, not a list of millions."""
+
     batch_id: str
-    indices: list[int] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)  # left empty when the submitter keeps none
     sent: int = 0
     skipped: int = 0
-    errors: list[LineError] = field(default_factory=list)
+    errors: list[LineError] = field(default_factory=list)  # the first MAX_LINE_ERRORS bad lines
     notes: list[str] = field(default_factory=list)  # said once about the whole file (ignored columns)
+    jobs: int = 0  # jobs in the batch from this submit, whether their indices are kept or not
+    error_count: int = 0  # bad lines, all of them
 
     @property
     def job_ids(self) -> list[str]:
         return [job_id(self.batch_id, i) for i in self.indices]
+
+    def add_error(self, error: LineError) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_LINE_ERRORS:
+            self.errors.append(error)
 
 
 def new_batch_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def batch_id_for_key(key: str, tenant: str = "") -> str:
-    """The batch of a keyed submit: the same key (of the same tenant) gives the same batch.
+def batch_id_for_key(key: str) -> str:
+    """The batch of a keyed submit of the SDK or CLI: the same key gives the same batch.
 
-    Keys of HTTP callers are namespaced by their tenant, so two tenants never share a batch.
+    The HTTP API derives its callers' keyed batches with a secret instead (producer/api/keyed_ids.py).
     """
-    if tenant:
-        return "h" + hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest()[:19]
     return "k" + hashlib.sha256(key.encode()).hexdigest()[:19]
 
 
@@ -185,12 +195,18 @@ class Submitter:
         tenant: str = "",
         cap: int = 0,
         webhook: str = "",
+        key_for: KeyFor | None = None,
+        keep_indices: bool = True,
     ) -> None:
         self.settings = settings
         self.status = status
         self.batch_id = batch_id
         self.priority = priority
         self.tenant = tenant  # recorded as the batch's owner (HTTP API submits)
+        # A tenant's jobs may read only its own inputs (kandinsky_batch/tenancy.py): `key_for` is
+        # the storage's, to tell which objects are its.
+        self.key_for: KeyFor = key_for or (lambda _uri: None)
+        self.keep_indices = keep_indices  # off: a count only, so an upload's memory stays bounded
         self.cap = cap  # the tenant's cap on unfinished jobs (0: none)
         self.webhook = webhook  # JSON of the batch's webhook ('' for none)
         self.result = SubmitResult(batch_id)
@@ -215,7 +231,9 @@ class Submitter:
 
     def _flush(self, mode: Mode) -> None:
         chunk = self._pending.pop(mode, [])
-        self.result.indices += [index for index, _ in chunk]
+        self.result.jobs += len(chunk)
+        if self.keep_indices:
+            self.result.indices += [index for index, _ in chunk]
         for run in by_shard(chunk):
             self._send(mode, run)
 
@@ -262,6 +280,7 @@ class Submitter:
                     self._send(mode, new)
         if refused:
             gone = set(refused)
+            self.result.jobs -= len(gone)
             self.result.indices = [i for i in self.result.indices if i not in gone]
             self._pending.clear()
             raise cap_reached(self.tenant, self.cap, refused)
@@ -295,18 +314,20 @@ def submit_lines(
         if on_line:
             on_line(number)
         if isinstance(item, LineError):
-            result.errors.append(item)
+            result.add_error(item)
             continue
         first = (number - 1) * count
         if not is_index(first + count - 1):
-            result.errors.append(LineError(number, f"past the last job index of a batch ({MAX_INDEX})"))
+            result.add_error(LineError(number, f"past the last job index of a batch ({MAX_INDEX})"))
             continue
         data = {**defaults, **item} if isinstance(item, dict) else item
         try:
             spec = validate_spec(data, submitter.settings)
+            if submitter.tenant:
+                check_inputs(spec, submitter.tenant, submitter.key_for)
             seeds = line_seeds(submitter.batch_id, number, spec, count) if count > 1 else None
         except InvalidSpec as exc:
-            result.errors.append(LineError(number, exc.message))
+            result.add_error(LineError(number, exc.message))
             continue
         if strict:
             continue

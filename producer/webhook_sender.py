@@ -9,6 +9,7 @@ answer is read up to 64 KiB and dropped.
 from __future__ import annotations
 
 import http.client
+import logging
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from kandinsky_batch.netguard import ForbiddenAddress, Resolver, check_hop, pinn
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.webhooks import Delivery
 
+log = logging.getLogger(__name__)
 USER_AGENT = "kandinsky-batch (webhooks)"
 MAX_ANSWER_BYTES = 64 * 1024
 
@@ -47,7 +49,13 @@ def send(delivery: Delivery, secret: str, settings: Settings, resolve: Resolver 
     try:
         hop = check_hop(delivery.url, "webhook", resolve, settings.webhook_allow_loopback)
     except ForbiddenAddress as exc:
-        return Outcome(False, exc.message, final=True)
+        # The tenant reads `error` (its dead deliveries): the kind of address, never the address
+        # its host resolved to inside our network; the log keeps that.
+        log.warning("webhook %s refused: %s", delivery.id, exc.message)
+        what = f"resolves to a {exc.kind} address" if exc.kind else "is not allowed"
+        return Outcome(
+            False, f"refused: the receiver's host {what}; only public ones are sent to", final=True
+        )
     except BadInput as exc:  # DNS did not answer: it may later
         return Outcome(False, exc.message)
     headers = {

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from kandinsky_batch.errors import (
+    BadInput,
     Canceled,
     ControlFlow,
     HandBack,
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 class Job:
     ref: JobRef
     spec: JobSpec
+    tenant: str = ""  # its batch's tenant (submitted with an API key), '' for none
 
     @property
     def job_id(self) -> str:
@@ -256,9 +258,13 @@ class Engine:
             if at is not None:
                 metrics.QUEUE_WAIT.labels(job.spec.mode.value).observe(max(0.0, now - at))
             try:
-                claimed.append((job, self.inputs.load(job.spec)))
+                claimed.append((job, self.inputs.load(job.spec, job.tenant)))
             except PermanentError as exc:
                 self.fail(job, exc)
+            except Exception as exc:  # whatever one job's inputs do, only that job fails
+                with log_fields(**self.job_fields(job)):
+                    log.exception("reading the inputs of %s failed unexpectedly", job.job_id)
+                self.fail(job, BadInput(f"its inputs could not be read ({type(exc).__name__})"))
         if not claimed:
             return
         running = [job for job, _ in claimed]
@@ -324,6 +330,12 @@ class Engine:
                 if not self.status.is_terminal(job.job_id):
                     self.status.requeue(job.ref, transient=True, fence=self.fence)
                     self.on_storage_failure([job], exc)
+            except (ControlFlow, redis.RedisError):
+                raise
+            except Exception as exc:  # one job's bad metadata or image must not stop the others' storing
+                with log_fields(**self.job_fields(job)):
+                    log.exception("storing %s failed unexpectedly", job.job_id)
+                self.fail(job, InternalError(f"{type(exc).__name__}: {exc}"))
             finally:
                 self.attempts.pop(job.job_id, None)
 

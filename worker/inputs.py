@@ -4,6 +4,10 @@ Only PNG, JPEG and WebP are read; byte and pixel caps apply before decoding,
 and Pillow's decompression-bomb warning is a refusal, not a log line. Every
 image is converted to RGB (masks to L). The pipelines then resize inputs to
 the job's width x height.
+
+A job of a tenant (submitted with an API key) may read only what `kandinsky_batch.tenancy`
+allows, checked again here against its batch's recorded tenant, and a refused or failed read
+tells it only a generic reason: the worker's log keeps the detail (paths, DNS answers).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import io
+import logging
 import stat
 import warnings
 from pathlib import Path
@@ -19,13 +24,16 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image, ImageDraw
 
-from kandinsky_batch.errors import BadInput
+from kandinsky_batch.errors import BadInput, InvalidSpec
 from kandinsky_batch.schema import JobSpec, Mode, Rect
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import Storage
 from kandinsky_batch.storage.file import file_root
+from kandinsky_batch.tenancy import check_inputs, sources_prefix
 from worker.generate import Inputs, InputSource
 from worker.remote import fetch_https
+
+log = logging.getLogger(__name__)
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
@@ -35,27 +43,62 @@ class InputLoader:
     def __init__(self, settings: Settings, storage: Storage) -> None:
         self.settings = settings
         self.storage = storage
+        self.file_store = urlparse(settings.storage_url).scheme in ("", "file")
         roots = list(settings.input_roots)
-        if urlparse(settings.storage_url).scheme in ("", "file"):
+        if self.file_store:
             roots.append(file_root(settings.storage_url))
         self.roots = [r.resolve() for r in roots]
 
-    def load(self, spec: JobSpec) -> Inputs:
-        """All input images a job needs, with where each came from, or BadInput naming what is wrong."""
+    def load(self, spec: JobSpec, tenant: str = "") -> Inputs:
+        """All input images a job needs, with where each came from, or BadInput naming what is wrong.
+
+        `tenant` is the job's batch's tenant ('' for none): its job may read only what
+        `kandinsky_batch.tenancy` allows.
+        """
+        if tenant:
+            try:
+                check_inputs(spec, tenant, self.storage.key_for)
+            except InvalidSpec as exc:
+                raise BadInput(exc.message) from None
+        reader = _Reader(self, tenant)
         sources: list[InputSource] = []
         if spec.mode is Mode.INTERPOLATE:
             conditions: list[str | Image.Image] = [
                 c.text
                 if c.text is not None
-                else self.image(c.image or "", "condition image", f"conditions.{i}.image", sources)
+                else reader.image(c.image or "", "condition image", f"conditions.{i}.image", sources)
                 for i, c in enumerate(spec.conditions or [])
             ]
             return Inputs(conditions=conditions, sources=sources)
         if spec.mode not in (Mode.IMG2IMG, Mode.INPAINT):
             return Inputs()
-        image = self.image(spec.image or "", "image", "image", sources)
-        mask = self.mask(spec, image.size, sources) if spec.mode is Mode.INPAINT else None
+        image = reader.image(spec.image or "", "image", "image", sources)
+        mask = reader.mask(spec, image.size, sources) if spec.mode is Mode.INPAINT else None
         return Inputs(image=image, mask=mask, sources=sources)
+
+    def image(
+        self, uri: str, what: str, field: str, sources: list[InputSource], mode: str = "RGB", tenant: str = ""
+    ) -> Image.Image:
+        """One input image, read as a job of `tenant` would read it."""
+        return _Reader(self, tenant).image(uri, what, field, sources, mode)
+
+    def roots_for(self, tenant: str) -> list[Path]:
+        """The folders `file://` inputs may come from: a tenant's sources folder, else every root."""
+        if not tenant:
+            return self.roots
+        if not self.file_store:
+            return []
+        return [(file_root(self.settings.storage_url) / sources_prefix(tenant)).resolve()]
+
+
+class _Reader:
+    """Reads one job's inputs, for its tenant ('' for none)."""
+
+    def __init__(self, loader: InputLoader, tenant: str) -> None:
+        self.settings = loader.settings
+        self.storage = loader.storage
+        self.tenant = tenant
+        self.roots = loader.roots_for(tenant)
 
     def mask(self, spec: JobSpec, size: tuple[int, int], sources: list[InputSource]) -> Image.Image:
         """WHITE = repaint. Rectangles are in the input image's pixels, [x0, x1) x [y0, y1)."""
@@ -85,6 +128,19 @@ class InputLoader:
         return image.convert(mode)
 
     def fetch(self, uri: str, what: str) -> bytes:
+        """The input's bytes; for a tenant's job, a failed read says only that it failed."""
+        if not self.tenant or urlparse(uri).scheme == "data":
+            return self._fetch(uri, what)  # inline bytes: their errors name nothing of ours
+        try:
+            return self._fetch(uri, what)
+        except BadInput as exc:
+            log.info("input refused for tenant %s: %s", self.tenant, exc.message)
+            raise BadInput(
+                f"{what}: cannot be read (missing, unreachable, too large or not allowed; "
+                "the worker's log has the reason)"
+            ) from None
+
+    def _fetch(self, uri: str, what: str) -> bytes:
         scheme = urlparse(uri).scheme
         if scheme == "data":
             data = decode_data_url(uri, what)
@@ -105,7 +161,10 @@ class InputLoader:
         return data
 
     def _read_file(self, uri: str, what: str) -> bytes:
-        path = Path(unquote(urlparse(uri).path)).resolve()
+        try:
+            path = Path(unquote(urlparse(uri).path)).resolve()
+        except (ValueError, OSError) as exc:  # a NUL byte, a symlink loop
+            raise BadInput(f"{what}: not a usable file path ({exc})") from None
         if not any(path.is_relative_to(root) for root in self.roots):
             raise BadInput(f"{what}: {path} is outside the allowed input folders")
         try:
@@ -123,6 +182,8 @@ class InputLoader:
         key = self.storage.key_for(uri)
         if key is None:
             raise BadInput(f"{what}: {uri} is not in this worker's storage")
+        if self.tenant and not key.startswith(sources_prefix(self.tenant)):
+            raise BadInput(f"{what}: {uri} is outside {sources_prefix(self.tenant)}")
         try:
             return self.storage.get(key)
         except KeyError:
@@ -130,11 +191,18 @@ class InputLoader:
 
 
 def draw_mask(rectangles: list[Rect], size: tuple[int, int]) -> Image.Image:
-    """A black L mask of `size` with each [x0, y0, x1, y1] white: x0, y0 inclusive, x1, y1 exclusive."""
+    """A black L mask of `size` with each [x0, y0, x1, y1] white: x0, y0 inclusive, x1, y1 exclusive.
+
+    A rectangle that reaches past the image is cut at its edge; one wholly outside it is BadInput,
+    since it would repaint nothing.
+    """
+    width, height = size
     canvas = Image.new("L", size, 0)
     draw = ImageDraw.Draw(canvas)
-    for x0, y0, x1, y1 in rectangles:
-        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=255)
+    for n, (x0, y0, x1, y1) in enumerate(rectangles):
+        if x0 >= width or y0 >= height:
+            raise BadInput(f"mask: rectangle {n} {[x0, y0, x1, y1]} lies outside the {width}x{height} image")
+        draw.rectangle((x0, y0, min(x1, width) - 1, min(y1, height) - 1), fill=255)
     return canvas
 
 

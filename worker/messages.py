@@ -54,6 +54,7 @@ def read_message(
 
     jobs = []
     served = set(settings.modes)
+    tenant = status.batch_tenant(batch_id)  # its jobs may read only what the tenant may
     for e in parsed.entries:
         if e.index in gone or e.data is None:
             continue
@@ -70,7 +71,7 @@ def read_message(
         except (InvalidSpec, UnsupportedMode) as exc:
             _fail(status, ref, data, exc)
             continue
-        jobs.append(Job(ref, spec))
+        jobs.append(Job(ref, spec, tenant))
     return jobs
 
 

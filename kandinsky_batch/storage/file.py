@@ -85,7 +85,10 @@ class FileStorage:
         parsed = urlparse(uri)
         if parsed.scheme != "file":
             return None
-        path = Path(unquote(parsed.path)).resolve()
+        try:
+            path = Path(unquote(parsed.path)).resolve()
+        except (ValueError, OSError):  # a NUL byte, a symlink loop: no object of this store
+            return None
         root = self.root.resolve()
         return path.relative_to(root).as_posix() if path.is_relative_to(root) else None
 

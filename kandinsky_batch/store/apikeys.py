@@ -20,7 +20,9 @@ from kandinsky_batch.keys import Keys
 from kandinsky_batch.store import scripts
 
 KEY_PREFIX = "kb_"
-TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# A tenant names a storage folder (`sources/<tenant>/`), so it starts with a letter, digit or '_':
+# never '.', '..' or an option-like '-'.
+TENANT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,11 @@ class ApiKeys:
         self, tenant: str, *, admin: bool = False, rate_per_s: float = 20.0, max_queued: int = 100_000
     ) -> tuple[ApiKey, str]:
         """A new key for `tenant`: its record, and the secret (shown once, stored only as a hash)."""
-        if not TENANT.match(tenant):
-            raise ValueError(f"a tenant is 1 to 64 of letters, digits, '_', '.', '-'; not {tenant!r}")
+        if not TENANT.fullmatch(tenant):
+            raise ValueError(
+                f"a tenant is 1 to 64 of letters, digits, '_', '.', '-', not starting with '.' or '-'; "
+                f"not {tenant!r}"
+            )
         record = ApiKey(secrets.token_hex(6), tenant, admin, rate_per_s, max_queued, round(time.time(), 3))
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         self.redis.hset(self.key, digest(secret), json.dumps(asdict(record)))

@@ -102,18 +102,12 @@ class StatusReader:
 
     def batch(self, batch_id: str) -> BatchStatus:
         raw: dict[bytes, bytes] = self.redis.hgetall(self.keys.batch(batch_id))  # type: ignore[assignment]
-        if not raw or BatchField.TOTAL.encode() not in raw:
-            raise NotFound(f"batch {batch_id!r} not found")
-        text = {k.decode(): v.decode() for k, v in raw.items()}
-        return BatchStatus(
-            batch_id=batch_id,
-            total=int(text[BatchField.TOTAL]),
-            counts={s: int(text.get(s.value, 0)) for s in JobState},
-            created_at=_float(text.get(BatchField.CREATED)),
-            finished_at=_float(text.get(BatchField.FINISHED)),
-            manifest=text.get(BatchField.MANIFEST),
-            tenant=text.get(BatchField.TENANT),
-        )
+        return batch_status_from_hash(batch_id, raw)
+
+    def batch_tenant(self, batch_id: str) -> str:
+        """The tenant that submitted a batch over HTTP, or '' for none (the SDK, CLI, open format)."""
+        tenant = self.redis.hget(self.keys.batch(batch_id), BatchField.TENANT)
+        return tenant.decode() if isinstance(tenant, bytes) else ""
 
     def _chunks(
         self, batch_id: str, read: Read, start: int = 0
@@ -180,10 +174,7 @@ class StatusReader:
 
     def events_after(self, last_id: bytes | str, count: int) -> list[tuple[bytes, str, JobState]]:
         """Up to `count` status changes after `last_id`: (entry id, job id, new state)."""
-        answer: Any = self.redis.xread({self.keys.events(): last_id}, count=count)
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = answer[0][1] if answer else []
-        job, state = EventField.JOB.encode(), EventField.STATE.encode()
-        return [(eid, f[job].decode(), JobState(f[state].decode())) for eid, f in entries]
+        return events_from_reply(self.redis.xread({self.keys.events(): last_id}, count=count))
 
     def taken(self) -> int:
         """Jobs ever taken off the queues (both priorities): its rate is how fast they drain."""
@@ -250,6 +241,29 @@ class StatusReader:
 
 def _float(value: str | None) -> float | None:
     return float(value) if value else None
+
+
+def batch_status_from_hash(batch_id: str, raw: dict[bytes, bytes]) -> BatchStatus:
+    """A batch from its hash as HGETALL gives it; NotFound for none (shared with the asyncio reads)."""
+    if not raw or BatchField.TOTAL.encode() not in raw:
+        raise NotFound(f"batch {batch_id!r} not found")
+    text = {k.decode(): v.decode() for k, v in raw.items()}
+    return BatchStatus(
+        batch_id=batch_id,
+        total=int(text[BatchField.TOTAL]),
+        counts={s: int(text.get(s.value, 0)) for s in JobState},
+        created_at=_float(text.get(BatchField.CREATED)),
+        finished_at=_float(text.get(BatchField.FINISHED)),
+        manifest=text.get(BatchField.MANIFEST),
+        tenant=text.get(BatchField.TENANT),
+    )
+
+
+def events_from_reply(answer: Any) -> list[tuple[bytes, str, JobState]]:
+    """(entry id, job id, new state) of each status change in an XREAD reply of the event stream."""
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = answer[0][1] if answer else []
+    job, state = EventField.JOB.encode(), EventField.STATE.encode()
+    return [(eid, f[job].decode(), JobState(f[state].decode())) for eid, f in entries]
 
 
 def job_status_from_hash(ref: JobRef, raw: dict[bytes, bytes]) -> JobStatus:

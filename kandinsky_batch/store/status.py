@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from kandinsky_batch.errors import AttemptsExhausted
+from kandinsky_batch.errors import AttemptsExhausted, OverQuota
 from kandinsky_batch.keys import DEAD_LETTERS_MAX, BatchField, JobField, JobRef, Keys
 from kandinsky_batch.schema import JobState, Priority
 from kandinsky_batch.store import records, scripts
@@ -259,6 +259,7 @@ class StatusStore(StatusReader):
         bump: JobField | None,
         delete: Sequence[str],
         fence: str,
+        cap: int = 0,
     ) -> tuple[list[str], list[Any]]:
         args: list[Any] = [
             to.value,
@@ -270,6 +271,7 @@ class StatusStore(StatusReader):
             ref.index,
             self.keys.records_prefix(ref.batch_id),
             fence,
+            cap,
             len(delete),
             *delete,
         ]
@@ -294,17 +296,23 @@ class StatusStore(StatusReader):
         bump: JobField | None = None,
         delete: Sequence[str] = (),
         fence: str = "",
+        cap: int = 0,
     ) -> tuple[bool, JobState | None]:
         """Move a job to `to` if it is in one of `allowed_from`, set `fields`, drop `delete`.
 
-        With `fence`, only while that worker holds the job's live lease. Returns (moved, state
-        before the call); state is None for an unknown job.
+        With `fence`, only while that worker holds the job's live lease; with `cap`, a finished
+        job of a tenant is sent again only while the tenant stays within that many unfinished
+        jobs (OverQuota if not). Returns (moved, state before the call); state is None for an
+        unknown job.
         """
         ref = as_ref(job)
         if ref is None:
             return False, None
-        keys, args = self._transition_call(ref, to, allowed_from, fields, bump, delete, fence)
-        return self._outcome(ref.batch_id, self._transition(keys=keys, args=args))
+        keys, args = self._transition_call(ref, to, allowed_from, fields, bump, delete, fence, cap)
+        reply = self._transition(keys=keys, args=args)
+        if reply[0] == b"over_cap":
+            raise OverQuota(f"the tenant has reached its cap of {cap} unfinished jobs")
+        return self._outcome(ref.batch_id, reply)
 
     def start(
         self, job: str | JobRef, worker: str, total_steps: int, spec: dict[str, Any], fence: bool = False
@@ -366,10 +374,13 @@ class StatusStore(StatusReader):
         moved, _ = self.transition(job, JobState.QUEUED, (JobState.RUNNING,), bump=bump, fence=fence)
         return moved
 
-    def retry(self, job: str | JobRef) -> bool:
-        """A failed job back to queued, its old error dropped in the same step."""
+    def retry(self, job: str | JobRef, cap: int = 0) -> bool:
+        """A failed job back to queued, its old error dropped in the same step.
+
+        With `cap`, OverQuota instead once its batch's tenant has that many unfinished jobs.
+        """
         drop = (JobField.ERROR_CODE, JobField.ERROR_MESSAGE, JobField.FINISHED)
-        moved, _ = self.transition(job, JobState.QUEUED, (JobState.FAILED,), delete=drop)
+        moved, _ = self.transition(job, JobState.QUEUED, (JobState.FAILED,), delete=drop, cap=cap)
         return moved
 
     def recover(self, job: str | JobRef, max_attempts: int) -> Recovered:

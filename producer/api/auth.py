@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from kandinsky_batch.errors import NotFound
-from kandinsky_batch.keys import JobRef
+from kandinsky_batch.keys import JobRef, is_batch_id
 from kandinsky_batch.schema import BatchStatus
 from kandinsky_batch.store.apikeys import ApiKey
 from producer.api.async_store import AsyncStore, Authenticated
@@ -62,8 +62,23 @@ def allowed(answer: Authenticated) -> ApiKey:
 
 
 def owned_batch(client: Client, key: ApiKey, batch_id: str) -> BatchStatus:
-    """The batch if this key's tenant owns it (an admin key sees every tenant's); else NotFound."""
+    """The batch if this key's tenant owns it (an admin key sees every tenant's); else NotFound.
+
+    An id submit would refuse is not looked up at all: it names no batch.
+    """
+    if not is_batch_id(batch_id):
+        raise NotFound(f"batch {batch_id!r} not found")
     batch = client.status_store.batch(batch_id)
+    if not key.admin and batch.tenant != key.tenant:
+        raise NotFound(f"batch {batch_id!r} not found")
+    return batch
+
+
+async def owned_batch_on_loop(store: AsyncStore, key: ApiKey, batch_id: str) -> BatchStatus:
+    """`owned_batch` over the asyncio client, for a route that runs on the event loop."""
+    if not is_batch_id(batch_id):
+        raise NotFound(f"batch {batch_id!r} not found")
+    batch = await store.batch(batch_id)
     if not key.admin and batch.tenant != key.tenant:
         raise NotFound(f"batch {batch_id!r} not found")
     return batch

@@ -3,35 +3,42 @@
 An upload is read chunk by chunk and handed line by line to the bulk submitter in a worker
 thread through a bounded queue, so a 1M-line body never sits in memory whole, and the event loop
 only moves bytes. Bad lines are reported by number, as `submit --file` does; the rest go.
+
+Uploads and event streams last as long as their callers like: each holds one of its tenant's
+slots (producer/api/slots.py), uploads run in threads of their own and streams on the event
+loop, so neither can take the threads the other routes are served from.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import functools
 import json
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from kandinsky_batch.errors import NotFound, OverQuota
 from kandinsky_batch.keys import JobRef
 from kandinsky_batch.schema import JobState, Priority
+from kandinsky_batch.storage import Storage
 from kandinsky_batch.store.apikeys import ApiKey
 from kandinsky_batch.webhooks import WebhookEvent
-from producer.api.auth import owned_batch
+from producer.api.async_store import AsyncStore
+from producer.api.auth import owned_batch, owned_batch_on_loop
 from producer.api.jobs import Caller, Sdk, over_quota, webhook_from
+from producer.api.keyed_ids import KeyedBatchIds
 from producer.api.problems import Problem
+from producer.api.slots import HeldStream, Limits, Slot
 from producer.client import Client
 from producer.submit import (
     SubmitResult,
     Submitter,
-    batch_id_for_key,
     new_batch_id,
     parse_jsonl,
     split_lines,
@@ -46,15 +53,48 @@ PAGE_MAX = 1000
 
 
 class Inbox:
-    """The chunks of one upload, from the event loop to the submitting thread; `None` ends it."""
+    """The chunks of one upload, from the event loop to the submitting thread; `None` ends it.
 
-    def __init__(self) -> None:
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+    The loop's side never blocks and needs no thread: `put` waits for room as a coroutine, woken
+    by the thread after each chunk it takes. `close` (the upload given up) ends it without a
+    wait: the thread takes what is queued, then stops.
+    """
+
+    POLL_S = 0.2  # how soon a thread waiting on an empty queue sees `close`
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int = 64) -> None:
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=size)
         self.ended = False
+        self._loop = loop
+        self._room = asyncio.Event()
+        self._closed = False
+
+    async def put(self, chunk: bytes | None) -> None:
+        """On the loop: queue a chunk (None: the end), once there is room."""
+        while True:
+            try:
+                self.queue.put_nowait(chunk)
+                return
+            except queue.Full:
+                self._room.clear()
+                if not self.queue.full():  # a take in between: its wake-up may be the one cleared
+                    continue
+                await self._room.wait()
+
+    def close(self) -> None:
+        """On the loop: no more chunks come."""
+        self._closed = True
 
     def chunks(self) -> Iterator[bytes]:
+        """In the submitting thread: the chunks, until the end or `close`."""
         while not self.ended:
-            chunk = self.queue.get()
+            try:
+                chunk = self.queue.get(timeout=self.POLL_S)
+            except queue.Empty:
+                # Every put came before close: closed and empty is the end.
+                self.ended = self._closed and self.queue.empty()
+                continue
+            self._loop.call_soon_threadsafe(self._room.set)
             if chunk is None:
                 self.ended = True
             else:
@@ -114,29 +154,41 @@ async def submit_batch(
     queued; sending the same body again with the same Idempotency-Key later sends the rest.
     """
     base = _defaults(defaults)
-    hook = webhook_from({"webhook": webhook, "webhook_events": webhook_events}, batch=True)
-    batch_id = batch_id_for_key(idempotency_key, key.tenant) if idempotency_key else new_batch_id()
+    given: dict[str, Any] = {"webhook": webhook, "webhook_events": webhook_events}
+    hook = webhook_from(given, batch=True, allow_loopback=client.settings.webhook_allow_loopback)
+    batch_ids: KeyedBatchIds = request.app.state.batch_ids
+    batch_id = await batch_ids.batch_id(key.tenant, idempotency_key) if idempotency_key else new_batch_id()
     submitter = Submitter(
-        client.settings, client.status_store, batch_id, priority, key.tenant, key.max_queued, hook
+        client.settings,
+        client.status_store,
+        batch_id,
+        priority,
+        key.tenant,
+        key.max_queued,
+        hook,
+        key_for=client.storage.key_for,
+        keep_indices=False,  # a count is all the answer needs: memory stays bounded
     )
     try:
         if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
             chunks = _source(client, key, await _small_body(request))
-            result = await run_in_threadpool(_submit_source, submitter, chunks, base)
+            submitting = _in_upload_thread(request, key.tenant, _submit_source, submitter, chunks, base)
+            result = await asyncio.shield(submitting)
         else:
             result = await _upload(request, submitter, base)
     except OverQuota as exc:
         line = min(exc.refused) + 1 if exc.refused else None
         result = submitter.result
-        raise over_quota(exc, batch_id=batch_id, jobs=len(result.indices), refused_from_line=line) from None
-    if not result.indices and not result.errors:
+        raise over_quota(exc, batch_id=batch_id, jobs=result.jobs, refused_from_line=line) from None
+    if not result.jobs and not result.error_count:
         raise Problem(422, "Invalid request", "the body has no job lines", fields=["body"])
     return {
         "batch_id": result.batch_id,
-        "jobs": len(result.indices),
+        "jobs": result.jobs,
         "sent": result.sent,
         "skipped": result.skipped,
         "errors": [{"line": e.line, "reason": e.reason} for e in result.errors],
+        "error_count": result.error_count,
         "urls": {"get": str(request.url_for("get_batch", batch_id=result.batch_id))},
     }
 
@@ -154,10 +206,13 @@ def _defaults(defaults: str | None) -> dict[str, Any]:
 
 
 async def _upload(request: Request, submitter: Submitter, base: dict[str, Any]) -> SubmitResult:
-    """Stream the body's lines to the submitter in a worker thread, a bounded queue between."""
+    """Stream the body's lines to the submitter in an upload thread, a bounded queue between.
+
+    The tenant's upload slot is taken before a byte of the body is read (429 past its share).
+    """
     limit = submitter.settings.api_max_upload_bytes
-    inbox = Inbox()
-    task = asyncio.ensure_future(run_in_threadpool(_submit, submitter, inbox, base))
+    inbox = Inbox(asyncio.get_running_loop())
+    done = _in_upload_thread(request, submitter.tenant, _submit, submitter, inbox, base)
     size = 0
     try:
         async for chunk in request.stream():
@@ -165,10 +220,31 @@ async def _upload(request: Request, submitter: Submitter, base: dict[str, Any]) 
             if size > limit:
                 raise Problem(413, "Body too large", f"an upload is at most {limit} bytes")
             if chunk:
-                await run_in_threadpool(inbox.queue.put, chunk)
+                await inbox.put(chunk)
+        await inbox.put(None)
+    except ClientDisconnect:  # an answer no one reads, and nothing for the log
+        raise Problem(400, "Upload cut short", "the connection closed before the body ended") from None
     finally:
-        await run_in_threadpool(inbox.queue.put, None)
-    return await task
+        inbox.close()  # given up (too large, the client gone): the thread submits what it has
+    return await asyncio.shield(done)
+
+
+def _in_upload_thread(
+    request: Request, tenant: str, submit: Callable[..., SubmitResult], *args: Any
+) -> asyncio.Future[SubmitResult]:
+    """`submit(*args)` in an upload thread, holding one of the tenant's upload slots until the
+    thread is done; 429 when the tenant (or the server) has none left."""
+    limits: Limits = request.app.state.limits
+    slot = limits.uploads.take(tenant, close=True)
+    done = asyncio.get_running_loop().run_in_executor(limits.upload_threads, submit, *args)
+    done.add_done_callback(functools.partial(_upload_done, slot))
+    return done
+
+
+def _upload_done(slot: Slot, done: asyncio.Future[SubmitResult]) -> None:
+    slot.release()
+    if not done.cancelled():
+        done.exception()  # seen: an upload given up on leaves no "never retrieved" in the log
 
 
 async def _small_body(request: Request) -> bytes:
@@ -200,12 +276,19 @@ def _source(client: Client, key: ApiKey, body: bytes) -> Iterator[bytes]:
         where = "" if key.admin else f" under sources/{key.tenant}/"
         detail = f"source: {uri!r} is not in this API's storage{where}"
         raise Problem(422, "Invalid request", detail, fields=["source"])
-    chunks = client.storage.chunks(object_key)
+    return _reading(client.storage, object_key, uri)
+
+
+def _reading(storage: Storage, object_key: str, uri: str) -> Iterator[bytes]:
+    """The object's pieces, read when iterated (in the upload thread, never on the event loop);
+    NotFound from the first if there is no such object."""
+    chunks = storage.chunks(object_key)
     try:
         first = next(chunks, b"")
     except KeyError:
         raise NotFound(f"source {uri!r} not found") from None
-    return itertools.chain([first], chunks)
+    yield first
+    yield from chunks
 
 
 @router.get("/batches/{batch_id}", summary="A batch's counts by state, rate and ETA")
@@ -254,30 +337,33 @@ def list_jobs(
     summary="Server-Sent Events of a batch's jobs",
     response_class=StreamingResponse,
 )
-def batch_events(batch_id: str, key: Caller, client: Sdk) -> StreamingResponse:
+async def batch_events(request: Request, batch_id: str, key: Caller) -> StreamingResponse:
     """`batch` (counts) first, a `job` event per state change, `done` when every job is finished.
 
     Read from the status event stream from the moment of the request; a comment every 15 s
     keeps idle connections open.
     """
-    owned_batch(client, key, batch_id)
-    return StreamingResponse(_events(client, batch_id), media_type="text/event-stream")
+    store: AsyncStore = request.app.state.store
+    limits: Limits = request.app.state.limits
+    await owned_batch_on_loop(store, key, batch_id)
+    slot = limits.streams.take(key.tenant)  # 429 past the tenant's share, before the stream starts
+    return HeldStream(slot, _events(store, batch_id), media_type="text/event-stream")
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-def _events(client: Client, batch_id: str) -> Iterator[bytes]:
-    store = client.status_store
-    last = store.last_event_id()
-    batch = store.batch(batch_id)
+async def _events(store: AsyncStore, batch_id: str) -> AsyncIterator[bytes]:
+    """On the event loop, polled over the asyncio client: a stream holds no thread."""
+    last = await store.last_event_id()
+    batch = await store.batch(batch_id)
     yield _sse("batch", {"batch_id": batch_id, "counts": batch.model_dump(mode="json")["counts"]})
     quiet_since = time.monotonic()
     while True:
         # Seen done before the read: the change that finished it is in the stream, so it is read.
-        batch = store.batch(batch_id)
-        entries = store.events_after(last, 1000)
+        batch = await store.batch(batch_id)
+        entries = await store.events_after(last, 1000)
         if entries:
             last = entries[-1][0]
         for _, job, state in entries:
@@ -291,7 +377,7 @@ def _events(client: Client, batch_id: str) -> Iterator[bytes]:
             yield b": keep-alive\n\n"
             quiet_since = time.monotonic()
         if len(entries) < 1000:
-            time.sleep(0.25)
+            await asyncio.sleep(0.25)
     yield _sse("done", {"batch_id": batch_id, "counts": batch.model_dump(mode="json")["counts"]})
 
 
@@ -304,8 +390,11 @@ def cancel_batch(batch_id: str, key: Caller, client: Sdk) -> dict[str, Any]:
 @router.post("/batches/{batch_id}/retry-failed", summary="Send a batch's failed jobs again")
 def retry_failed(batch_id: str, key: Caller, client: Sdk) -> dict[str, Any]:
     owned_batch(client, key, batch_id)
-    result = client.retry_failed(batch_id)
-    return {
+    result = client.retry_failed(batch_id, cap=key.max_queued)
+    answer = {
         "retried": result.retried,
         "not_retried": [{"job_id": job, "reason": why} for job, why in result.not_retried],
     }
+    if result.over_cap is not None:  # the jobs past the cap stay failed: retry again later
+        raise over_quota(result.over_cap, **answer)
+    return answer

@@ -6,6 +6,7 @@ batch id and index, and its batch carries the tenant that submitted it.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import secrets
@@ -27,19 +28,23 @@ from kandinsky_batch.store import records
 from kandinsky_batch.store.apikeys import ApiKey
 from kandinsky_batch.store.reads import job_status_from_record
 from kandinsky_batch.store.status import Chunk
+from kandinsky_batch.tenancy import check_inputs, input_uris
 from kandinsky_batch.webhooks import Webhook
 from kandinsky_batch.wire import validate_spec
 from producer.api.async_store import AsyncStore
 from producer.api.auth import Secret, allowed, caller, client_of, owned_job
 from producer.api.estimates import DrainRate
+from producer.api.keyed_ids import keyed_batch_id
 from producer.api.problems import Problem
+from producer.api.slots import Limits
 from producer.client import Client
-from producer.submit import batch_id_for_key, cap_reached, chunk_of, new_batch_id, seeded_wire
+from producer.submit import cap_reached, chunk_of, new_batch_id, seeded_wire
 
 router = APIRouter(prefix="/v1")
 WEBHOOK_FIELDS = ("webhook", "webhook_events")
 QUEUE_FULL_RETRY_S = 5
 _SEEDS = random.Random(secrets.randbits(64))  # seeds need to be varied, not secret (as Submitter's)
+WAIT_POLL_S, WAIT_POLL_MAX_S = 0.1, 0.25  # `Prefer: wait` reads the job's state this often
 _WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+(?:\.\d+)?)")
 
 Caller = Annotated[ApiKey, Depends(caller)]
@@ -71,7 +76,7 @@ def job_url(request: Request, job_id: str, tail: str = "") -> str:
     return f"{str(request.base_url).rstrip('/')}{router.prefix}/jobs/{quote(job_id, safe='')}{tail}"
 
 
-def webhook_from(fields: dict[str, Any], batch: bool) -> str:
+def webhook_from(fields: dict[str, Any], batch: bool, allow_loopback: bool = False) -> str:
     """The JSON of a webhook given as `webhook` (an https URL) and `webhook_events`, or ''."""
     url, events = fields.get("webhook"), fields.get("webhook_events")
     if url is None:
@@ -84,7 +89,7 @@ def webhook_from(fields: dict[str, Any], batch: bool) -> str:
     if events is not None:
         given["events"] = events
     try:
-        return Webhook.model_validate(given).to_json()
+        return Webhook.submitted(given, allow_loopback).to_json()
     except ValidationError as exc:
         errors = exc.errors()
         names = ["webhook_events" if e["loc"] and e["loc"][0] == "events" else "webhook" for e in errors]
@@ -123,16 +128,22 @@ async def submit_job(
     settings = client.settings
     store: AsyncStore = request.app.state.store
     try:
-        hook = webhook_from(spec, batch=False)
+        hook = webhook_from(spec, batch=False, allow_loopback=settings.webhook_allow_loopback)
         job_spec = validate_spec({k: v for k, v in spec.items() if k not in WEBHOOK_FIELDS}, settings)
     except (Problem, InvalidSpec):
         allowed(await store.authenticate(secret))  # a bad key is told so before a bad spec
         raise
+    if any(urlparse(uri).scheme not in ("data", "https") for _, uri in input_uris(job_spec)):
+        # Inputs from storage: whose they may be depends on the key, so it is checked first.
+        known = allowed(await store.authenticate(secret))
+        check_inputs(job_spec, known.tenant, client.storage.key_for)
     wire = seeded_wire(job_spec, _SEEDS)
     key_text = idempotency_key or job_spec.idempotency_key
+    id_secret = await request.app.state.batch_ids.secret() if key_text else b""
 
     def chunk_for(key: ApiKey) -> Chunk:
-        batch_id = batch_id_for_key(key_text, key.tenant) if key_text else new_batch_id()
+        check_inputs(job_spec, key.tenant, client.storage.key_for)  # the key's tenant may have changed
+        batch_id = keyed_batch_id(id_secret, key.tenant, key_text) if key_text else new_batch_id()
         return chunk_of(
             settings, batch_id, job_spec.mode, [(0, wire)], priority, key.tenant, key.max_queued, hook
         )
@@ -155,16 +166,41 @@ async def submit_job(
         if drain.due():
             await run_in_threadpool(drain.per_s)
         return _answer(request, job_view(request, client, status, ahead=pushed.ahead), 202)
-    return await run_in_threadpool(_read_and_wait, request, client, ref, wait)
+    return await _read_and_wait(request, client, ref, wait, key.tenant)
 
 
-def _read_and_wait(request: Request, client: Client, ref: JobRef, wait: float) -> Response:
-    """The answer for a job that existed already (a repeated Idempotency-Key) or is waited for."""
-    status = client.status_store.job(ref)
+async def _read_and_wait(request: Request, client: Client, ref: JobRef, wait: float, tenant: str) -> Response:
+    """The answer for a job that existed already (a repeated Idempotency-Key) or is waited for.
+
+    The wait polls on the event loop, holding one of the tenant's wait slots, so waiting takes
+    no thread. With none left the job is answered at once (202), as if no wait was asked: it is
+    queued already, and a 429 would have its caller send it again.
+    """
+    if wait:
+        limits: Limits = request.app.state.limits
+        slot = limits.waits.try_take(tenant)
+        if slot is not None:
+            with slot:
+                await _until_finished(request, ref, wait)
+    return await run_in_threadpool(_read_answer, request, client, ref, wait)
+
+
+async def _until_finished(request: Request, ref: JobRef, wait: float) -> None:
+    """Until the job is finished, `wait` seconds have passed or the caller has gone."""
+    store: AsyncStore = request.app.state.store
     deadline = time.monotonic() + wait
-    while wait and not is_finished(status) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        status = client.status_store.job(ref)
+    pause = WAIT_POLL_S
+    while True:
+        state = await store.job_state(ref)
+        left = deadline - time.monotonic()
+        if state is None or is_finished(state) or left <= 0 or await request.is_disconnected():
+            return
+        await asyncio.sleep(min(pause, left))
+        pause = min(pause * 1.5, WAIT_POLL_MAX_S)
+
+
+def _read_answer(request: Request, client: Client, ref: JobRef, wait: float) -> Response:
+    status = client.status_store.job(ref)
     code = 200 if is_finished(status) and wait else 202
     return _answer(request, job_view(request, client, status), code)
 

@@ -86,7 +86,8 @@ def test_paging_ten_thousand_jobs_by_cursor_sees_each_once(
 
 def test_cancel_and_retry_failed_of_a_batch(server: str, acme_key: str, keys: dict[str, str]):
     with httpx.Client(base_url=server, timeout=60) as http:
-        bad_image = {"prompt": "x", "mode": "img2img", "image": "file:///nonexistent/input.png", **TINY}
+        # Accepted at submit (inline), failed by the worker: not an image.
+        bad_image = {"prompt": "x", "mode": "img2img", "image": "data:image/png;base64,aGVsbG8=", **TINY}
         result = http.post("/v1/batches", content=lines(bad_image), headers=auth(acme_key)).json()
         batch = wait_batch(http, result["batch_id"], acme_key)
         assert batch["counts"]["failed"] == 1

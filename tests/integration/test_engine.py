@@ -213,7 +213,11 @@ def test_a_job_canceled_mid_run_stops_between_steps_and_stores_nothing(engine: E
     ],
 )
 def test_bad_inputs_fail_their_job_with_a_code(engine: Engine, mode, spec, reason):
-    jobs = submit(engine, f"bad-{mode}-{reason[:4]}", [{**spec, "mode": mode}, MODE_SPECS[Mode.TEXT2IMG]])
+    jobs = submit(
+        engine,
+        f"bad-{mode}-{reason[:4].replace(' ', '_')}",
+        [{**spec, "mode": mode}, MODE_SPECS[Mode.TEXT2IMG]],
+    )
     engine.run(jobs)
     bad, good = (engine.status.job(j.job_id) for j in jobs)
     assert bad.state is JobState.FAILED and bad.error is not None

@@ -37,6 +37,41 @@ def test_a_webhook_url_must_be_https_to_a_public_host(url: str) -> None:
         Webhook(url=url)
 
 
+# Loopback, unspecified and IPv4-in-IPv6 loopback in the spellings a resolver accepts, no DNS needed.
+LITERAL_LOOPBACK = [
+    "https://127.0.0.1/hook", "https://[::1]/", "https://localhost/", "https://localhost./",
+    "https://LOCALHOST/", "https://api.localhost:8443/", "https://127.1/", "https://2130706433/",
+    "https://0x7f000001/", "https://0177.0.0.1/", "https://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54/",
+]  # fmt: skip
+NEVER_ALLOWED = ["https://0.0.0.0/", "https://0/", "https://[::ffff:127.0.0.1]/", "https://[::]/",
+                 "https://10.1/", "https://[fe80::1%25eth0]/", "https://0xa9fea9fe/"]  # fmt: skip
+
+
+@pytest.mark.parametrize("url", LITERAL_LOOPBACK + NEVER_ALLOWED)
+def test_a_literal_non_public_host_in_any_spelling_is_refused_at_submit(url: str) -> None:
+    with pytest.raises(ValidationError, match="must not point at a"):
+        Webhook.submitted({"url": url}, allow_loopback=False)
+    with pytest.raises(ValidationError, match="must not point at a"):
+        Webhook(url=url)  # no setting given: refused too
+
+
+@pytest.mark.parametrize("url", LITERAL_LOOPBACK)
+def test_loopback_hosts_pass_at_submit_only_with_the_setting(url: str) -> None:
+    assert Webhook.submitted({"url": url}, allow_loopback=True).url == url
+
+
+@pytest.mark.parametrize("url", NEVER_ALLOWED)
+def test_other_non_public_hosts_are_refused_even_with_the_loopback_setting(url: str) -> None:
+    with pytest.raises(ValidationError, match="must not point at a"):
+        Webhook.submitted({"url": url}, allow_loopback=True)
+
+
+@pytest.mark.parametrize("url", ["https://hooks.example.com/kb", "https://8.8.8.8/", "https://[2001:4860::8888]:8443/",
+                                 "https://127.0.0.1.example.com/", "https://localhost.example.com/"])  # fmt: skip
+def test_public_addresses_and_names_that_need_dns_pass_at_submit(url: str) -> None:
+    assert Webhook.submitted({"url": url}, allow_loopback=False).url == url
+
+
 def test_a_webhook_keeps_its_events_and_reads_back_what_it_stored() -> None:
     hook = Webhook(url="https://example.com/h", events=frozenset({WebhookEvent.STARTED}), batch=True)
     assert Webhook.from_json(hook.to_json()) == hook
@@ -91,3 +126,12 @@ def test_backoff_doubles_up_to_its_cap_and_stops_at_the_give_up_time() -> None:
         waits.append(at - 1000.0)
     assert waits == [5, 10, 20, 40, 60, 60]
     assert next_try(delivery(attempts=3), settings, now=1000.0 + 590) is None  # past 600 s after creation
+
+
+def test_a_refused_delivery_names_the_kind_of_address_but_never_the_address_it_resolved_to() -> None:
+    # Given a receiver's name that resolves inside our network
+    outcome = send(
+        delivery(url="https://hooks.example.com/"), SECRET, Settings(), resolve=lambda host: ["10.1.2.3"]
+    )
+    # Then the tenant-visible error says what kind of address, and not which
+    assert outcome.final and "private" in outcome.error and "10.1.2.3" not in outcome.error

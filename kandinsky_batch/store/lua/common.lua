@@ -39,6 +39,16 @@ end
 
 local TERMINAL = {succeeded = true, failed = true, canceled = true}
 
+-- The one cap check: the tenant's unfinished jobs (usage hash `usage`) if adding `n` more would
+-- pass `cap`, else nil. Every path that queues a tenant's jobs (submit, a retry) asks it.
+local function over_cap(usage, cap, n)
+  if not cap or cap <= 0 then return nil end
+  local u = redis.call('HMGET', usage, 'queued', 'running')
+  local unfinished = (tonumber(u[1]) or 0) + (tonumber(u[2]) or 0)
+  if unfinished + n > cap then return unfinished end
+  return nil
+end
+
 -- Keep the batch's tenant's usage (jobs by state, images stored) in step with a move.
 local function count_usage(k, a, cur, to)
   if not k.usage then return end
@@ -61,9 +71,11 @@ end
 -- k: {job, batch, events, leases, owners, rec, running, usage (the usage keys' prefix), counts};
 -- a: {job_id, index, rec_prefix, to, allowed, now, ttl, fence, bump, deletes, sets}.
 -- `fence`, if not '', is the worker that must hold the job's
--- live lease. Returns {'ok', previous, finished} | {'refused', current} | {'fenced', current} |
--- {'missing', ''}; finished is 1 when this move completed the batch. Any state but `running`
--- drops the job's lease. A job known only by its record is queued: its hash is made first.
+-- live lease. `cap`, if set, refuses sending a finished job of a tenant again past its cap.
+-- Returns {'ok', previous, finished} | {'refused', current} | {'fenced', current} |
+-- {'over_cap', current} | {'missing', ''}; finished is 1 when this move completed the batch. Any
+-- state but `running` drops the job's lease. A job known only by its record is queued: its hash
+-- is made first.
 local function move(k, a)
   local cur = redis.call('HGET', k.job, F.state)
   local flags, seed, created
@@ -75,6 +87,10 @@ local function move(k, a)
   local allowed = false
   for s in string.gmatch(a.allowed, '[^,]+') do if s == cur then allowed = true end end
   if not allowed then return {'refused', cur} end
+  if a.cap and a.cap > 0 and TERMINAL[cur] and not TERMINAL[a.to] and k.usage then
+    local tenant = redis.call('HGET', k.batch, B.tenant)
+    if tenant and over_cap(k.usage .. tenant, a.cap, 1) then return {'over_cap', cur} end
+  end
   if a.fence ~= '' then
     local score = tonumber(redis.call('ZSCORE', k.leases, a.job_id) or '-1')
     if redis.call('HGET', k.owners, a.job_id) ~= a.fence or score <= tonumber(a.now) then

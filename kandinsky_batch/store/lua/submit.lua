@@ -48,10 +48,9 @@ if fresh < n then
 end
 local waiting = high_water > 0 and queue_length() or nil  -- measured once: the script is atomic
 if waiting and waiting >= high_water then return {3, '', waiting} end
-if tenant ~= '' and cap > 0 then
-  local u = redis.call('HMGET', usage, 'queued', 'running')
-  local unfinished = (tonumber(u[1]) or 0) + (tonumber(u[2]) or 0)
-  if unfinished + n > cap then return {2, '', unfinished} end
+if tenant ~= '' then
+  local unfinished = over_cap(usage, cap, n)
+  if unfinished then return {2, '', unfinished} end
 end
 local record = {}
 for j = 1, n do record[j] = struct.pack('>BI4I4', flags, seed[j], now_s) end

@@ -1,16 +1,17 @@
 -- KEYS: job, batch, events, leases, owners, record shard, running, usage prefix, queue counts
 -- ARGV: to, from_csv, now, ttl, bump (a field to add 1 to, or ''), job_id, index, rec_prefix,
---       fence (the worker that must hold the live lease, or ''), n_delete, field_1..field_n,
---       then field, value, field, value... to set.
+--       fence (the worker that must hold the live lease, or ''), cap (the most unfinished jobs
+--       the batch's tenant may have, for a finished job sent again; 0 for no cap), n_delete,
+--       field_1..field_n, then field, value, field, value... to set.
 -- Returns what `move` (common.lua) returns.
-local n_delete = tonumber(ARGV[10])
+local n_delete = tonumber(ARGV[11])
 local deletes, sets = {}, {}
-for i = 11, 10 + n_delete do deletes[#deletes + 1] = ARGV[i] end
-for i = 11 + n_delete, #ARGV do sets[#sets + 1] = ARGV[i] end
+for i = 12, 11 + n_delete do deletes[#deletes + 1] = ARGV[i] end
+for i = 12 + n_delete, #ARGV do sets[#sets + 1] = ARGV[i] end
 return move(
   {job = KEYS[1], batch = KEYS[2], events = KEYS[3], leases = KEYS[4], owners = KEYS[5], rec = KEYS[6],
    running = KEYS[7], usage = KEYS[8],
    counts = KEYS[9]},
   {to = ARGV[1], allowed = ARGV[2], now = ARGV[3], ttl = tonumber(ARGV[4]), bump = ARGV[5],
    job_id = ARGV[6], index = tonumber(ARGV[7]), rec_prefix = ARGV[8], fence = ARGV[9],
-   deletes = deletes, sets = sets})
+   cap = tonumber(ARGV[10]), deletes = deletes, sets = sets})
