@@ -2,7 +2,7 @@
 
 Every image gets its own CPU generator seeded from its job's seed and image
 index, so an image is the same whether it ran alone or inside a batch (up to
-batched-matmul rounding, see the README) and on any device.
+batched-matmul rounding, see docs/reproducibility.md) and on any device.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ async def submit_job(
     request: Request,
     secret: Secret,
     client: Sdk,
-    spec: Annotated[dict[str, Any], Body(description="A job spec, as in the README's table.")],
+    spec: Annotated[dict[str, Any], Body(description="A job spec, as in docs/jobs.md.")],
     priority: Priority = Priority.NORMAL,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     prefer: Annotated[str | None, Header()] = None,

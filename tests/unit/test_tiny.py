@@ -288,3 +288,19 @@ def test_crash_while_rebuilding_keeps_the_old_folder(
     assert is_tiny_complete(root)
     assert _files(root) == before
     assert [p.name for p in tmp_path.iterdir()] == ["models"]
+
+
+def test_make_tiny_prints_the_settings_that_point_a_worker_at_it(tmp_path: pathlib.Path, capsys):
+    # Given `models make-tiny DIR` run as a person would
+    from producer.cli import main
+
+    assert main(["models", "make-tiny", str(tmp_path / "m")]) == 0
+    exports = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("export KANDINSKY_BATCH_") and "_MODEL=" in line
+    )
+    # Then each model setting names a folder that diffusers loads from
+    assert set(exports) == {f"KANDINSKY_BATCH_{n}_MODEL" for n in ("PRIOR", "DECODER", "INPAINT")}
+    for folder in exports.values():
+        assert (pathlib.Path(folder) / "model_index.json").is_file()
