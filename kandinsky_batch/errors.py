@@ -12,7 +12,8 @@ KandinskyBatchError
 ├── TransientError            retried with backoff up to a limit
 │   └── StorageUnavailable    storage_unavailable
 ├── NotFound                  not_found           unknown job or batch id (producer side)
-└── OverQuota                 over_quota          a tenant's cap on unfinished jobs is reached (producer side)
+├── OverQuota                 over_quota          a tenant's cap on unfinished jobs is reached (producer side)
+└── ModelUnavailable          model_unavailable   a model setting names no loadable model (the worker stops at start)
 
 ControlFlow                   not errors: how the engine tells the task what to do next
 ├── HandBack                  the worker is stopping: these jobs go back to the queue
@@ -86,6 +87,12 @@ class OverQuota(KandinskyBatchError):
     def __init__(self, message: str, refused: list[int] | None = None) -> None:
         super().__init__(message)
         self.refused = refused or []
+
+
+class ModelUnavailable(KandinskyBatchError):
+    """A `*_MODEL` setting that names no loadable model: the message names the variable and its value."""
+
+    code = "model_unavailable"
 
 
 class ControlFlow(Exception):

@@ -6,17 +6,43 @@ module reads the environment.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kandinsky_batch.redis_client import redact
 from kandinsky_batch.schema import MAX_SIDE, Mode
 
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-1-prior"
 DEFAULT_DECODER = "kandinsky-community/kandinsky-2-1"
 DEFAULT_INPAINT = "kandinsky-community/kandinsky-2-1-inpaint"
+ENV_PREFIX = "KANDINSKY_BATCH_"
+REDIS_SCHEMES = ("redis", "rediss")
+# Values never shown in a message about a bad setting.
+SECRET_FIELDS = frozenset({"api_key", "s3_secret_access_key"})
+# What a pattern allows, in words: pydantic would show the regular expression.
+PATTERN_WORDS = {
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "key_prefix": "letters, digits, '_', '.' and '-'",
+    "queue_prefix": "letters, digits, '_', '.' and '-'",
+}
+NUMBER_ERRORS = frozenset(
+    {
+        "int_parsing",
+        "int_from_float",
+        "int_type",
+        "float_parsing",
+        "float_type",
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "multiple_of",
+    }
+)
 
 
 def _split_csv(value: object) -> object:
@@ -140,6 +166,17 @@ class Settings(BaseSettings):
     api_url: str | None = None
     api_key: SecretStr | None = None
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        """Refused here, so no entry point gets as far as a redis-py or kombu traceback."""
+        scheme, sep, _ = value.partition("://")
+        if not sep or scheme.lower() not in REDIS_SCHEMES:
+            raise ValueError(
+                "not a Redis URL: use redis://[:password@]host[:port][/db], or rediss:// for TLS"
+            )
+        return value
+
     @field_validator("modes", "input_roots", mode="before")
     @classmethod
     def _modes_from_csv(cls, value: object) -> object:
@@ -168,3 +205,84 @@ class Settings(BaseSettings):
     def queue_for(self, mode: Mode) -> str:
         """The Celery queue (a Redis list) that carries jobs of one mode."""
         return f"{self.queue_prefix}.{mode.value}"
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line per bad variable: its name, its value (credentials masked) and what is allowed.
+
+    Every entry point prints this instead of pydantic's dump, which names fields rather than
+    the variables a person sets, and shows a Redis URL's password.
+    """
+    values: dict[str, list[str]] = {}  # the bad value of each variable, or a list's bad items
+    items: set[str] = set()  # the variables that are lists (`MODES=text2img,foo`)
+    allowed: dict[str, str] = {}
+    for error in exc.errors():
+        loc = error.get("loc", ())
+        name = str(loc[0]) if loc else ""
+        var = f"{ENV_PREFIX}{name.upper()}"
+        shown = _shown(name, error.get("input"))
+        if len(loc) > 1:
+            items.add(var)
+        if shown not in values.setdefault(var, []):
+            values[var].append(shown)
+        allowed.setdefault(var, _allowed(name, error))
+    lines = []
+    for var, shown_values in values.items():
+        if var in items:
+            where = f"{var}: item{'s' if len(shown_values) > 1 else ''} {', '.join(shown_values)}"
+        else:
+            where = f"{var}={shown_values[0]}"
+        lines.append(f"invalid setting {where}: {allowed[var]}")
+    return "\n".join(lines)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment for entry points outside the CLI (Flower, an API worker process).
+
+    A bad variable prints its one line and exits 2, as the CLI does.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        print(describe_settings_error(exc), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _shown(name: str, value: Any) -> str:
+    if name in SECRET_FIELDS:
+        return "***"
+    text = redact(str(value)) if name.endswith("_url") else str(value)
+    return repr(text if len(text) <= 80 else f"{text[:77]}...")
+
+
+def _allowed(name: str, error: Any) -> str:
+    """What the variable may be: in words where pydantic's message would be a pattern or a type name."""
+    kind = error.get("type", "")
+    if kind == "string_pattern_mismatch" and name in PATTERN_WORDS:
+        return f"should be {PATTERN_WORDS[name]}"
+    field = Settings.model_fields.get(name)
+    if field is not None and kind in NUMBER_ERRORS and field.annotation in (int, float):
+        number = "a whole number" if field.annotation is int else "a number"
+        return f"should be {number}{_bounds(field.metadata)}"
+    if kind == "bool_parsing":
+        return "should be true or false (or 1/0, yes/no, on/off)"
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return message.replace("Input should be", "should be", 1)
+
+
+def _bounds(metadata: list[Any]) -> str:
+    """`metadata` (annotated_types' Ge, Le, ...) in words: ` from 1 to 10000`, ` above 0`."""
+    low = next((f"{m.ge}" for m in metadata if getattr(m, "ge", None) is not None), None)
+    above = next((f"{m.gt}" for m in metadata if getattr(m, "gt", None) is not None), None)
+    high = next((f"{m.le}" for m in metadata if getattr(m, "le", None) is not None), None)
+    step = next((f"{m.multiple_of}" for m in metadata if getattr(m, "multiple_of", None)), None)
+    words = ""
+    if low is not None and high is not None:
+        words = f" from {low} to {high}"
+    elif low is not None:
+        words = f" of at least {low}"
+    elif above is not None:
+        words = f" above {above}" + (f" and at most {high}" if high is not None else "")
+    elif high is not None:
+        words = f" of at most {high}"
+    return words + (f", a multiple of {step}" if step else "")

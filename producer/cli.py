@@ -8,6 +8,7 @@ and key set, the job commands go to the HTTP API (`open_client`) and the rest re
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,7 +25,7 @@ from kandinsky_batch.logs import setup_logging
 from kandinsky_batch.manifest import encode_line, manifest_line
 from kandinsky_batch.redis_client import describe
 from kandinsky_batch.schema import BatchStatus, JobState, Mode, Priority
-from kandinsky_batch.settings import Settings
+from kandinsky_batch.settings import Settings, describe_settings_error
 from producer.cli_api import api, keys
 from producer.cli_export import export
 from producer.cli_gallery import gallery
@@ -35,6 +36,7 @@ from producer.cli_http import (
     api_credentials,
     open_client,
     poll,
+    redis_client,
     submit_over_http,
 )
 from producer.cli_reproduce import reproduce
@@ -45,7 +47,7 @@ from producer.submit import MAX_SEEDS_PER_PROMPT
 from producer.tables import PARQUET_SUFFIXES, is_table
 from producer.watch import WatchSummary, watch
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages carry paths and URLs: never wrapped or cut
 
 # CLI flag -> spec field, for one job or as defaults for every line of a file.
 SPEC_OPTIONS: list[tuple[str, str, type]] = [
@@ -65,6 +67,16 @@ SPEC_OPTIONS: list[tuple[str, str, type]] = [
 ]
 
 
+class SettingsRefused(click.ClickException):
+    """Bad `KANDINSKY_BATCH_*` variables: one line each, exit 2 like any other usage error."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        for line in self.message.splitlines():
+            click.echo(f"Error: {line}", err=True)
+
+
 def _settings(ctx: click.Context) -> Settings:
     settings: Settings = ctx.obj
     return settings
@@ -75,7 +87,10 @@ def _settings(ctx: click.Context) -> Settings:
 def cli(ctx: click.Context) -> None:
     """Batch image generation with Kandinsky 2.1 on Redis, Celery and S3."""
     if ctx.obj is None:
-        ctx.obj = Settings()
+        try:
+            ctx.obj = Settings()
+        except ValidationError as exc:
+            raise SettingsRefused(describe_settings_error(exc)) from None
     setup_logging(_settings(ctx).log_format, "WARNING")
     name = ctx.invoked_subcommand
     if name in OFFLINE_COMMANDS or name in HTTP_COMMANDS:
@@ -152,8 +167,10 @@ def submit(
     **fields: Any,
 ) -> None:
     """Submit jobs: --prompt for one or a few, --file for a batch. Flags are defaults for every line."""
-    if bool(prompts) == bool(path):
-        raise click.UsageError("give --prompt (one or more) or --file, not both")
+    if prompts and path:
+        raise click.UsageError("give --prompt TEXT (repeatable) or --file PATH, not both")
+    if not prompts and not path:
+        raise click.UsageError("give --prompt TEXT (repeatable) or --file PATH")
     if prompt_column != "prompt" and not (path and is_table(path)):
         raise click.UsageError(
             "--prompt-column is for CSV and Parquet files (a JSONL line names its 'prompt')"
@@ -251,7 +268,7 @@ def watch_cmd(
 
     Without a terminal on stdout (or with --json), prints one summary line at the end.
     """
-    with Client(_settings(ctx)) as client:
+    with redis_client(_settings(ctx)) as client:
         client.status_store.batch(batch_id)  # not found: exit 2 before anything is drawn
         summary = _watch(client, batch_id, as_json, interval_s=interval, timeout_s=timeout, events=events)
     if not all_succeeded(summary.batch):
@@ -361,13 +378,17 @@ def retry_failed(ctx: click.Context, batch_id: str, as_json: bool) -> None:
 @click.pass_context
 def dead_letters(ctx: click.Context, limit: int, as_json: bool) -> None:
     """Jobs that failed as attempts_exhausted (they kept killing their worker), newest first."""
-    with Client(_settings(ctx)) as client:
+    shown = 0
+    with redis_client(_settings(ctx)) as client:
         for st in client.dead_letters(limit):
+            shown += 1
             if as_json:
                 click.echo(json.dumps(st.model_dump(mode="json")))
             else:
                 reason = st.error.message if st.error else ""
                 click.echo(f"{st.job_id}  attempts {st.attempts}  {reason}")
+    if not shown:  # on stderr, so that with --json stdout holds JSON lines only (here none)
+        console.print("no dead letters", markup=False)
 
 
 @cli.group(invoke_without_command=True)
@@ -407,8 +428,16 @@ def make_tiny_cmd(directory: Path, seed: int) -> None:
     """Write a tiny random-weight prior, decoder and inpaint decoder (offline, for tests and demos)."""
     from worker.tiny import make_tiny
 
-    make_tiny(directory, seed=seed)
-    click.echo(f"tiny models in {directory}/prior, {directory}/decoder, {directory}/inpaint")
+    made = make_tiny(directory, seed=seed).resolve()
+    # The settings that point a worker at them, ready to paste or `source`; the tiny model is
+    # random noise at any size, so jobs for it use small images and few steps (e.g. 64 px, 2 steps).
+    for name in ("prior", "decoder", "inpaint"):
+        click.echo(f"export KANDINSKY_BATCH_{name.upper()}_MODEL={shlex.quote(str(made / name))}")
+    click.echo("export KANDINSKY_BATCH_DEVICE=cpu KANDINSKY_BATCH_TORCH_THREADS=1")
+    console.print(
+        "the tiny model is for tests and demos: submit with --height 64 --width 64 --steps 2 --prior-steps 2",
+        markup=False,
+    )
 
 
 @cli.command()
@@ -421,12 +450,17 @@ def make_tiny_cmd(directory: Path, seed: int) -> None:
 )
 @click.option("--count", type=int, default=6, show_default=True, help="How many prompts to submit.")
 @click.option("--timeout", type=float, default=600, show_default=True)
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Then keep Redis, the worker and the API up; OUT/env points a shell at them.",
+)
 @click.pass_context
-def demo(ctx: click.Context, out: Path, count: int, timeout: float) -> None:
+def demo(ctx: click.Context, out: Path, count: int, timeout: float, serve: bool) -> None:
     """Run the whole path on this machine: tiny model, Redis, a worker, a few prompts."""
     from producer.demo import run_demo
 
-    ctx.exit(run_demo(_settings(ctx), out.resolve(), count, timeout, console))
+    ctx.exit(run_demo(_settings(ctx), out.resolve(), count, timeout, console, serve))
 
 
 def _redis_url() -> str:
@@ -457,7 +491,11 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {exc.code}: {exc.message}{hint}", err=True)
         return 2 if exc.code == "not_found" else 1
     except ValidationError as exc:
-        click.echo(f"error: invalid settings: {exc}", err=True)
+        if exc.title == Settings.__name__:
+            click.echo(describe_settings_error(exc), err=True)
+        else:
+            found = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            click.echo(f"error: invalid {exc.title}: {found}", err=True)
         return 2
     except redis.RedisError as exc:
         click.echo(f"error: {describe(exc, _redis_url())}", err=True)

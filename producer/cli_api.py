@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 
 from kandinsky_batch.store.apikeys import ApiKeys
+from producer.cli_http import redis_client
 from producer.client import Client
 
 console = Console(stderr=True)
@@ -77,7 +78,7 @@ def keys_create(
 ) -> None:
     """Make a key and print it once: only its hash is kept."""
     per_s = float(rate.removesuffix("/s"))
-    with Client(ctx.obj) as client:
+    with redis_client(ctx.obj) as client:
         try:
             record, secret = _api_keys(client).create(
                 tenant, admin=admin, rate_per_s=per_s, max_queued=max_queued
@@ -96,7 +97,7 @@ def keys_create(
 @click.pass_context
 def keys_list(ctx: click.Context, as_json: bool) -> None:
     """Every key's id, tenant and limits (never the keys themselves)."""
-    with Client(ctx.obj) as client:
+    with redis_client(ctx.obj) as client:
         for record in _api_keys(client).all():
             if as_json:
                 click.echo(json.dumps(asdict(record)))
@@ -112,7 +113,7 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def keys_revoke(ctx: click.Context, key_id: str) -> None:
     """Revoke a key by its id: it stops working at once."""
-    with Client(ctx.obj) as client:
+    with redis_client(ctx.obj) as client:
         if not _api_keys(client).revoke(key_id):
             raise click.ClickException(f"no key with id {key_id!r}")
     click.echo(f"revoked {key_id}")

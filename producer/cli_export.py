@@ -7,6 +7,7 @@ import json
 import click
 
 from kandinsky_batch.settings import Settings
+from producer.cli_http import check_redis
 from producer.export import ExportError, Format, export_batch
 from producer.export.options import IMAGE_FORMATS
 
@@ -63,6 +64,7 @@ def export(
 ) -> None:
     """Export BATCH_ID's succeeded images to --to (shard k holds jobs k*size .. (k+1)*size-1)."""
     settings: Settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
+    check_redis(settings)
     try:
         summary = export_batch(
             settings,

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from kandinsky_batch.settings import Settings
-from producer.client import Client
+from producer.cli_http import redis_client
 from producer.gallery import PAGE_SIZE, write_gallery
 
 
@@ -30,7 +30,7 @@ def gallery(ctx: click.Context, batch_id: str, out: Path, page_size: int, worker
     KANDINSKY_BATCH_PRESIGN_EXPIRY_S; run the command again for fresh ones (thumbnails are kept).
     """
     settings: Settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
-    with Client(settings) as client:
+    with redis_client(settings) as client:
         made = write_gallery(
             client.status_store,
             client.storage,

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+import redis
 from rich.console import Console
 from rich.progress import Progress
 
+from kandinsky_batch.redis_client import describe, ping_once
 from kandinsky_batch.schema import BatchStatus, JobStatus, Priority
 from kandinsky_batch.settings import Settings
 from producer.client import Client
@@ -38,7 +40,25 @@ def api_credentials(settings: Settings) -> tuple[str, str] | None:
 def open_client(settings: Settings) -> Client | HttpClient:
     """The one place the CLI picks its SDK: the HTTP API when a URL and key are set, else Redis."""
     credentials = api_credentials(settings)
-    return HttpClient(*credentials) if credentials else Client(settings)
+    return HttpClient(*credentials) if credentials else redis_client(settings)
+
+
+def redis_client(settings: Settings) -> Client:
+    """The SDK on Redis, once one quick ping has found Redis there.
+
+    A stopped Redis or a wrong URL is one line within seconds, rather than after the ~40 s of
+    retries the SDK keeps for the rest of the run (a long submit rides out a Redis restart).
+    """
+    check_redis(settings)
+    return Client(settings)
+
+
+def check_redis(settings: Settings) -> None:
+    """One line naming the URL (password masked) when Redis does not answer a single quick ping."""
+    try:
+        ping_once(settings.redis_url)
+    except redis.RedisError as exc:
+        raise click.ClickException(describe(exc, settings.redis_url)) from None
 
 
 def submit_over_http(

@@ -9,7 +9,7 @@ import click
 from kandinsky_batch.errors import BadInput
 from kandinsky_batch.schema import JobStatus
 from kandinsky_batch.settings import Settings
-from producer.client import Client
+from producer.cli_http import redis_client
 from producer.reproduce import locator, read_metadata, render, script_parameters
 
 
@@ -30,7 +30,7 @@ def reproduce(ctx: click.Context, job_id: str, image: int, out: Path | None) -> 
     expire after KANDINSKY_BATCH_PRESIGN_EXPIRY_S.
     """
     settings: Settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
-    with Client(settings) as client:
+    with redis_client(settings) as client:
         job = client.status(job_id)
         if not isinstance(job, JobStatus):
             raise BadInput(f"{job_id} is a batch: reproduce takes a job id ({job_id}-N)")

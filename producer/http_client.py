@@ -39,7 +39,7 @@ class HttpClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         answer = self.http.request(method, path, **kwargs)
         for _ in range(RATE_LIMIT_TRIES):
             # Over the key's rate: wait as told, so reading a whole batch is slow rather than an error.
@@ -47,6 +47,10 @@ class HttpClient:
                 break
             time.sleep(_retry_after(answer))
             answer = self.http.request(method, path, **kwargs)
+        return answer
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        answer = self._send(method, path, **kwargs)
         if answer.status_code >= 400:
             raise _error(answer)
         return answer.json()
@@ -72,11 +76,20 @@ class HttpClient:
         priority: Priority = Priority.NORMAL,
         idempotency_key: str | None = None,
     ) -> SubmitResult:
-        """A JSONL file or an iterable of specs as one batch, streamed to the server."""
+        """A JSONL file or an iterable of specs as one batch, streamed to the server.
+
+        With no valid line the API makes no batch (a 422 listing the bad lines): that comes back
+        as a result of no jobs with its errors, as `Client.submit_batch` gives for such a file.
+        """
         params = {"priority": priority.value, **({"defaults": json.dumps(defaults)} if defaults else {})}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         body = _file_chunks(jobs) if isinstance(jobs, Path) else _spec_lines(jobs)
-        answer = self._call("POST", "/v1/batches", content=body, params=params, headers=headers)
+        response = self._send("POST", "/v1/batches", content=body, params=params, headers=headers)
+        if (bad := _no_valid_line(response)) is not None:
+            return bad
+        if response.status_code >= 400:
+            raise _error(response)
+        answer = response.json()
         result = SubmitResult(answer["batch_id"], sent=answer["sent"], skipped=answer["skipped"])
         result.errors = [LineError(e["line"], e["reason"]) for e in answer["errors"]]
         result.error_count = int(answer.get("error_count", len(result.errors)))
@@ -160,6 +173,19 @@ class HttpClient:
 def _job_status(data: dict[str, Any]) -> JobStatus:
     """A job as the API shows it (its outputs are URLs here, not storage URIs)."""
     return JobStatus.model_validate(data)
+
+
+def _no_valid_line(answer: httpx.Response) -> SubmitResult | None:
+    """The 422 of an upload with no valid line, as a result of no jobs; None for any other answer."""
+    if answer.status_code != 422:
+        return None
+    try:
+        problem = answer.json()
+        result = SubmitResult("", error_count=int(problem["error_count"]))
+        result.errors = [LineError(int(e["line"]), str(e["reason"])) for e in problem["errors"]]
+    except (ValueError, KeyError, TypeError):  # another 422 (a bad `defaults`, no lines at all)
+        return None
+    return result
 
 
 def _spec_lines(jobs: Iterable[JobSpec | dict[str, Any]]) -> Iterator[bytes]:

@@ -2,9 +2,11 @@
 
 A dataset usually carries more columns than a job needs (ids, URLs, scores), so only columns
 named like job spec fields are taken (the prompt from `prompt_column`); the others are ignored
-and named once in `notes`, never sent. Rows keep numbers as JSONL lines do: the CSV line number,
-or the Parquet row number (1-based). A file that cannot be read at all is one error on line 1,
-as a CSV file without its prompt column has always been.
+and named once in `notes`, never sent. Rows are numbered from 1, so row n is job n - 1 (times K
+with seeds per prompt) as a JSONL line n is: a Parquet file's rows in order, a CSV file's from the
+first after its header, blank lines left out (as pandas numbers them); a CSV row's errors name the
+file line it ends on, where a person finds it. A file that cannot be read at all is one error on
+line 1, as a CSV file without its prompt column has always been.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kandinsky_batch.schema import JobSpec
-from producer.submit import LineError
+from producer.submit import LineError, RowNumber
 
 SPEC_FIELDS = frozenset(JobSpec.model_fields)
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
@@ -62,12 +64,15 @@ def pick_columns(names: Sequence[str], prompt_column: str, notes: list[str] | No
 def read_csv(path: Path, prompt_column: str = "prompt", notes: list[str] | None = None) -> Iterator[Row]:
     """Rows of a CSV file with a header line, read as they come; empty cells are left out.
 
+    Each row's number (`RowNumber`) counts the rows after the header, and knows its line.
+
     Bytes that are not UTF-8 fail their row only. A CSV syntax error (an unclosed quote, a
     field over the csv module's limit) stops the reading there, since what follows cannot be
-    split into rows with any confidence.
+    split into rows with any confidence. The reader is strict: leniently read, a quote left open
+    would take the rest of the file as one prompt and the submit would look fine.
     """
     with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
-        reader = csv.reader(fh)
+        reader = csv.reader(fh, strict=True)
         try:
             header = next(reader, None)
         except csv.Error as exc:
@@ -85,22 +90,33 @@ def read_csv(path: Path, prompt_column: str = "prompt", notes: list[str] | None 
             return
         # The last column of a repeated name wins, as with csv.DictReader.
         positions = {field: i for i, name in enumerate(header) if (field := picked.get(name))}
+        rows = 0
         while True:
+            start = reader.line_num + 1  # the line the next row starts on
             try:
                 row = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                line = reader.line_num
-                yield line, LineError(line, f"malformed CSV: {exc} (reading stopped here)")
+                line, why = reader.line_num, f"malformed CSV: {exc}"
+                if str(exc) == "unexpected end of data":  # a quote still open at the end of the file
+                    line, why = start, f"unterminated quoted field starting at line {start}"
+                elif line > start:  # inside a quoted field since `start`: most likely a quote left open
+                    line, why = (
+                        start,
+                        f"malformed CSV at line {line} in a quoted field open since line {start}: {exc}",
+                    )
+                yield RowNumber(rows + 1, line), LineError(line, f"{why} (reading stopped here)")
                 return
             line = reader.line_num
             if not row:
-                continue  # a blank line
+                continue  # a blank line: no row
+            rows += 1
+            number = RowNumber(rows, line)
             if not all(map(_is_utf8, row)):
-                yield line, LineError(line, "not UTF-8")
+                yield number, LineError(line, "not UTF-8")
                 continue
-            yield line, {field: row[i] for field, i in positions.items() if i < len(row) and row[i] != ""}
+            yield number, {field: row[i] for field, i in positions.items() if i < len(row) and row[i] != ""}
 
 
 def _is_utf8(text: str) -> bool:

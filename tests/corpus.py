@@ -122,7 +122,7 @@ SUBMIT_REFUSALS = [
     ),
     refused("unknown-mode", "Invalid value for '--mode'", "'sketch'", argv=(*FOX, "--mode", "sketch")),
     refused("unknown-option", "No such option", "--colour", argv=(*FOX, "--colour", "red")),
-    refused("neither-prompt-nor-file", "give --prompt (one or more) or --file"),
+    refused("neither-prompt-nor-file", "give --prompt TEXT (repeatable) or --file PATH"),
     refused("empty-prompt", "mode text2img needs a non-empty 'prompt'", argv=("--prompt", "")),
     refused("blank-prompt", "mode text2img needs a non-empty 'prompt'", argv=("--prompt", "  \t ")),
     refused(

@@ -8,6 +8,9 @@ diffusers loaded, inside `serve` and the signal handlers: importing diffusers al
 that line must come out in the chosen format too. Celery leaves the root logger alone
 (`worker_hijack_root_logger=False`) and adds only its stdout redirect. With METRICS_PORT set,
 /metrics is served from the end of the warm-up on.
+
+A worker that cannot start (a model setting naming no model, Redis or storage unusable) logs one
+error line saying why, in the chosen format, and exits 1: no traceback to read through.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.signals import worker_ready, worker_shutting_down
 
 from kandinsky_batch.broker import make_celery
+from kandinsky_batch.errors import KandinskyBatchError
 from kandinsky_batch.keys import TASK_NAME
 from kandinsky_batch.logs import bind_process, setup_logging
+from kandinsky_batch.redis_client import describe
 from kandinsky_batch.schema import Mode
 from kandinsky_batch.settings import Settings
 from worker import guards, metrics
@@ -84,7 +90,14 @@ def serve(settings: Settings, loglevel: str = "INFO") -> int:
     from worker.context import WorkerContext, set_context, worker_name  # imports diffusers: after the above
 
     bind_process(worker=worker_name(settings))
-    ctx = WorkerContext.build(settings)
+    try:
+        ctx = WorkerContext.build(settings)
+    except redis.RedisError as exc:
+        log.error("the worker cannot start: %s", describe(exc, settings.redis_url))
+        return 1
+    except KandinskyBatchError as exc:
+        log.error("the worker cannot start: %s", exc.message)
+        return 1
     set_context(ctx)
     app = create_app(settings)
     queues = ",".join(settings.queue_for(m) for m in settings.modes)

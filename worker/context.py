@@ -14,7 +14,7 @@ import redis
 from kandinsky_batch.errors import KandinskyBatchError, StorageUnavailable
 from kandinsky_batch.keys import Keys
 from kandinsky_batch.manifest import write_manifest
-from kandinsky_batch.redis_client import connect
+from kandinsky_batch.redis_client import REFUSED, connect, describe, ping_once
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import Storage, open_storage
 from kandinsky_batch.store.status import StatusStore
@@ -48,14 +48,21 @@ class WorkerContext:
     def build(cls, settings: Settings) -> WorkerContext:
         """Connect, check storage and warm the pipelines: a worker that cannot work fails here."""
         name = worker_name(settings)
+        cache = PipelineCache(settings)
+        cache.check_sources(list(settings.modes))  # a wrong model path is told before any wait on Redis
         client = connect(settings.redis_url)
+        try:
+            ping_once(settings.redis_url)
+        except REFUSED:
+            raise
+        except redis.RedisError as exc:  # said at once; the client's retries then wait for Redis to come up
+            log.warning("%s; retrying for about 40 s", describe(exc, settings.redis_url))
         client.ping()
         keys = Keys(settings.key_prefix)
         status = StatusStore(client, keys, settings.job_ttl_s)
         leases = LeaseStore(client, keys, settings.lease_ttl_s)
         storage = open_storage(settings)
         storage.check()
-        cache = PipelineCache(settings)
         cache.warm(list(settings.modes))
         engine = Engine(settings, cache, storage, status, name)
         taken = TakenStore(client, keys, settings.lease_ttl_s)

@@ -5,6 +5,9 @@ with `from_pipe` from the decoder's components, so no weight is copied); inpaint
 own decoder. Loads are counted so tests can prove nothing loads twice. The GPU options
 (worker/acceleration.py) are applied at each load, and a compiled decoder is compiled for every
 batch bucket by `warm`, before the worker reports ready.
+
+A model setting that names no model is `ModelUnavailable`, one line naming the variable and its
+value: a missing folder is found before anything loads, a hub id that cannot be fetched at its load.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import logging
 import re
 import time
 from collections import Counter, OrderedDict
+from pathlib import Path
 from typing import Any
 
+import huggingface_hub.constants
 import torch
 from diffusers import (
     KandinskyImg2ImgPipeline,
@@ -23,8 +28,10 @@ from diffusers import (
     KandinskyPriorPipeline,
 )
 from diffusers.utils import logging as diffusers_logging
+from huggingface_hub import try_to_load_from_cache
 from PIL import Image
 
+from kandinsky_batch.errors import ModelUnavailable
 from kandinsky_batch.schema import JobSpec, Mode
 from kandinsky_batch.settings import Settings
 from worker import acceleration, metrics
@@ -33,6 +40,12 @@ log = logging.getLogger(__name__)
 diffusers_logging.disable_progress_bar()  # one bar per load is noise in a worker's log
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# A Hugging Face hub id (`org/name` or `name`); anything else that is not a folder is a wrong path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_INSTEAD = (
+    " (set a local diffusers folder instead: "
+    "`kandinsky-batch models make-tiny DIR` writes small random-weight ones to try things out)"
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,6 +58,45 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return _DTYPES[name]
+
+
+def model_setting(name: str) -> str:
+    """The variable that names the model of pipeline `name` (prior, decoder, inpaint)."""
+    return f"KANDINSKY_BATCH_{name.upper()}_MODEL"
+
+
+def source_problem(name: str, source: str) -> str | None:
+    """Why `source` cannot be pipeline `name`'s model, where that shows without loading anything."""
+    where = f"{model_setting(name)}={source}"
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            return f"{where}: not a diffusers pipeline folder (it has no model_index.json)"
+        return None
+    if path.exists():
+        return f"{where}: a file, not a folder (a local diffusers folder or a Hugging Face id)"
+    if not _HUB_ID.match(source):
+        return f"{where}: no such folder (a local diffusers folder or a Hugging Face id)"
+    if (
+        huggingface_hub.constants.HF_HUB_OFFLINE
+        and try_to_load_from_cache(source, "model_index.json") is None
+    ):
+        return f"{where}: HF_HUB_OFFLINE is set and this Hugging Face id is not in the local cache"
+    return None
+
+
+def load_problem(name: str, source: str, error: Exception) -> str:
+    """One line for a model that failed to load: a folder's own error, or why a hub id was not fetched."""
+    where = f"{model_setting(name)}={source}"
+    if Path(source).expanduser().is_dir():
+        reason = " ".join(str(error).split())[:300]
+        return f"{where}: not a loadable model folder ({type(error).__name__}: {reason})"
+    why = (
+        "HF_HUB_OFFLINE is set and it is not in the local cache"
+        if huggingface_hub.constants.HF_HUB_OFFLINE
+        else "the Hugging Face hub is unreachable or has no such model, and it is not in the local cache"
+    )
+    return f"{where}: cannot load this Hugging Face id: {why}{_INSTEAD}"
 
 
 def model_revision(path: str) -> str | None:
@@ -75,7 +127,11 @@ class PipelineCache:
 
     def _load(self, name: str, cls: Any, source: str) -> Any:
         log.info("loading %s from %s (%s, %s)", name, source, self.device, self.dtype)
-        pipe = cls.from_pretrained(source, torch_dtype=self.dtype)
+        try:
+            pipe = cls.from_pretrained(source, torch_dtype=self.dtype)
+        except (OSError, ValueError) as exc:  # what diffusers and the hub raise for a model they cannot read
+            log.debug("loading %s from %s failed", name, source, exc_info=exc)
+            raise ModelUnavailable(load_problem(name, source, exc)) from exc
         self._accelerate(name, pipe)
         if self.settings.cpu_offload and self.device.type == "cuda":
             pipe.enable_model_cpu_offload(device=self.device)
@@ -199,6 +255,7 @@ class PipelineCache:
         `size` (height, width) is what compiled decoders are warmed at: the job spec's default
         unless given; other sizes compile on their first micro-batch.
         """
+        self.check_sources(modes)
         self.prior()
         if {Mode.TEXT2IMG, Mode.IMG2IMG, Mode.INTERPOLATE} & set(modes):
             self.text2img()
@@ -209,6 +266,22 @@ class PipelineCache:
         if self.settings.compile != "none":
             fields = JobSpec.model_fields
             self.warm_compiled(modes, size or (fields["height"].default, fields["width"].default))
+
+    def check_sources(self, modes: list[Mode]) -> None:
+        """Every wrong model path of the served modes at once, before a slow load of the others."""
+        names = ["prior"]
+        if {Mode.TEXT2IMG, Mode.IMG2IMG, Mode.INTERPOLATE} & set(modes):
+            names.append("decoder")
+        if Mode.INPAINT in modes:
+            names.append("inpaint")
+        found, hub = [], False
+        for name in names:
+            source = str(getattr(self.settings, f"{name}_model"))
+            if problem := source_problem(name, source):
+                found.append(problem)
+                hub = hub or (bool(_HUB_ID.match(source)) and not Path(source).expanduser().exists())
+        if found:  # the hint once, after the hub ids that cannot be loaded
+            raise ModelUnavailable("; ".join(found) + (_INSTEAD if hub else ""))
 
     def warm_compiled(self, modes: list[Mode], size: tuple[int, int]) -> None:
         """One tiny call per batch bucket of each served, loaded decoder, so every compile happens here.

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from kandinsky_batch.errors import KandinskyBatchError
-from kandinsky_batch.settings import Settings
+from kandinsky_batch.settings import Settings, load_settings
 from kandinsky_batch.store.apikeys import ApiKeys
 from kandinsky_batch.store.webhooks import WebhookStore
 from producer.api import batches, jobs, problems, tenants
@@ -110,4 +110,4 @@ def create_app(settings: Settings) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """The factory uvicorn's workers call (`--factory`): settings from the environment, once each."""
-    return create_app(Settings())
+    return create_app(load_settings())

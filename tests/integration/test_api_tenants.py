@@ -286,9 +286,9 @@ def test_an_upload_of_a_million_bad_lines_answers_100_errors_and_a_count_in_boun
     before = rss_mb(pid)
     lines = 1_000_000
     answer = http.post("/v1/batches", content=b"x\n" * lines, headers=auth(key))
-    assert answer.status_code == 202, answer.text[:500]
+    assert answer.status_code == 422, answer.text[:500]  # no valid line: no batch
     result = answer.json()
-    assert result["jobs"] == 0 and result["error_count"] == lines
+    assert result["detail"] == "no line of the body is a valid job" and result["error_count"] == lines
     assert [e["line"] for e in result["errors"]] == list(range(1, 101))
     assert len(answer.content) < 64 * 1024
     grown = rss_mb(pid) - before

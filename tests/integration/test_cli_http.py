@@ -112,6 +112,27 @@ def test_submit_wait_then_results_download_and_retry_failed(server: str, acme_ke
     assert json.loads(retried.stdout) == {"batch_id": sent["batch_id"], "retried": [], "not_retried": []}
 
 
+def test_a_file_of_only_bad_lines_prints_each_line_and_exits_1(server: str, acme_key: str, tmp_path: Path):
+    path = tmp_path / "all-bad.jsonl"
+    path.write_text('{"prompt": ""}\n{"prompt": "x", "height": 65}\nnot json\n')
+    done = cli(http_env(server, acme_key), "submit", "--file", str(path))
+    assert done.returncode == 1 and done.stdout == ""
+    for line in (1, 2, 3):
+        assert f"line {line}:" in done.stderr
+    assert "no job was submitted: no line was valid" in done.stderr and "not_found" not in done.stderr
+
+
+def test_an_upload_with_no_valid_line_is_a_422_carrying_the_line_errors(server: str, acme_key: str):
+    with HttpClient(server, acme_key) as client:
+        answer = client.http.post("/v1/batches", content=b'{"prompt": ""}\n{"prompt": 3}\n')
+        result = client.submit_batch([{"prompt": ""}, {"prompt": "x", "num_inference_steps": 0}])
+    assert answer.status_code == 422
+    problem = answer.json()
+    assert problem["error_count"] == 2 and [e["line"] for e in problem["errors"]] == [1, 2]
+    assert problem["detail"] == "no line of the body is a valid job"
+    assert result.jobs == 0 and result.error_count == 2 and [e.line for e in result.errors] == [1, 2]
+
+
 def test_a_bad_key_is_a_clear_error_and_submits_nothing(server: str):
     env = http_env(server, "kb_not_a_key")
     for argv in (["status", "0123456789abcdef"], ["submit", "--prompt", "refused", *TINY]):
