@@ -63,6 +63,24 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class DropMessage(logging.Filter):
+    """Drops the records whose message holds `text`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+# Without torchvision (no dependency of ours), transformers warns at every start that the pipelines'
+# CLIP image processor falls back to the PIL one, which is what that name always meant before: that
+# one record is dropped, at the logger that makes it, and all else the library says still shows.
+TORCHVISION_LOGGER = "transformers.utils.import_utils"
+TORCHVISION_FALLBACK = DropMessage("requires torchvision (not installed); falling back to")
+
+
 def one_line(text: str) -> str:
     """`text` with every control character escaped (a newline as the two characters `\\n`)."""
     return text.translate(_ESCAPES)
@@ -125,6 +143,7 @@ def setup_logging(fmt: LogFormat, level: str = "INFO") -> Literal["json", "text"
     In JSON, Python's warnings become log lines too, so that every line on stderr is one object.
     """
     logging.config.dictConfig(logging_config(fmt, level))
+    logging.getLogger(TORCHVISION_LOGGER).addFilter(TORCHVISION_FALLBACK)  # once, however often this runs
     resolved = resolve_format(fmt)
     logging.captureWarnings(resolved == "json")
     return resolved

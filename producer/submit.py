@@ -40,6 +40,26 @@ class LineError:
     reason: str
 
 
+class RowNumber(int):
+    """A row's number, which its jobs' indices come from, that also knows the file line it ends on.
+
+    A CSV file's rows are numbered from 1 after its header (its first row is job 0, as a Parquet
+    file's), but a person finds a row by its line, so that is what a message about it names.
+    """
+
+    line: int
+
+    def __new__(cls, number: int, line: int) -> RowNumber:
+        row = super().__new__(cls, number)
+        row.line = line
+        return row
+
+
+def line_of(number: int) -> int:
+    """The line a message names for the item read as `number`: its own, unless it knows better."""
+    return number.line if isinstance(number, RowNumber) else number
+
+
 @dataclass
 class SubmitResult:
     """What a submit did. Bad lines are counted; only the first MAX_LINE_ERRORS are kept, so a
@@ -304,7 +324,8 @@ def submit_lines(
 
     With `strict`, nothing is sent unless every line is valid (the file is read twice). With
     `seeds_per_prompt` K, line n becomes jobs (n - 1) * K .. (n - 1) * K + K - 1, one seed each
-    (see `line_seeds`), so a resubmit finds the same jobs with the same seeds.
+    (see `line_seeds`), so a resubmit finds the same jobs with the same seeds. For a CSV file n
+    is the row's number (`RowNumber`), and its errors name its line.
     """
     count = seeds_per_prompt
     if not 1 <= count <= MAX_SEEDS_PER_PROMPT:
@@ -318,7 +339,7 @@ def submit_lines(
             continue
         first = (number - 1) * count
         if not is_index(first + count - 1):
-            result.add_error(LineError(number, f"past the last job index of a batch ({MAX_INDEX})"))
+            result.add_error(LineError(line_of(number), f"past the last job index of a batch ({MAX_INDEX})"))
             continue
         data = {**defaults, **item} if isinstance(item, dict) else item
         try:
@@ -327,7 +348,7 @@ def submit_lines(
                 check_inputs(spec, submitter.tenant, submitter.key_for)
             seeds = line_seeds(submitter.batch_id, number, spec, count) if count > 1 else None
         except InvalidSpec as exc:
-            result.add_error(LineError(number, exc.message))
+            result.add_error(LineError(line_of(number), exc.message))
             continue
         if strict:
             continue

@@ -7,12 +7,14 @@ jobs that succeeded while watching (an exact images/s even with num_images > 1).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column
+from rich.text import Text
 
 from kandinsky_batch.schema import BatchStatus, JobState, JobStatus, is_finished
 from kandinsky_batch.store.status import StatusStore
@@ -181,16 +183,27 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
+class _BatchProgress(Progress):
+    """The bar, done/total, rate, ETA and elapsed time on one line, the batch and its counts by
+    state on the next: two lines, so an 80-column terminal shows them whole rather than "ETA…".
+    The bar takes the width the text leaves; the counts wrap where they must, never cut."""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            yield Text.assemble((task.description, "bold"), " ", Text.from_markup(task.fields["counts"]))
+
+
 def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[counts]}"),
-        TextColumn("{task.fields[speed]}"),
-        TimeElapsedColumn(),
+    whole = Column(no_wrap=True)  # what the bar leaves room for is shown whole, never "…"
+    return _BatchProgress(
+        BarColumn(bar_width=None),
+        MofNCompleteColumn(table_column=whole),
+        TextColumn("{task.fields[speed]}", table_column=whole),
+        TimeElapsedColumn(table_column=whole),
         console=console,
         refresh_per_second=4,
+        expand=True,
     )
 
 

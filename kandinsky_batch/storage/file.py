@@ -20,6 +20,14 @@ def _umask() -> int:
     return mask
 
 
+def new_file_mode() -> int:
+    """The mode any tool's new file gets (0666 less the umask), for files made with mkstemp (0600).
+
+    Reading the umask sets it for a moment: call this once, before threads that make files start.
+    """
+    return 0o666 & ~_umask()
+
+
 class FileStorage:
     """A folder on local disk; each write is a temp file renamed into place (atomic).
 
@@ -29,7 +37,7 @@ class FileStorage:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.mode = 0o666 & ~_umask()
+        self.mode = new_file_mode()
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()

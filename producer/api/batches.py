@@ -18,20 +18,22 @@ import queue
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any
+from urllib.parse import urlparse
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from kandinsky_batch.errors import NotFound, OverQuota
 from kandinsky_batch.keys import JobRef
+from kandinsky_batch.manifest import MANIFEST_CONTENT_TYPE
 from kandinsky_batch.schema import JobState, Priority
 from kandinsky_batch.storage import Storage
 from kandinsky_batch.store.apikeys import ApiKey
 from kandinsky_batch.webhooks import WebhookEvent
 from producer.api.async_store import AsyncStore
 from producer.api.auth import owned_batch, owned_batch_on_loop
-from producer.api.jobs import Caller, Sdk, over_quota, webhook_from
+from producer.api.jobs import Caller, Sdk, over_quota, stored_object, webhook_from
 from producer.api.keyed_ids import KeyedBatchIds
 from producer.api.problems import Problem
 from producer.api.slots import HeldStream, Limits, Slot
@@ -182,6 +184,15 @@ async def submit_batch(
         raise over_quota(exc, batch_id=batch_id, jobs=result.jobs, refused_from_line=line) from None
     if not result.jobs and not result.error_count:
         raise Problem(422, "Invalid request", "the body has no job lines", fields=["body"])
+    if not result.jobs:  # every line bad: no batch was made, so there is no batch URL to give
+        raise Problem(
+            422,
+            "Invalid request",
+            "no line of the body is a valid job",
+            errors=[{"line": e.line, "reason": e.reason} for e in result.errors],
+            error_count=result.error_count,
+            fields=["body"],
+        )
     return {
         "batch_id": result.batch_id,
         "jobs": result.jobs,
@@ -302,9 +313,29 @@ def get_batch(request: Request, batch_id: str, key: Caller, client: Sdk) -> dict
         "done": batch.done,
         "jobs_per_s": rate,
         "eta_s": round(left / rate, 1) if rate and left else (0.0 if batch.done else None),
-        "manifest_url": client.url_for(batch.manifest) if batch.manifest else None,
+        "manifest_url": manifest_url(request, client, batch_id, batch.manifest) if batch.manifest else None,
         "urls": {"jobs": str(request.url_for("list_jobs", batch_id=batch_id))},
     }
+
+
+def manifest_url(request: Request, client: Client, batch_id: str, uri: str) -> str:
+    """Where an HTTP client fetches a batch's manifest, as its images: a presigned URL for S3, this
+    API's manifest route for file storage (a file URI names a path on the API's machine)."""
+    if urlparse(uri).scheme == "s3":
+        return client.url_for(uri)
+    return str(request.url_for("get_manifest", batch_id=batch_id))
+
+
+@router.get("/batches/{batch_id}/manifest", summary="A finished batch's manifest", response_class=Response)
+def get_manifest(batch_id: str, key: Caller, client: Sdk) -> Response:
+    """One JSON line per job (state, seed, outputs, error, spec), written once every job has finished.
+
+    Streams the file from file storage; for S3, redirects to a presigned URL.
+    """
+    batch = owned_batch(client, key, batch_id)
+    if not batch.manifest:
+        raise NotFound(f"batch {batch_id!r} has no manifest yet: it is written when the batch finishes")
+    return stored_object(client, batch.manifest, f"the manifest of batch {batch_id!r}", MANIFEST_CONTENT_TYPE)
 
 
 @router.get("/batches/{batch_id}/jobs", summary="A batch's jobs, a page at a time")

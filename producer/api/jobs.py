@@ -233,12 +233,17 @@ def get_image(job_id: str, index: Annotated[int, PathParam(ge=0)], key: Caller, 
     outputs = client.status_store.job(ref).outputs
     if index >= len(outputs):
         raise NotFound(f"job {job_id!r} has no output {index}")
-    uri = outputs[index]
+    return stored_object(client, outputs[index], f"output {index} of job {job_id!r}")
+
+
+def stored_object(client: Client, uri: str, what: str, media_type: str | None = None) -> Response:
+    """An object of the API's storage for an HTTP client: the file itself from file storage (whose
+    URIs name paths on the API's machine), a 307 to a presigned URL for S3."""
     if urlparse(uri).scheme == "s3":
         return RedirectResponse(client.url_for(uri), status_code=307)
     if client.storage.key_for(uri) is None:  # only files inside the configured storage are served
-        raise NotFound(f"output {index} of job {job_id!r} is not in this API's storage")
+        raise NotFound(f"{what} is not in this API's storage")
     path = Path(unquote(urlparse(uri).path))
     if not path.is_file():
-        raise NotFound(f"output {index} of job {job_id!r} is missing from storage")
-    return FileResponse(path)
+        raise NotFound(f"{what} is missing from storage")
+    return FileResponse(path, media_type=media_type)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
 from kandinsky_batch.schema import JobStatus
 from kandinsky_batch.storage import Storage
+from kandinsky_batch.storage.file import new_file_mode
 from producer.gallery.thumbs import make_thumb, thumb_name
 
 THUMBS = "thumbs"
@@ -46,6 +47,7 @@ class CardMaker:
 
     links: Links
     thumbs: bool  # False without Pillow: cards show their originals
+    file_mode: int = field(default_factory=new_file_mode)  # read once, before the threads start
 
     def card(self, job: JobStatus) -> tuple[dict[str, Any], int]:
         """The card of `job` and how many thumbnails were made for it now (0 when all were there)."""
@@ -63,7 +65,7 @@ class CardMaker:
             if self.thumbs:
                 name = thumb_name(job.job_id, k, job.finished_at)
                 try:
-                    made += make_thumb(storage, key, self.links.out / THUMBS / name)
+                    made += make_thumb(storage, key, self.links.out / THUMBS / name, self.file_mode)
                     thumbs.append(f"{THUMBS}/{name}")
                 except (KeyError, OSError, ValueError):  # gone or unreadable: the card says so itself
                     thumbs.append(images[-1])

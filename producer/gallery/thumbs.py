@@ -30,11 +30,12 @@ def thumb_name(job_id: str, index: int, version: float | None) -> str:
     return f"{job_id}-{index}-{stamp}.{THUMB_FORMAT}"
 
 
-def make_thumb(storage: Storage, key: str, target: Path, size: int = THUMB_PX) -> bool:
+def make_thumb(storage: Storage, key: str, target: Path, mode: int, size: int = THUMB_PX) -> bool:
     """Write a thumbnail of the object `key` to `target` unless it is already there; True if made now.
 
     The original is read whole (one image at a time per thread) and the thumbnail is renamed into
-    place, so an interrupted run never leaves half a file that a later run would keep.
+    place, so an interrupted run never leaves half a file that a later run would keep. It gets
+    `mode` (`new_file_mode()`), as the page's other files, rather than mkstemp's 0600.
     """
     if target.exists():
         return False
@@ -47,6 +48,7 @@ def make_thumb(storage: Storage, key: str, target: Path, size: int = THUMB_PX) -
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(buf.getvalue())
         os.replace(tmp, target)

@@ -57,6 +57,7 @@ def write_gallery(
     out.mkdir(parents=True, exist_ok=True)
     thumbnails = pillow_available()
     maker = CardMaker(Links(storage, out, expires_s), thumbs=thumbnails)
+    mode = maker.file_mode
     head = {
         "batch": batch_id,
         "total": status.total,
@@ -66,8 +67,8 @@ def write_gallery(
     }
     cards = made = 0
     with ExitStack() as stack, ThreadPoolExecutor(max_workers=workers) as pool:
-        as_json = stack.enter_context(_replacing(out / "cards.json"))
-        as_script = stack.enter_context(_replacing(out / "cards.js"))
+        as_json = stack.enter_context(_replacing(out / "cards.json", mode))
+        as_script = stack.enter_context(_replacing(out / "cards.js", mode))
         opening = json.dumps(head)[:-1] + ', "cards": [\n'
         as_json.write(opening)
         as_script.write("window.KB_GALLERY = " + opening)
@@ -81,19 +82,23 @@ def write_gallery(
         as_json.write("\n]}\n")
         as_script.write("\n]};\n")
     for name in ASSETS:
-        with _replacing(out / name) as fh:
+        with _replacing(out / name, mode) as fh:
             fh.write(resources.files("producer.gallery").joinpath(name).read_text(encoding="utf-8"))
     return Gallery(out / "index.html", cards, made, thumbnails)
 
 
 @contextmanager
-def _replacing(path: Path) -> Iterator[IO[str]]:
-    """A text file written beside `path` and renamed over it on success: a reader sees old or new."""
+def _replacing(path: Path, mode: int) -> Iterator[IO[str]]:
+    """A text file written beside `path` and renamed over it on success: a reader sees old or new.
+
+    It gets `mode`, the mode of any tool's new file (0666 less the umask), so a gallery in a
+    shared folder is as readable as the files beside it.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             yield fh
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

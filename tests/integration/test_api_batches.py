@@ -58,6 +58,29 @@ def test_a_streamed_upload_reports_bad_lines_and_runs_the_rest(server: str, acme
         assert http.get(f"/v1/batches/{result['batch_id']}", headers=auth("kb_nobody")).status_code == 401
 
 
+def test_a_batchs_manifest_is_served_by_the_api_to_its_tenant_only(
+    server: str, acme_key: str, keys: dict[str, str]
+):
+    with httpx.Client(base_url=server, timeout=60) as http:
+        body = lines(*[{"prompt": f"listed {i}", **TINY} for i in range(2)])
+        batch_id = http.post("/v1/batches", content=body, headers=auth(acme_key)).json()["batch_id"]
+        route = f"/v1/batches/{batch_id}/manifest"
+        wait_batch(http, batch_id, acme_key)
+        # The manifest is written just after the last job finishes
+        deadline = time.monotonic() + 30
+        while not (url := http.get(f"/v1/batches/{batch_id}", headers=auth(acme_key)).json()["manifest_url"]):
+            assert time.monotonic() < deadline, "no manifest_url"
+            time.sleep(0.2)
+        assert url == f"{server}{route}"  # an URL of the API, not a path on its machine
+        got = http.get(url, headers=auth(acme_key))
+        assert got.status_code == 200 and got.headers["content-type"].startswith("application/x-ndjson")
+        states = [(r["job_id"], r["state"]) for r in map(json.loads, got.text.splitlines())]
+        assert states == [(f"{batch_id}-{i}", "succeeded") for i in range(2)]
+        assert http.get(url, headers=auth(keys["globex"])).status_code == 404
+        assert http.get(url, headers=auth(keys["admin"])).status_code == 200
+        assert http.get(url).status_code == 401
+
+
 def test_paging_ten_thousand_jobs_by_cursor_sees_each_once(
     server: str, acme_key: str, api_settings: Settings
 ):

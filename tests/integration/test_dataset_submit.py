@@ -188,9 +188,10 @@ def test_csv_with_a_prompt_column_and_seeds_per_prompt(
     assert [e["line"] for e in result["errors"]] == [3] and "line 3:" in err and "prompt" in err
     assert "ignored columns (not job spec fields): id" in err
     seeds = {index_of(j): j.seed for j in client.status_store.jobs(result["batch_id"])}
-    # CSV line n (the header is line 1) is jobs (n - 1) * 2 and (n - 1) * 2 + 1
-    assert seeds[2] == 5 and seeds[3] == 6 and set(seeds) == {2, 3, 6, 7}
-    assert seeds[7] == seeds[6] + 1  # type: ignore[operator]
+    # Row n (the first after the header is row 1) is jobs (n - 1) * 2 and (n - 1) * 2 + 1
+    assert seeds[0] == 5 and seeds[1] == 6 and set(seeds) == {0, 1, 4, 5}
+    assert seeds[5] == seeds[4] + 1  # type: ignore[operator]
+    assert result["job_ids"][:2] == [f"{result['batch_id']}-0", f"{result['batch_id']}-1"]
 
 
 @pytest.mark.parametrize(

@@ -256,6 +256,20 @@ def test_clip_scores_sort_and_filter_the_cards(client: Client, tmp_path: Path, b
     screenshot(browser, tmp_path, "gallery-clip-sorted", capsys)
 
 
+def test_every_gallery_file_gets_the_mode_of_a_new_file(client: Client, tmp_path: Path):
+    batch = stored_batch(client.status_store, client.storage, [1, 2], [0.3, None])
+    before = os.umask(0o027)
+    try:
+        made = write_gallery(client.status_store, client.storage, batch, tmp_path / "g")
+    finally:
+        os.umask(before)
+    assert made.thumbs_made == 2
+    root = tmp_path / "g"
+    files = {p.relative_to(root).as_posix(): p.stat().st_mode & 0o777 for p in root.rglob("*") if p.is_file()}
+    assert len(files) == 6 and sum(name.startswith("thumbs/") for name in files) == 2
+    assert files == dict.fromkeys(files, 0o666 & ~0o027), {n: oct(m) for n, m in files.items()}
+
+
 def test_500_jobs_come_in_pages_of_lazy_images(client: Client, tmp_path: Path, browser, capsys):
     n = 500
     seeds = list(range(n))

@@ -21,6 +21,7 @@ from producer.submit import (
     SubmitResult,
     Submitter,
     batch_id_for_file,
+    line_of,
     line_seeds,
     read_lines,
     submit_lines,
@@ -102,7 +103,7 @@ def test_a_missing_prompt_column_names_the_columns_there_are(tmp_path: Path):
     assert "'caption'" in err.reason and "'text'" in err.reason
 
 
-def test_csv_with_a_custom_prompt_column_streams_rows_with_their_line_numbers(tmp_path: Path):
+def test_csv_rows_are_numbered_after_the_header_and_know_their_lines(tmp_path: Path):
     path = tmp_path / "d.csv"
     path.write_bytes(
         b"id,caption,seed,prompt,height\n"
@@ -115,10 +116,25 @@ def test_csv_with_a_custom_prompt_column_streams_rows_with_their_line_numbers(tm
     notes: list[str] = []
     rows = list(read_lines(path, "caption", notes))
     assert notes == ["ignored columns (not job spec fields): id, prompt"]
-    assert rows[0] == (2, {"prompt": "a red fox", "seed": "4"})
-    assert rows[1] == (5, {"prompt": "a quoted\nprompt", "seed": "5", "height": "64"})  # ends on line 5
-    assert errors(rows) == {6: "not UTF-8"}
-    assert rows[3] == (7, {"seed": "7"})  # no prompt: validation names it (see below)
+    # Row n is job n - 1, as a Parquet file's: the header and the blank line are no rows
+    assert rows[0] == (1, {"prompt": "a red fox", "seed": "4"})
+    assert rows[1] == (2, {"prompt": "a quoted\nprompt", "seed": "5", "height": "64"})
+    assert errors(rows) == {3: "not UTF-8"}
+    assert rows[3] == (4, {"seed": "7"})  # no prompt: validation names it (see below)
+    assert [line_of(n) for n, _ in rows] == [2, 5, 6, 7]  # the line each row ends on
+    assert [item.line for _, item in rows if isinstance(item, LineError)] == [6]
+
+
+def test_csv_row_errors_name_the_file_line_and_its_first_row_is_job_0(tmp_path: Path):
+    path = tmp_path / "d.csv"
+    path.write_text('caption,height\n"a fox\non two lines",\n\n,\nan owl,65\na cat,\n')
+    submitter = Recording()
+    submit_lines(submitter, read_lines(path, "caption"), {}, seeds_per_prompt=4)
+    assert [(i, s.prompt) for i, s in submitter.sent] == [(i, "a fox\non two lines") for i in range(4)] + [
+        (i, "a cat") for i in range(12, 16)
+    ]
+    reasons = {e.line: e.reason for e in submitter.result.errors}  # the header is line 1
+    assert sorted(reasons) == [5, 6] and "prompt" in reasons[5] and reasons[6].startswith("height:")
 
 
 @pytest.mark.parametrize(
@@ -138,8 +154,9 @@ def test_a_csv_syntax_error_stops_reading_with_its_line(tmp_path: Path):
     path = tmp_path / "x.csv"
     path.write_text("prompt\nok\n" + "x" * 200_000 + "\nnever read\n")  # over the csv module's field limit
     rows = list(read_lines(path))
-    assert rows[0] == (2, {"prompt": "ok"})
-    assert len(rows) == 2 and "malformed CSV" in errors(rows)[3]
+    assert rows[0] == (1, {"prompt": "ok"})
+    [(_, err)] = rows[1:]
+    assert isinstance(err, LineError) and err.line == 3 and "malformed CSV" in err.reason
 
 
 def test_a_prompt_column_is_refused_for_jsonl(tmp_path: Path):

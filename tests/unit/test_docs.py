@@ -38,6 +38,7 @@ def modules() -> list[str]:
 def test_the_architecture_page_names_every_module() -> None:
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     folders = text[text.index("## Folders") : text.index("\n## ", text.index("## Folders") + 1)]
+
     def named(module: str) -> bool:
         path = Path(module)
         if path.name == "__init__.py":  # a subpackage: its folder, or its __init__.py
@@ -73,9 +74,9 @@ def test_every_test_the_guarantees_name_exists() -> None:
             else:
                 func = name
             func = func.lstrip(":")
-            if func.startswith("test_") and current is not None:
-                if f"def {func}(" not in current.read_text(encoding="utf-8"):
-                    missing.append(f"{current.relative_to(ROOT)}::{func}")
+            defined = current is not None and f"def {func}(" in current.read_text(encoding="utf-8")
+            if func.startswith("test_") and not defined:
+                missing.append(f"{current.relative_to(ROOT) if current else '?'}::{func}")
     assert not missing, f"docs/guarantees.md names tests that do not exist: {missing}"
 
 

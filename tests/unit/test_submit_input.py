@@ -27,7 +27,7 @@ def test_bad_lines_are_reported_with_their_numbers(tmp_path: Path):
 def test_csv_needs_a_prompt_column(tmp_path: Path):
     good = tmp_path / "good.csv"
     good.write_text("prompt,seed\na cat,4\n")
-    assert list(read_lines(good)) == [(2, {"prompt": "a cat", "seed": "4"})]
+    assert list(read_lines(good)) == [(1, {"prompt": "a cat", "seed": "4"})]  # row 1 is job 0
     bad = tmp_path / "bad.csv"
     bad.write_text("text\na cat\n")
     [(line, err)] = list(read_lines(bad))
