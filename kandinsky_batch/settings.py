@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     memory_budget_mb: int = Field(0, ge=0)  # 0: keep every decoder loaded
     # GPU speed options (worker/acceleration.py); each keeps images within rounding of the default.
     compile: Literal["none", "unet", "all"] = "none"  # torch.compile the UNet, or UNet and MoVQ decode
+    # torch.compile's backend: inductor generates the fast code; aot_eager and eager only trace
+    # (the same graphs, buckets and recompiles in seconds: for finding a compile problem).
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
     decode_in_store: Literal["auto", "on", "off"] = "auto"  # MoVQ decoding in the storing thread (auto: CPU)
     channels_last: Literal["auto", "true", "false"] = "auto"  # auto: on for cuda, off elsewhere
     tf32: bool = True  # TF32 matmuls and convolutions, on CUDA compute capability 8.0 and later

@@ -8,7 +8,6 @@ and key set, the job commands go to the HTTP API (`open_client`) and the rest re
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,6 +38,7 @@ from producer.cli_http import (
     redis_client,
     submit_over_http,
 )
+from producer.cli_local import demo, models, worker
 from producer.cli_reproduce import reproduce
 from producer.client import Client, JobResult
 from producer.http_client import HttpClient
@@ -391,78 +391,6 @@ def dead_letters(ctx: click.Context, limit: int, as_json: bool) -> None:
         console.print("no dead letters", markup=False)
 
 
-@cli.group(invoke_without_command=True)
-@click.option("--loglevel", default="INFO", show_default=True)
-@click.pass_context
-def worker(ctx: click.Context, loglevel: str) -> None:
-    """Run a GPU worker (serves KANDINSKY_BATCH_MODES); `worker check` for probes."""
-    if ctx.invoked_subcommand is None:
-        from worker.celery_app import serve
-
-        ctx.exit(serve(_settings(ctx), loglevel=loglevel.upper()))
-
-
-@worker.command()
-@click.pass_context
-def check(ctx: click.Context) -> None:
-    """Exit 0 only if this worker's pipelines are warm and Redis and storage are reachable."""
-    from worker.check import problems
-
-    found = problems(_settings(ctx))
-    for problem in found:
-        click.echo(f"not ready: {problem}", err=True)
-    if found:
-        ctx.exit(1)
-    click.echo("ready")
-
-
-@cli.group()
-def models() -> None:
-    """Model helpers."""
-
-
-@models.command("make-tiny")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--seed", type=int, default=0, show_default=True)
-def make_tiny_cmd(directory: Path, seed: int) -> None:
-    """Write a tiny random-weight prior, decoder and inpaint decoder (offline, for tests and demos)."""
-    from worker.tiny import make_tiny
-
-    made = make_tiny(directory, seed=seed).resolve()
-    # The settings that point a worker at them, ready to paste or `source`; the tiny model is
-    # random noise at any size, so jobs for it use small images and few steps (e.g. 64 px, 2 steps).
-    for name in ("prior", "decoder", "inpaint"):
-        click.echo(f"export KANDINSKY_BATCH_{name.upper()}_MODEL={shlex.quote(str(made / name))}")
-    click.echo("export KANDINSKY_BATCH_DEVICE=cpu KANDINSKY_BATCH_TORCH_THREADS=1")
-    console.print(
-        "the tiny model is for tests and demos: submit with --height 64 --width 64 --steps 2 --prior-steps 2",
-        markup=False,
-    )
-
-
-@cli.command()
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("kandinsky-batch-demo"),
-    show_default=True,
-    help="Where the images (and the tiny model) go.",
-)
-@click.option("--count", type=int, default=6, show_default=True, help="How many prompts to submit.")
-@click.option("--timeout", type=float, default=600, show_default=True)
-@click.option(
-    "--serve",
-    is_flag=True,
-    help="Then keep Redis, the worker and the API up; OUT/env points a shell at them.",
-)
-@click.pass_context
-def demo(ctx: click.Context, out: Path, count: int, timeout: float, serve: bool) -> None:
-    """Run the whole path on this machine: tiny model, Redis, a worker, a few prompts."""
-    from producer.demo import run_demo
-
-    ctx.exit(run_demo(_settings(ctx), out.resolve(), count, timeout, console, serve))
-
-
 def _redis_url() -> str:
     try:
         return Settings().redis_url
@@ -471,6 +399,9 @@ def _redis_url() -> str:
 
 
 cli.add_command(api)
+cli.add_command(worker)
+cli.add_command(models)
+cli.add_command(demo)
 cli.add_command(keys)
 cli.add_command(export)
 cli.add_command(gallery)

@@ -44,11 +44,7 @@ class WorkerProcess:
     def start(self, timeout: float = 120) -> WorkerProcess:
         """Start it and return once it is ready; RuntimeError (with its log) if it exits or is late."""
         self.settings.ready_file.unlink(missing_ok=True)
-        args = [sys.executable, "-m", self.module] + (["worker"] if self.module == "producer.cli" else [])
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                args, env=worker_env(self.settings, self.extra_env), stdout=log, stderr=subprocess.STDOUT
-            )
+        self.proc = self.open(worker_env(self.settings, self.extra_env))
         deadline = time.monotonic() + timeout
         while not self.settings.ready_file.exists():
             if self.proc.poll() is not None:
@@ -57,6 +53,12 @@ class WorkerProcess:
                 raise RuntimeError(f"the worker was not ready after {timeout:.0f} s:\n{self.log()}")
             time.sleep(0.1)
         return self
+
+    def open(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """The process itself: `python -m <module> worker` with `env`, its output in the log."""
+        args = [sys.executable, "-m", self.module] + (["worker"] if self.module == "producer.cli" else [])
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def log(self, tail: int = 5000) -> str:
         return self.log_path.read_text(errors="replace")[-tail:]

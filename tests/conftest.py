@@ -16,7 +16,8 @@ import redis
 
 from kandinsky_batch.settings import Settings
 from producer.client import Client
-from producer.launch import WorkerProcess, worker_env
+from producer.launch import worker_env
+from tests.helpers.forked import ForkedWorkerProcess as WorkerProcess
 
 REDIS_URL = os.environ.get("KANDINSKY_BATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

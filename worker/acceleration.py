@@ -50,7 +50,7 @@ def bucket_for(n: int, max_batch_size: int) -> int:
     return next((size for size in batch_buckets(max_batch_size) if size >= n), n)
 
 
-def compile_pipeline(pipe: Any, target: CompileTarget) -> list[str]:
+def compile_pipeline(pipe: Any, target: CompileTarget, backend: str = "inductor") -> list[str]:
     """Compile the decoder's UNet (`unet`), and its MoVQ decode too (`all`), in place; the names compiled.
 
     `dynamic=False`: every new input shape compiles a graph specialised to it, which is the
@@ -66,12 +66,12 @@ def compile_pipeline(pipe: Any, target: CompileTarget) -> list[str]:
         return []
     limit = torch._dynamo.config.recompile_limit
     torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
-    pipe.unet.compile(dynamic=False)
+    pipe.unet.compile(dynamic=False, backend=backend)
     compiled = ["unet"]
     if target == "all":
         # KandinskyPipeline calls `self.movq.decode(latents, force_not_quantize=True)`; compiling
         # that method (not the module's forward, which encodes too) covers post_quant_conv and decoder.
-        pipe.movq.decode = torch.compile(pipe.movq.decode, dynamic=False)
+        pipe.movq.decode = torch.compile(pipe.movq.decode, dynamic=False, backend=backend)
         compiled.append("movq.decode")
     return compiled
 

@@ -148,7 +148,11 @@ class PipelineCache:
             if isinstance(module, torch.nn.Module) and acceleration.ensure_sdpa(module):
                 log.info("%s.%s: eager attention processors switched to SDPA", name, part)
         nhwc = acceleration.use_channels_last(pipe) if self.channels_last else []
-        compiled = [] if name == "prior" else acceleration.compile_pipeline(pipe, self.settings.compile)
+        compiled = (
+            []
+            if name == "prior"
+            else acceleration.compile_pipeline(pipe, self.settings.compile, self.settings.compile_backend)
+        )
         log.info(
             "%s: attention %s, channels_last %s, compiled %s",
             name,

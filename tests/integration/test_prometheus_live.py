@@ -21,8 +21,7 @@ import yaml
 
 from kandinsky_batch.settings import Settings
 from producer.client import Client
-from producer.launch import WorkerProcess
-from tests.conftest import IN_CI, make_settings
+from tests.conftest import IN_CI, WorkerProcess, make_settings
 from tests.integration.conftest import free_port, slow_worker, wait_for
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,7 @@ import pytest
 from kandinsky_batch.keys import TASK_NAME, JobRef
 from kandinsky_batch.schema import JobState, Mode
 from producer.client import Client
-from producer.launch import WorkerProcess
-from tests.conftest import make_settings
+from tests.conftest import WorkerProcess, make_settings
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ from kandinsky_batch.schema import Mode
 from kandinsky_batch.settings import Settings
 from producer.api.metrics import QueueCollector
 from producer.client import Client
-from producer.launch import WorkerProcess, worker_env
-from tests.conftest import make_settings
+from producer.launch import worker_env
+from tests.conftest import WorkerProcess, make_settings
 from tests.integration.conftest import free_port, slow_worker, wait_for
 
 pytestmark = pytest.mark.integration

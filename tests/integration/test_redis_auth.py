@@ -21,8 +21,8 @@ import redis
 
 from kandinsky_batch.schema import JobState
 from producer.client import Client
-from producer.launch import WorkerProcess, worker_env
-from tests.conftest import IN_CI, make_settings
+from producer.launch import worker_env
+from tests.conftest import IN_CI, WorkerProcess, make_settings
 from tests.tls import make_certificates
 
 pytestmark = pytest.mark.integration

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 import redis
@@ -17,14 +18,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def store(redis_url: str, request: pytest.FixtureRequest):
+def store(redis_url: str):
+    """A store under a prefix of its own: no other test's keys, and no scan of the shared Redis."""
     client = redis.Redis.from_url(redis_url)
-    prefix = f"kbt-store-{request.node.name[:40]}"
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
-    yield StatusStore(client, Keys(prefix), ttl_s=600)
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
+    yield StatusStore(client, Keys(f"kbt-store-{uuid.uuid4().hex[:12]}"), ttl_s=600)
     client.close()
 
 

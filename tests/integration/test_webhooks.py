@@ -19,7 +19,7 @@ from standardwebhooks.webhooks import Webhook as Verifier
 
 from kandinsky_batch.settings import Settings
 from producer.client import Client
-from producer.launch import WorkerProcess
+from tests.conftest import WorkerProcess
 from tests.integration.conftest import auth, free_port, slow_worker, wait_for
 from tests.tls import make_certificates
 from tests.webhook_receiver import Receiver, running_receiver
