@@ -157,8 +157,9 @@ class Engine:
         stops at its grace deadline: HandBack lists the jobs to give back.
         """
         # A job whose worker died while running it (it may kill workers) runs alone, after the
-        # others are stored, so it never takes its batch-mates down with it again.
-        suspects = self.crashed(jobs) if len(jobs) > 1 else frozenset()
+        # others are stored (those of earlier tasks still storing in the background too), so it
+        # never takes other jobs down with it again.
+        suspects = self.crashed(jobs)
         runs = list(
             micro_batches([j for j in jobs if j.job_id not in suspects], self.settings.max_batch_size)
         )

@@ -264,8 +264,9 @@ def test_storage_down_jobs_retry_and_succeed_after(fault_settings, start_worker,
     server = S3Server()
     endpoint = server.start()
     bucket = create_bucket(endpoint)
-    settings = fault_settings(**s3_settings(endpoint, bucket))
-    worker = start_worker(settings, step_sleep=0.1)
+    # One job per micro-batch, each a few tenths of a second: jobs are still to store when storage goes.
+    settings = fault_settings(**s3_settings(endpoint, bucket), max_batch_size=1)
+    worker = start_worker(settings, step_sleep=0.3)
     try:
         with Client(settings) as client:
             batch = client.submit_batch([{"prompt": f"job {i}", **TINY} for i in range(4)]).batch_id
