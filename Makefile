@@ -24,6 +24,7 @@ lint: install
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
+# Test modules run in 3 processes: the suite mostly waits on workers, leases and servers, not on the CPU.
 test: lint
 	$(PY) scripts/ensure_redis.py
-	$(PY) -m pytest
+	$(PY) -m pytest -n 3 --dist loadfile
