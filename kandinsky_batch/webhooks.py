@@ -9,6 +9,7 @@ host is checked again at each delivery, after DNS, in `kandinsky_batch.netguard`
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import socket
@@ -106,10 +107,8 @@ def host_refusal(hostname: str) -> str | None:
 def _literal_address(host: str) -> IPAddress | None:
     """The address `host` spells, as `ipaddress` reads it or, for IPv4's short, decimal, octal
     and hex forms, as the C resolver does (`inet_aton`); None for a name."""
-    try:
+    with contextlib.suppress(ValueError):
         return ipaddress.ip_address(host)
-    except ValueError:
-        pass
     try:
         return ipaddress.IPv4Address(socket.inet_aton(host))
     except (OSError, ValueError):

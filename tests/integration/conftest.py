@@ -177,5 +177,19 @@ def acme_key(api_settings: Settings) -> str:
     return str(made["key"])
 
 
+@pytest.fixture(scope="module")
+def make_key(api_settings: Settings) -> Iterator[Any]:
+    """`make_key(tenant, **limits)`: a new API key of that tenant (1000 requests/s unless given)."""
+    client = Client(api_settings)
+    store = ApiKeys(client.redis, client.status_store.keys)
+
+    def make(tenant: str, **limits: Any) -> str:
+        _, secret = store.create(tenant, rate_per_s=limits.pop("rate_per_s", 1000.0), **limits)
+        return secret
+
+    yield make
+    client.close()
+
+
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}

@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from kandinsky_batch.settings import Settings
-from kandinsky_batch.store.apikeys import ApiKeys
 from producer.client import Client
 from tests.integration.conftest import auth, free_port, wait_for
 
@@ -51,19 +50,6 @@ def api_settings(module_settings: Settings) -> Settings:
             "chunk_size": 1,
         }
     )
-
-
-@pytest.fixture(scope="module")
-def make_key(api_settings: Settings) -> Iterator[Any]:
-    client = Client(api_settings)
-    store = ApiKeys(client.redis, client.status_store.keys)
-
-    def make(tenant: str, **limits: Any) -> str:
-        _, secret = store.create(tenant, rate_per_s=limits.pop("rate_per_s", 1000.0), **limits)
-        return secret
-
-    yield make
-    client.close()
 
 
 @pytest.fixture

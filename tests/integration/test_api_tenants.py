@@ -18,7 +18,6 @@ import httpx
 import pytest
 
 from kandinsky_batch.settings import Settings
-from kandinsky_batch.store.apikeys import ApiKeys
 from producer.api.keyed_ids import keyed_batch_id
 from producer.client import Client
 from tests.corpus import TINY
@@ -37,19 +36,6 @@ def worker() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def api_settings(module_settings: Settings) -> Settings:
     return module_settings.model_copy(update={"api_port": free_port(), "webhooks": False, "chunk_size": 1})
-
-
-@pytest.fixture(scope="module")
-def make_key(api_settings: Settings) -> Iterator[Any]:
-    client = Client(api_settings)
-    store = ApiKeys(client.redis, client.status_store.keys)
-
-    def make(tenant: str, **limits: Any) -> str:
-        _, secret = store.create(tenant, rate_per_s=limits.pop("rate_per_s", 1000.0), **limits)
-        return secret
-
-    yield make
-    client.close()
 
 
 @pytest.fixture
@@ -292,5 +278,6 @@ def test_an_upload_of_a_million_bad_lines_answers_100_errors_and_a_count_in_boun
     assert [e["line"] for e in result["errors"]] == list(range(1, 101))
     assert len(answer.content) < 64 * 1024
     grown = rss_mb(pid) - before
+    print(f"API RSS: {before:.1f} MB before, +{grown:.1f} MB after {lines} bad lines")
     assert grown < 64, f"the API grew by {grown:.0f} MB"
     assert os.path.exists(f"/proc/{pid}")  # the same process: nothing restarted it
