@@ -19,7 +19,8 @@ from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import Storage, open_storage
 from kandinsky_batch.store.status import StatusStore
 from kandinsky_batch.store.taken import TakenStore
-from worker.engine import Engine, Job
+from worker.engine import Engine
+from worker.jobs import Job
 from worker.leases import LeaseStore
 from worker.pipelines import PipelineCache
 

@@ -29,7 +29,7 @@ from kandinsky_batch.logs import log_fields
 from kandinsky_batch.schema import JobSpec, JobState, Mode
 from kandinsky_batch.store.status import Recovered
 from worker import metrics
-from worker.engine import Job
+from worker.jobs import Job
 from worker.leases import Lease
 
 if TYPE_CHECKING:

@@ -34,9 +34,9 @@ from kandinsky_batch.errors import (
     StorageUnavailable,
     compute_backoff,
 )
-from kandinsky_batch.keys import JobField, JobRef
+from kandinsky_batch.keys import JobField
 from kandinsky_batch.logs import log_fields
-from kandinsky_batch.schema import JobSpec, JobState
+from kandinsky_batch.schema import JobState
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import Storage, image_key, metadata_key
 from kandinsky_batch.store.status import StatusStore
@@ -44,6 +44,7 @@ from worker import metrics
 from worker.clip import job_score, score_micro_batch
 from worker.generate import Inputs, Item, Latent, compat_key, decoded, decoder_steps, generate
 from worker.inputs import InputLoader
+from worker.jobs import Job
 from worker.leases import LeaseStore
 from worker.outputs import encode_image, extension
 from worker.pipelines import PipelineCache
@@ -53,25 +54,6 @@ from worker.store_pool import StorePool
 from worker.stored_inputs import StoredInputs, spec_with_refs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Job:
-    ref: JobRef
-    spec: JobSpec
-    tenant: str = ""  # its batch's tenant (submitted with an API key), '' for none
-
-    @property
-    def job_id(self) -> str:
-        return self.ref.id
-
-    @property
-    def batch_id(self) -> str:
-        return self.ref.batch_id
-
-    @property
-    def index(self) -> int:
-        return self.ref.index
 
 
 @dataclass(frozen=True)

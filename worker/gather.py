@@ -23,8 +23,8 @@ from kandinsky_batch.schema import Priority
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.wire import parse_message, validate_spec
 from worker.delivery import claim
-from worker.engine import Job
 from worker.generate import compat_key
+from worker.jobs import Job
 from worker.messages import read_message
 
 if TYPE_CHECKING:

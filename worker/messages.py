@@ -20,7 +20,7 @@ from kandinsky_batch.settings import Settings
 from kandinsky_batch.store.status import Created, StatusStore
 from kandinsky_batch.wire import parse_message, validate_spec
 from worker import metrics
-from worker.engine import Job
+from worker.jobs import Job
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from kandinsky_batch.schema import JobState
 from worker import metrics
 
 if TYPE_CHECKING:
-    from worker.engine import Engine, Job
+    from worker.engine import Engine
+    from worker.jobs import Job
 
 
 class StepCheck:

@@ -18,8 +18,8 @@ from kandinsky_batch.schema import Priority
 from worker import metrics
 from worker.context import WorkerContext, get_context
 from worker.delivery import claim, fail_unfinished, hand_back, retry_later
-from worker.engine import Job
 from worker.gather import take_more
+from worker.jobs import Job
 from worker.messages import read_message
 
 log = logging.getLogger(__name__)

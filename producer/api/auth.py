@@ -66,21 +66,24 @@ def owned_batch(client: Client, key: ApiKey, batch_id: str) -> BatchStatus:
 
     An id submit would refuse is not looked up at all: it names no batch.
     """
-    if not is_batch_id(batch_id):
-        raise NotFound(f"batch {batch_id!r} not found")
-    batch = client.status_store.batch(batch_id)
-    if not key.admin and batch.tenant != key.tenant:
-        raise NotFound(f"batch {batch_id!r} not found")
-    return batch
+    _check_id(batch_id)
+    return _owned(key, client.status_store.batch(batch_id))
 
 
 async def owned_batch_on_loop(store: AsyncStore, key: ApiKey, batch_id: str) -> BatchStatus:
     """`owned_batch` over the asyncio client, for a route that runs on the event loop."""
+    _check_id(batch_id)
+    return _owned(key, await store.batch(batch_id))
+
+
+def _check_id(batch_id: str) -> None:
     if not is_batch_id(batch_id):
         raise NotFound(f"batch {batch_id!r} not found")
-    batch = await store.batch(batch_id)
+
+
+def _owned(key: ApiKey, batch: BatchStatus) -> BatchStatus:
     if not key.admin and batch.tenant != key.tenant:
-        raise NotFound(f"batch {batch_id!r} not found")
+        raise NotFound(f"batch {batch.batch_id!r} not found")
     return batch
 
 

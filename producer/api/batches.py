@@ -1,28 +1,23 @@
 """`/v1/batches`: upload a JSONL batch (streamed, in bounded memory), read, page, cancel, retry.
 
-An upload is read chunk by chunk and handed line by line to the bulk submitter in a worker
-thread through a bounded queue, so a 1M-line body never sits in memory whole, and the event loop
-only moves bytes. Bad lines are reported by number, as `submit --file` does; the rest go.
-
-Uploads and event streams last as long as their callers like: each holds one of its tenant's
-slots (producer/api/slots.py), uploads run in threads of their own and streams on the event
-loop, so neither can take the threads the other routes are served from.
+An upload is streamed to the bulk submitter in a thread of its own (producer/api/uploads.py);
+bad lines are reported by number, as `submit --file` does, and the rest go. Uploads and event
+streams last as long as their callers like: each holds one of its tenant's slots
+(producer/api/slots.py), and streams run on the event loop, so neither can take the threads the
+other routes are served from.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-import queue
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 from urllib.parse import urlparse
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from starlette.requests import ClientDisconnect
 
 from kandinsky_batch.errors import NotFound, OverQuota
 from kandinsky_batch.keys import JobRef
@@ -36,84 +31,18 @@ from producer.api.auth import owned_batch, owned_batch_on_loop
 from producer.api.jobs import Caller, Sdk, over_quota, stored_object, webhook_from
 from producer.api.keyed_ids import KeyedBatchIds
 from producer.api.problems import Problem
-from producer.api.slots import HeldStream, Limits, Slot
+from producer.api.slots import HeldStream, Limits
+from producer.api.uploads import in_upload_thread, submit_source, upload
 from producer.client import Client
 from producer.submit import (
-    SubmitResult,
     Submitter,
     new_batch_id,
-    parse_jsonl,
-    split_lines,
-    submit_lines,
 )
 from producer.watch import summarize
 
 router = APIRouter(prefix="/v1")
 SOURCE_BODY_BYTES = 64 * 1024
-MAX_LINE_BYTES = 16 * 1024**2  # one job, inline images included
 PAGE_MAX = 1000
-
-
-class Inbox:
-    """The chunks of one upload, from the event loop to the submitting thread; `None` ends it.
-
-    The loop's side never blocks and needs no thread: `put` waits for room as a coroutine, woken
-    by the thread after each chunk it takes. `close` (the upload given up) ends it without a
-    wait: the thread takes what is queued, then stops.
-    """
-
-    POLL_S = 0.2  # how soon a thread waiting on an empty queue sees `close`
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int = 64) -> None:
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=size)
-        self.ended = False
-        self._loop = loop
-        self._room = asyncio.Event()
-        self._closed = False
-
-    async def put(self, chunk: bytes | None) -> None:
-        """On the loop: queue a chunk (None: the end), once there is room."""
-        while True:
-            try:
-                self.queue.put_nowait(chunk)
-                return
-            except queue.Full:
-                self._room.clear()
-                if not self.queue.full():  # a take in between: its wake-up may be the one cleared
-                    continue
-                await self._room.wait()
-
-    def close(self) -> None:
-        """On the loop: no more chunks come."""
-        self._closed = True
-
-    def chunks(self) -> Iterator[bytes]:
-        """In the submitting thread: the chunks, until the end or `close`."""
-        while not self.ended:
-            try:
-                chunk = self.queue.get(timeout=self.POLL_S)
-            except queue.Empty:
-                # Every put came before close: closed and empty is the end.
-                self.ended = self._closed and self.queue.empty()
-                continue
-            self._loop.call_soon_threadsafe(self._room.set)
-            if chunk is None:
-                self.ended = True
-            else:
-                yield chunk
-
-
-def _submit(submitter: Submitter, inbox: Inbox, defaults: dict[str, Any]) -> SubmitResult:
-    lines = parse_jsonl(split_lines(inbox.chunks(), MAX_LINE_BYTES))
-    try:
-        return submit_lines(submitter, lines, defaults)
-    finally:
-        for _ in inbox.chunks():  # drain, so the reader is never left blocked on a full queue
-            pass
-
-
-def _submit_source(submitter: Submitter, chunks: Iterator[bytes], defaults: dict[str, Any]) -> SubmitResult:
-    return submit_lines(submitter, parse_jsonl(split_lines(chunks, MAX_LINE_BYTES)), defaults)
 
 
 NDJSON_BODY = {
@@ -174,10 +103,10 @@ async def submit_batch(
     try:
         if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
             chunks = _source(client, key, await _small_body(request))
-            submitting = _in_upload_thread(request, key.tenant, _submit_source, submitter, chunks, base)
+            submitting = in_upload_thread(request, key.tenant, submit_source, submitter, chunks, base)
             result = await asyncio.shield(submitting)
         else:
-            result = await _upload(request, submitter, base)
+            result = await upload(request, submitter, base)
     except OverQuota as exc:
         line = min(exc.refused) + 1 if exc.refused else None
         result = submitter.result
@@ -214,48 +143,6 @@ def _defaults(defaults: str | None) -> dict[str, Any]:
     if not isinstance(base, dict):
         raise Problem(422, "Invalid request", "defaults: must be a JSON object", fields=["defaults"])
     return base
-
-
-async def _upload(request: Request, submitter: Submitter, base: dict[str, Any]) -> SubmitResult:
-    """Stream the body's lines to the submitter in an upload thread, a bounded queue between.
-
-    The tenant's upload slot is taken before a byte of the body is read (429 past its share).
-    """
-    limit = submitter.settings.api_max_upload_bytes
-    inbox = Inbox(asyncio.get_running_loop())
-    done = _in_upload_thread(request, submitter.tenant, _submit, submitter, inbox, base)
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise Problem(413, "Body too large", f"an upload is at most {limit} bytes")
-            if chunk:
-                await inbox.put(chunk)
-        await inbox.put(None)
-    except ClientDisconnect:  # an answer no one reads, and nothing for the log
-        raise Problem(400, "Upload cut short", "the connection closed before the body ended") from None
-    finally:
-        inbox.close()  # given up (too large, the client gone): the thread submits what it has
-    return await asyncio.shield(done)
-
-
-def _in_upload_thread(
-    request: Request, tenant: str, submit: Callable[..., SubmitResult], *args: Any
-) -> asyncio.Future[SubmitResult]:
-    """`submit(*args)` in an upload thread, holding one of the tenant's upload slots until the
-    thread is done; 429 when the tenant (or the server) has none left."""
-    limits: Limits = request.app.state.limits
-    slot = limits.uploads.take(tenant, close=True)
-    done = asyncio.get_running_loop().run_in_executor(limits.upload_threads, submit, *args)
-    done.add_done_callback(functools.partial(_upload_done, slot))
-    return done
-
-
-def _upload_done(slot: Slot, done: asyncio.Future[SubmitResult]) -> None:
-    slot.release()
-    if not done.cancelled():
-        done.exception()  # seen: an upload given up on leaves no "never retrieved" in the log
 
 
 async def _small_body(request: Request) -> bytes:

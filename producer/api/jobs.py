@@ -134,7 +134,8 @@ async def submit_job(
         allowed(await store.authenticate(secret))  # a bad key is told so before a bad spec
         raise
     if any(urlparse(uri).scheme not in ("data", "https") for _, uri in input_uris(job_spec)):
-        # Inputs from storage: whose they may be depends on the key, so it is checked first.
+        # Inputs from storage: whose they may be depends on the key's tenant (fixed for a key's
+        # life), so the key is checked first; other inputs are every tenant's to read.
         known = allowed(await store.authenticate(secret))
         check_inputs(job_spec, known.tenant, client.storage.key_for)
     wire = seeded_wire(job_spec, _SEEDS)
@@ -142,7 +143,6 @@ async def submit_job(
     id_secret = await request.app.state.batch_ids.secret() if key_text else b""
 
     def chunk_for(key: ApiKey) -> Chunk:
-        check_inputs(job_spec, key.tenant, client.storage.key_for)  # the key's tenant may have changed
         batch_id = keyed_batch_id(id_secret, key.tenant, key_text) if key_text else new_batch_id()
         return chunk_of(
             settings, batch_id, job_spec.mode, [(0, wire)], priority, key.tenant, key.max_queued, hook
