@@ -1,9 +1,9 @@
 """The long chaos run: real workers and a Redis of their own (AOF, appendfsync always) under random
-faults for `--duration` seconds, then a drain and every check (tests/chaos.py).
+faults for `--duration` seconds, then a drain and every check (tests/helpers/chaos.py).
 
 Figures: jobs, faults by kind, lost, duplicated (ran on two workers at once), late writes (a file
 written after its job succeeded, or by a worker other than the one the status names), drain time.
-Exits 1 if any check failed. Run from the repository root (it imports `tests.chaos`):
+Exits 1 if any check failed. Run from the repository root (it imports `tests.helpers.chaos`):
 
     .venv/bin/python bench/chaos.py [--duration 300] [--workers 3] [--min-gap 3] [--max-gap 8] [--seed N]
 """
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import machine_note, note, result
 
-from tests.chaos import FAULTS, chaos_run
+from tests.helpers.chaos import FAULTS, chaos_run
 from worker.tiny import make_tiny
 
 

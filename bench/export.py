@@ -44,7 +44,7 @@ from kandinsky_batch.keys import Keys
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import open_storage
 from kandinsky_batch.store.status import StatusStore
-from tests.export_batch import plain, write_batch
+from tests.helpers.export_batch import plain, write_batch
 
 TARGET_RATE, TARGET_GROWTH_MB = 1000.0, 300.0
 
@@ -128,8 +128,8 @@ def s3_part(args: argparse.Namespace, tag: str, client: redis.Redis, file_rate: 
     )
     try:
         endpoint = f"http://127.0.0.1:{port}"
-        from tests.s3server import client as s3_client
-        from tests.s3server import create_bucket
+        from tests.helpers.s3server import client as s3_client
+        from tests.helpers.s3server import create_bucket
 
         deadline = time.monotonic() + 30
         while True:

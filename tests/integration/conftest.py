@@ -20,7 +20,7 @@ from kandinsky_batch.store.apikeys import ApiKeys
 from producer.client import Client
 from producer.launch import worker_env
 from tests.conftest import WorkerProcess, make_settings
-from tests.s3server import TEST_KEY
+from tests.helpers.s3server import TEST_KEY
 
 LEASE_TTL = 2.0
 
@@ -81,7 +81,7 @@ def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
             }
         )
         proc = WorkerProcess(
-            settings, tmp_path / f"{name}{len(started)}.log", module="tests.fault_worker", env=env
+            settings, tmp_path / f"{name}{len(started)}.log", module="tests.helpers.fault_worker", env=env
         )
         started.append(proc)
         return proc.start()
@@ -98,7 +98,7 @@ def slow_worker(
     """A real worker whose denoising steps each sleep `step_sleep_s`: jobs last long enough to watch."""
     log = tmp_path_factory.mktemp("logs") / "worker.log"
     env = {"KB_TEST_STEP_SLEEP_S": str(step_sleep_s)}
-    proc = WorkerProcess(settings, log, module="tests.fault_worker", env=env).start()
+    proc = WorkerProcess(settings, log, module="tests.helpers.fault_worker", env=env).start()
     try:
         yield proc
     finally:

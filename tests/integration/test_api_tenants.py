@@ -20,8 +20,8 @@ import pytest
 from kandinsky_batch.settings import Settings
 from producer.api.keyed_ids import keyed_batch_id
 from producer.client import Client
-from tests.corpus import TINY
-from tests.images import image_bytes, png_url
+from tests.helpers.corpus import TINY
+from tests.helpers.images import image_bytes, png_url
 from tests.integration.conftest import auth, free_port
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """Bad inputs end to end: each is refused at submit naming the reason, or fails its job with a code.
 
-Two real workers take the corpus (tests/corpus.py): `main` serves every mode with https
+Two real workers take the corpus (tests/helpers/corpus.py): `main` serves every mode with https
 inputs allowed and small input caps; `plain` serves img2img only, with the defaults
 (https inputs off). Bad inputs go in through the CLI and straight onto the queues as raw
 Celery messages (raw queue items: tests/integration/test_queue_garbage.py). Throughout, the workers keep serving, every
@@ -32,7 +32,7 @@ from kandinsky_batch.storage.file import file_root
 from producer.cli import main
 from producer.client import Client
 from tests.conftest import WorkerProcess, make_settings, settings_env
-from tests.corpus import (
+from tests.helpers.corpus import (
     BAD_SPEC,
     CLI_FAILURES,
     MAX_INPUT_BYTES,

@@ -1,4 +1,4 @@
-"""The short chaos run (about a minute of faults): tests/chaos.py has the faults and the checks.
+"""The short chaos run (about a minute of faults): tests/helpers/chaos.py has the faults and the checks.
 
 `bench/chaos.py` runs the long form; its figures are in bench/README.md.
 """
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import chaos_run
 from tests.conftest import IN_CI
+from tests.helpers.chaos import chaos_run
 
 pytestmark = pytest.mark.integration
 

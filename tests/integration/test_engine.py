@@ -18,7 +18,7 @@ from kandinsky_batch.schema import JobSpec, JobState, Mode
 from kandinsky_batch.storage.file import FileStorage
 from kandinsky_batch.store.status import StatusStore
 from tests.conftest import make_settings
-from tests.images import png_url
+from tests.helpers.images import png_url
 from worker.engine import Engine, Job
 from worker.generate import generate
 from worker.pipelines import PipelineCache

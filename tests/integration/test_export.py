@@ -26,10 +26,10 @@ from kandinsky_batch.store.status import StatusStore
 from producer.cli_export import export
 from producer.client import Client
 from producer.export import ExportError, export_batch
-from tests.export_batch import Planned, finish, png, write_batch
-from tests.export_expect import PLAN, SHARD, N, expected, read_wds, score_of, shard_files
-from tests.s3server import client as s3_client
-from tests.s3server import create_bucket, running_s3_server
+from tests.helpers.export_batch import Planned, finish, png, write_batch
+from tests.helpers.export_expect import PLAN, SHARD, N, expected, read_wds, score_of, shard_files
+from tests.helpers.s3server import client as s3_client
+from tests.helpers.s3server import create_bucket, running_s3_server
 
 pytestmark = pytest.mark.integration
 

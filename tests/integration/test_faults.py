@@ -1,6 +1,6 @@
 """Delivery guarantees under faults, with real worker processes, real Redis and real storage.
 
-Workers here run `tests.fault_worker`: the real worker with slow steps (so a job
+Workers here run `tests.helpers.fault_worker`: the real worker with slow steps (so a job
 can be killed mid-generation) and, for the poison test, a prompt that SIGKILLs it.
 """
 
@@ -24,8 +24,8 @@ from kandinsky_batch.schema import BatchStatus, JobSpec, JobState, Mode
 from kandinsky_batch.wire import build_message
 from producer.client import Client
 from tests.conftest import settings_env
-from tests.integration.conftest import LEASE_TTL, s3_settings, wait_for
-from tests.s3server import S3Server, create_bucket
+from tests.helpers.s3server import S3Server, create_bucket
+from tests.integration.conftest import LEASE_TTL, free_port, s3_settings, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -202,8 +202,6 @@ def redis_server_binary() -> str:
 @pytest.fixture
 def aof_redis(tmp_path) -> Iterator[tuple[str, Callable[[], None]]]:
     """A private Redis with AOF on, and a function that restarts it on the same port."""
-    from producer.demo import free_port
-
     port = free_port()
     folder = tmp_path / "aof"
     folder.mkdir()

@@ -31,7 +31,7 @@ from producer.cli_gallery import gallery
 from producer.client import Client
 from producer.gallery import write_gallery
 from tests.conftest import IN_CI
-from tests.s3server import create_bucket, running_s3_server
+from tests.helpers.s3server import create_bucket, running_s3_server
 
 pytestmark = pytest.mark.integration
 

@@ -27,8 +27,8 @@ from kandinsky_batch.settings import Settings
 from producer.client import Client
 from producer.submit import Submitter
 from tests.conftest import WorkerProcess, make_settings
-from tests.corpus import TINY, envelope
-from tests.images import data_url, image_bytes, png_url
+from tests.helpers.corpus import TINY, envelope
+from tests.helpers.images import data_url, image_bytes, png_url
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration

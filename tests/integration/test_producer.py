@@ -32,7 +32,7 @@ from producer.cli import main
 from producer.client import Client
 from producer.submit import Submitter, batch_id_for_file, submit_lines
 from producer.watch import watch
-from tests.images import png_url
+from tests.helpers.images import png_url
 
 pytestmark = pytest.mark.integration
 
@@ -433,7 +433,7 @@ def test_watch_draws_a_live_bar_and_counts_images_from_the_event_stream(client: 
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    from tests.s3server import running_s3_server
+    from tests.helpers.s3server import running_s3_server
 
     with running_s3_server() as url:
         yield url
@@ -442,7 +442,7 @@ def s3_endpoint() -> Iterator[str]:
 def test_results_on_s3_give_fresh_presigned_urls_and_download(
     s3_endpoint: str, module_settings: Settings, tmp_path: Path
 ):
-    from tests.s3server import REGION, TEST_KEY, create_bucket
+    from tests.helpers.s3server import REGION, TEST_KEY, create_bucket
 
     bucket = create_bucket(s3_endpoint)
     settings = module_settings.model_copy(

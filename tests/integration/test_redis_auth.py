@@ -23,7 +23,7 @@ from kandinsky_batch.schema import JobState
 from producer.client import Client
 from producer.launch import worker_env
 from tests.conftest import IN_CI, WorkerProcess, make_settings
-from tests.tls import make_certificates
+from tests.helpers.tls import make_certificates
 
 pytestmark = pytest.mark.integration
 

@@ -30,9 +30,9 @@ from kandinsky_batch.storage import Storage, open_storage
 from kandinsky_batch.store.status import StatusStore
 from producer.cli import main
 from tests.conftest import make_settings, settings_env
-from tests.images import data_url, image_bytes
+from tests.helpers.images import data_url, image_bytes
+from tests.helpers.s3server import create_bucket, running_s3_server
 from tests.integration.test_s3_storage import s3_settings
-from tests.s3server import create_bucket, running_s3_server
 from worker.engine import Engine, Job
 from worker.pipelines import PipelineCache
 

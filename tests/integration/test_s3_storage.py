@@ -34,7 +34,7 @@ from kandinsky_batch.storage import Storage, image_key, manifest_key, metadata_k
 from kandinsky_batch.storage.file import FileStorage
 from kandinsky_batch.storage.s3 import MULTIPART_BYTES, S3Storage, make_client, parse_storage_url
 from kandinsky_batch.store.status import StatusStore
-from tests.s3server import S3Server, client, create_bucket, enforced_auth, running_s3_server
+from tests.helpers.s3server import S3Server, client, create_bucket, enforced_auth, running_s3_server
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """Storing in the background, with real worker processes: its invariants under SIGTERM and failures.
 
-The fault worker (tests/fault_worker.py) slows or fails uploads, so jobs can be caught generated but
+The fault worker (tests/helpers/fault_worker.py) slows or fails uploads, so jobs can be caught generated but
 not yet stored.
 """
 

@@ -26,8 +26,8 @@ from kandinsky_batch.keys import JobField, JobRef, Keys
 from kandinsky_batch.schema import BatchStatus, JobState
 from kandinsky_batch.store.status import Recovered, StatusStore
 from producer.client import Client
+from tests.helpers.s3server import S3Server, create_bucket
 from tests.integration.conftest import s3_settings, wait_for
-from tests.s3server import S3Server, create_bucket
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ from standardwebhooks.webhooks import Webhook as Verifier
 from kandinsky_batch.settings import Settings
 from producer.client import Client
 from tests.conftest import WorkerProcess
+from tests.helpers.tls import make_certificates
+from tests.helpers.webhook_receiver import Receiver, running_receiver
 from tests.integration.conftest import auth, free_port, slow_worker, wait_for
-from tests.tls import make_certificates
-from tests.webhook_receiver import Receiver, running_receiver
 
 SPEC: dict[str, Any] = {"prompt": "a lighthouse", "height": 64, "width": 64, "num_inference_steps": 10,
                         "prior_num_inference_steps": 2}  # fmt: skip

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import WorkerProcess, make_settings, settings_env
-from tests.s3server import TEST_KEY, running_s3_server
+from tests.helpers.s3server import TEST_KEY, running_s3_server
 
 pytestmark = pytest.mark.integration
 

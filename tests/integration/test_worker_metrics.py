@@ -1,6 +1,6 @@
 """A real worker's /metrics, scraped while it runs jobs and after: every figure equals what ran.
 
-The worker is `tests.fault_worker` with slow steps (so a scrape lands mid-job), on a free
+The worker is `tests.helpers.fault_worker` with slow steps (so a scrape lands mid-job), on a free
 loopback port. Jobs: three compatible text2img jobs of 1, 2 and 1 images (one micro-batch of 4),
 an img2img job whose input file is missing (bad_input, after its start) and a raw message whose
 spec is invalid at the worker (invalid_spec, never started).
@@ -84,7 +84,7 @@ def metered(
         input_roots=[str(root)],
     )
     env = {"KB_TEST_STEP_SLEEP_S": str(STEP_SLEEP_S)}
-    proc = WorkerProcess(settings, root / "worker.log", module="tests.fault_worker", env=env).start()
+    proc = WorkerProcess(settings, root / "worker.log", module="tests.helpers.fault_worker", env=env).start()
     yield settings, f"http://127.0.0.1:{settings.metrics_port}/metrics"
     assert proc.stop() == 0, proc.log()
 

@@ -13,7 +13,7 @@ from kandinsky_batch.errors import BadInput
 from kandinsky_batch.schema import JobSpec
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage.file import FileStorage
-from tests.images import data_url, image_bytes, png_url
+from tests.helpers.images import data_url, image_bytes, png_url
 from worker.inputs import InputLoader, decode_image
 from worker.outputs import encode_image
 

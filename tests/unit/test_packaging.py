@@ -36,3 +36,8 @@ def test_the_wheel_builds_quietly_with_every_data_file(tmp_path: Path):
     )
     data = [path.relative_to(ROOT).as_posix() for pattern in patterns for path in ROOT.glob(pattern)]
     assert len(data) > 3 and not set(data) - names, set(data) - names
+    modules = [path.relative_to(ROOT).as_posix() for package in ("kandinsky_batch", "producer", "worker")
+               for path in (ROOT / package).rglob("*.py")]  # fmt: skip
+    assert len(modules) > 50 and not set(modules) - names, set(modules) - names
+    typed = {"kandinsky_batch/py.typed", "producer/py.typed", "worker/py.typed"}
+    assert typed <= names, typed - names  # type checkers read the packages' annotations

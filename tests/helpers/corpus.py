@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from kandinsky_batch.schema import Mode
-from tests.images import data_url, image_bytes, png_url
+from tests.helpers.images import data_url, image_bytes, png_url
 
 MAX_INPUT_BYTES = 32 * 1024
 MAX_INPUT_PIXELS = 128 * 128

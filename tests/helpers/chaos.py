@@ -127,7 +127,7 @@ class Chaos:
         settings = self.settings.model_copy(
             update={"worker_name": name, "ready_file": self.root / f"ready-{name}"}
         )
-        proc = WorkerProcess(settings, self.root / f"{name}.log", module="tests.fault_worker",
+        proc = WorkerProcess(settings, self.root / f"{name}.log", module="tests.helpers.fault_worker",
                              env={"KB_TEST_STEP_SLEEP_S": "0.05"})  # fmt: skip
         self.slots[slot] = proc
         # A worker that cannot start (Redis down at that moment) exits; the supervisor starts another.

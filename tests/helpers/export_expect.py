@@ -10,7 +10,7 @@ from typing import Any
 
 import webdataset as wds
 
-from tests.export_batch import Planned, png
+from tests.helpers.export_batch import Planned, png
 
 N = 250
 SHARD = 100  # three shards: 0-99, 100-199, 200-249
