@@ -37,8 +37,9 @@ from kandinsky_batch.schema import JobSpec, JobState, Mode
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage.file import FileStorage
 from kandinsky_batch.store.status import StatusStore
-from worker.engine import Engine, Job
+from worker.engine import Engine
 from worker.generate import Item, StepCallback
+from worker.jobs import Job
 from worker.pipelines import PipelineCache
 from worker.tiny import make_tiny
 

@@ -234,8 +234,9 @@ class GpuBench:
         from kandinsky_batch.schema import JobSpec, JobState
         from kandinsky_batch.storage.file import FileStorage
         from kandinsky_batch.store.status import StatusStore
-        from worker.engine import Engine, Job
+        from worker.engine import Engine
         from worker.generate import generate
+        from worker.jobs import Job
         from worker.splitting import is_oom
 
         settings = self.settings.model_copy(update={"max_batch_size": self.args.oom_batch})

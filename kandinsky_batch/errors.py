@@ -17,7 +17,6 @@ KandinskyBatchError
 
 ControlFlow                   not errors: how the engine tells the task what to do next
 ├── HandBack                  the worker is stopping: these jobs go back to the queue
-├── RetryLater                storage is down: these jobs (back in `queued`) go out again later
 ├── Canceled                  every job of the running micro-batch was canceled: stop between steps
 └── LeaseLost                 this worker no longer holds the job's lease: stop, write nothing more
 """
@@ -105,15 +104,6 @@ class HandBack(ControlFlow):
     def __init__(self, jobs: list[Any] | None = None) -> None:
         super().__init__("shutting down")
         self.jobs: list[Any] = jobs or []
-
-
-class RetryLater(ControlFlow):
-    """Storage is down: these jobs (already handed back to `queued`) should run again later."""
-
-    def __init__(self, jobs: list[Any], cause: StorageUnavailable) -> None:
-        super().__init__(cause.message)
-        self.jobs: list[Any] = jobs
-        self.cause = cause
 
 
 class Canceled(ControlFlow):

@@ -69,6 +69,22 @@ class BatchField(StrEnum):
     WEBHOOK_DONE = "whd"  # set once its `batch.completed` delivery is queued
 
 
+class QueueCount(StrEnum):
+    """Field prefixes of the queue-count hash (`Keys.queue_counts`): a prefix and a name make a counter.
+
+    With a priority (`normal`, `low`): jobs ever submitted at it (`in:`) and jobs taken off its
+    queue the first time (`out:`). With a queue list's name: jobs carried onto that list by a
+    submit's message (`in:`) and jobs of the messages a worker popped off it (`out:`).
+    """
+
+    ADDED = "in:"
+    TAKEN = "out:"
+
+    def of(self, name: str) -> str:
+        """The counter of one priority or one queue list: `in:normal`, `out:{list}`."""
+        return f"{self.value}{name}"
+
+
 class UsageField(StrEnum):
     """Fields of a tenant's usage hash besides one job counter per state."""
 
@@ -196,7 +212,7 @@ class Keys:
         return f"{self.prefix}:usage:"
 
     def queue_counts(self) -> str:
-        """Hash: jobs ever submitted (`in:<priority>`) and first received (`out:<priority>`).
+        """Hash: jobs ever submitted (`in:<priority>`) and first received (`out:<priority>`) (`QueueCount`).
 
         Their difference is how many jobs of a priority wait; a job's own submit sequence minus
         `out` estimates its queue position, in O(1).
@@ -245,12 +261,17 @@ class Keys:
 
 
 def lua_prelude() -> str:
-    """The field names as Lua tables `F` (job), `B` (batch) and `E` (event), for every script."""
-    job = ", ".join(f"{f.name.lower()} = '{f.value}'" for f in JobField)
-    batch = ", ".join(f"{f.name.lower()} = '{f.value}'" for f in BatchField)
-    event = ", ".join(f"{f.name.lower()} = '{f.value}'" for f in EventField)
-    usage = ", ".join(f"{f.name.lower()} = '{f.value}'" for f in UsageField)
-    return (
-        f"local F = {{{job}}}\nlocal B = {{{batch}}}\nlocal E = {{{event}}}\nlocal U = {{{usage}}}\n"
-        f"local EVENTS_MAX = {EVENTS_MAX}\n"
-    )
+    """The field names as Lua tables for every script: `F` (job), `B` (batch), `E` (event), `U`
+    (usage) and `Q` (queue-count prefixes: `Q.added .. 'low'` is `in:low`)."""
+    tables: dict[str, type[StrEnum]] = {
+        "F": JobField,
+        "B": BatchField,
+        "E": EventField,
+        "U": UsageField,
+        "Q": QueueCount,
+    }
+    text = ""
+    for name, fields in tables.items():
+        pairs = ", ".join(f"{f.name.lower()} = '{f.value}'" for f in fields)
+        text += f"local {name} = {{{pairs}}}\n"
+    return text + f"local EVENTS_MAX = {EVENTS_MAX}\n"

@@ -3,19 +3,26 @@
 The manifest (job -> state, seed, outputs, error, spec) is written to storage
 when a batch is done, so it outlives the job hashes in Redis (they expire).
 It is spooled through a temp file, never joined in memory: a 1M-job manifest is ~0.5 GB.
+It is written by the caller whose status change finished the batch (the store says which
+change did): the worker that stored or failed the last job, or the producer whose cancel
+did it. A status change itself never writes to storage.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
+from kandinsky_batch.errors import KandinskyBatchError
 from kandinsky_batch.schema import JobStatus
 from kandinsky_batch.storage import Storage, manifest_key
 from kandinsky_batch.store.status import StatusStore
+
+log = logging.getLogger(__name__)
 
 MANIFEST_CONTENT_TYPE = "application/x-ndjson"
 SPOOL_MAX_BYTES = 4 * 1024 * 1024  # a manifest up to this size stays in memory, a bigger one goes to disk
@@ -73,3 +80,22 @@ def write_manifest(status: StatusStore, storage: Storage, batch_id: str) -> str:
         uri = storage.put_file(manifest_key(batch_id), body, MANIFEST_CONTENT_TYPE)
     status.set_manifest(batch_id, uri)
     return uri
+
+
+BatchDone = Callable[[str], None]  # told the id of a batch the caller saw finish
+
+
+def manifest_writer(status: StatusStore, storage: Storage) -> BatchDone:
+    """What a caller that saw a batch finish calls: writes its manifest; a failure only logs.
+
+    The change that finished the batch stands either way, and the manifest can be written again.
+    """
+
+    def batch_done(batch_id: str) -> None:
+        try:
+            uri = write_manifest(status, storage, batch_id)
+            log.info("batch %s done; manifest %s", batch_id, uri)
+        except (KandinskyBatchError, OSError, ValueError) as exc:
+            log.warning("batch %s is done but its manifest was not written: %s", batch_id, exc)
+
+    return batch_done

@@ -57,7 +57,7 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     _THREADS["heartbeat"] = Heartbeat(ctx)
     _THREADS["heartbeat"].start()
     ctx.beat = _THREADS["heartbeat"].beat
-    _THREADS["reaper"] = Reaper(ctx)
+    _THREADS["reaper"] = Reaper(ctx.delivery, ctx.taken)
     _THREADS["reaper"].thread.start()
     log.info("worker %s ready: %s", ctx.name, dict(ctx.cache.loads))
 
@@ -68,17 +68,15 @@ def _on_shutdown(**_: Any) -> None:
     from worker.context import get_context
 
     ctx = get_context()
-    ctx.begin_shutdown()
+    ctx.shutdown.begin()
     ctx.settings.ready_file.unlink(missing_ok=True)
     log.warning("shutting down: %.0f s to finish the current micro-batch", ctx.settings.shutdown_grace_s)
 
 
 def _finish_storing(ctx: Any) -> None:
     """Uploads still in the background finish (or go back) while the heartbeat keeps their leases."""
-    from worker.delivery import finish_storing
-
     try:
-        finish_storing(ctx)
+        ctx.delivery.finish_storing()
     except Exception:  # Redis gone too: the leases expire and a reaper hands the jobs back
         log.exception("could not finish or hand back the jobs still storing")
 

@@ -1,4 +1,10 @@
-"""What one worker process holds: settings, connections, warm pipelines, the engine, its leases."""
+"""What one worker process holds: settings, connections, warm pipelines, and its parts, built once.
+
+Each part is given what it uses when it is built, in dependency order: the stores, then the
+shutdown clock, the log fields and the storing pool, then delivery (claim, recover, reap, retry),
+then the engine (which hands delivery the jobs a storage outage gave back), then the gatherer.
+Nothing is wired in after the fact.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +17,21 @@ from dataclasses import dataclass, field
 
 import redis
 
-from kandinsky_batch.errors import KandinskyBatchError, StorageUnavailable
 from kandinsky_batch.keys import Keys
-from kandinsky_batch.manifest import write_manifest
+from kandinsky_batch.manifest import BatchDone, manifest_writer
 from kandinsky_batch.redis_client import REFUSED, connect, describe, ping_once
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import Storage, open_storage
 from kandinsky_batch.store.status import StatusStore
 from kandinsky_batch.store.taken import TakenStore
+from worker.delivery import Delivery
 from worker.engine import Engine
-from worker.jobs import Job
+from worker.gather import Gatherer
+from worker.jobs import JobLog
 from worker.leases import LeaseStore
 from worker.pipelines import PipelineCache
+from worker.shutdown import Shutdown
+from worker.store_pool import StorePool
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +44,19 @@ class WorkerContext:
     keys: Keys
     status: StatusStore
     leases: LeaseStore
+    taken: TakenStore  # messages taken beside Celery's one, to fill micro-batches
     storage: Storage
     cache: PipelineCache
+    shutdown: Shutdown
+    job_log: JobLog
+    store_pool: StorePool  # micro-batches being stored in the background
+    on_batch_done: BatchDone  # writes the manifest of a batch this worker saw finish
+    delivery: Delivery
     engine: Engine
-    taken: TakenStore  # messages taken beside Celery's one, to fill micro-batches
+    gatherer: Gatherer
     current: set[str] = field(default_factory=set)  # job ids leased by the task in progress
     queue: str = ""  # the queue of the last task (its jobs may still be storing)
     beat: Callable[[], None] | None = None  # the heartbeat, to be seen busy at once
-    stopping_since: float | None = None  # monotonic time SIGTERM arrived
     task_started: float | None = None  # monotonic start of the task in progress
 
     @classmethod
@@ -62,46 +76,54 @@ class WorkerContext:
         keys = Keys(settings.key_prefix)
         status = StatusStore(client, keys, settings.job_ttl_s)
         leases = LeaseStore(client, keys, settings.lease_ttl_s)
+        taken = TakenStore(client, keys, settings.lease_ttl_s)
         storage = open_storage(settings)
         storage.check()
         cache.warm(list(settings.modes))
-        engine = Engine(settings, cache, storage, status, name)
-        taken = TakenStore(client, keys, settings.lease_ttl_s)
-        ctx = cls(settings, name, client, keys, status, leases, storage, cache, engine, taken)
-        engine.stop_deadline = ctx.stop_deadline
-        engine.on_storage_failure = ctx.retry_later
-        engine.leases = leases
-        status.on_batch_done = ctx.write_manifest
-        return ctx
-
-    def write_manifest(self, batch_id: str) -> None:
-        """The worker whose job finished a batch writes its manifest; a failure only logs."""
-        try:
-            uri = write_manifest(self.status, self.storage, batch_id)
-            log.info("batch %s done; manifest %s", batch_id, uri)
-        except (KandinskyBatchError, OSError, ValueError) as exc:
-            log.warning("batch %s is done but its manifest was not written: %s", batch_id, exc)
-
-    def retry_later(self, jobs: list[Job], exc: StorageUnavailable) -> None:
-        """Jobs a background upload handed back: sent again after a backoff (worker/delivery.py)."""
-        from worker.delivery import retry_later
-
-        retry_later(self, jobs, exc)
-
-    def stop_deadline(self) -> float | None:
-        """When a stopping worker must give its jobs back (monotonic); None while serving."""
-        if self.stopping_since is None:
-            return None
-        return self.stopping_since + self.settings.shutdown_grace_s
+        shutdown = Shutdown(settings.shutdown_grace_s)
+        job_log = JobLog()
+        store_pool = StorePool(settings.max_pending_images)
+        on_batch_done = manifest_writer(status, storage)
+        delivery = Delivery(
+            settings, name, status, leases, job_log, store_pool, shutdown.deadline, on_batch_done
+        )
+        engine = Engine(
+            settings,
+            cache,
+            storage,
+            status,
+            name,
+            leases=leases,
+            stop_deadline=shutdown.deadline,
+            on_storage_failure=delivery.retry_later,
+            on_batch_done=on_batch_done,
+            store_pool=store_pool,
+            job_log=job_log,
+        )
+        gatherer = Gatherer(settings, name, status, taken, delivery, shutdown, on_batch_done)
+        return cls(
+            settings,
+            name,
+            client,
+            keys,
+            status,
+            leases,
+            taken,
+            storage,
+            cache,
+            shutdown,
+            job_log,
+            store_pool,
+            on_batch_done,
+            delivery,
+            engine,
+            gatherer,
+        )
 
     def overran(self) -> bool:
         """True once the task in progress has run past the job time limit."""
         started = self.task_started
         return started is not None and time.monotonic() - started > self.settings.job_time_limit_s
-
-    def begin_shutdown(self) -> None:
-        if self.stopping_since is None:
-            self.stopping_since = time.monotonic()
 
 
 def worker_name(settings: Settings) -> str:

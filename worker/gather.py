@@ -14,21 +14,22 @@ refuse with its warning or error code.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kandinsky_batch.envelope import call_kwargs
 from kandinsky_batch.errors import BadMessage, InvalidSpec
 from kandinsky_batch.keys import TASK_NAME, queue_lists
+from kandinsky_batch.manifest import BatchDone
 from kandinsky_batch.schema import Priority
 from kandinsky_batch.settings import Settings
+from kandinsky_batch.store.status import StatusStore
+from kandinsky_batch.store.taken import TakenStore
 from kandinsky_batch.wire import parse_message, validate_spec
-from worker.delivery import claim
+from worker.delivery import Delivery
 from worker.generate import compat_key
 from worker.jobs import Job
 from worker.messages import read_message
-
-if TYPE_CHECKING:
-    from worker.context import WorkerContext
+from worker.shutdown import Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -62,28 +63,51 @@ def images_if_fits(message: dict[str, Any], key: tuple[Any, ...], room: int, set
     return images if images <= room else 0
 
 
-def take_more(ctx: WorkerContext, jobs: list[Job], queue: str) -> list[Job]:
-    """Jobs of more messages of `queue`, received and leased, that fill the last micro-batch."""
-    if not jobs or not queue or ctx.stopping_since is not None or ctx.engine.crashed(jobs):
-        return []  # a job that crashed a worker before runs without company (worker/engine.py)
-    room = room_left(jobs, ctx.settings.max_batch_size)
-    if room == 0:
-        return []
-    key = compat_key(jobs[0].spec)
-    lists = queue_lists(queue)
-    taken = ctx.taken.take(ctx.name, lists, most=room)  # one message per job is the usual case
-    received: list[Job] = []
-    for n, item in enumerate(taken):
-        message = call_kwargs(item.message, TASK_NAME)
-        images = images_if_fits(message, key, room, ctx.settings) if message is not None else 0
-        if not images or message is None:
-            for later in reversed(taken[n:]):  # back in front, in their order
-                ctx.taken.put_back(ctx.name, later.entry)
-            break
-        priority = Priority.LOW if item.queue_list == lists[1] else Priority.NORMAL
-        received += read_message(message, ctx.settings, ctx.status, priority, item.queue_list)
-        room -= images
-    more = claim(ctx, received)
-    if received:
-        log.info("took %d more jobs to fill the micro-batch", len(more))
-    return more
+class Gatherer:
+    """Takes more messages of a task's queue for the worker `name` (see the module's docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        status: StatusStore,
+        taken: TakenStore,
+        delivery: Delivery,
+        shutdown: Shutdown,
+        on_batch_done: BatchDone,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.status = status
+        self.taken = taken
+        self.delivery = delivery
+        self.shutdown = shutdown
+        self.on_batch_done = on_batch_done
+
+    def take_more(self, jobs: list[Job], queue: str) -> list[Job]:
+        """Jobs of more messages of `queue`, received and leased, that fill the last micro-batch."""
+        if not jobs or not queue or self.shutdown.stopping or self.status.crashed([j.ref for j in jobs]):
+            return []  # a job that crashed a worker before runs without company (worker/engine.py)
+        room = room_left(jobs, self.settings.max_batch_size)
+        if room == 0:
+            return []
+        key = compat_key(jobs[0].spec)
+        lists = queue_lists(queue)
+        taken = self.taken.take(self.name, lists, most=room)  # one message per job is the usual case
+        received: list[Job] = []
+        for n, item in enumerate(taken):
+            message = call_kwargs(item.message, TASK_NAME)
+            images = images_if_fits(message, key, room, self.settings) if message is not None else 0
+            if not images or message is None:
+                for later in reversed(taken[n:]):  # back in front, in their order
+                    self.taken.put_back(self.name, later.entry)
+                break
+            priority = Priority.LOW if item.queue_list == lists[1] else Priority.NORMAL
+            received += read_message(
+                message, self.settings, self.status, self.on_batch_done, priority, item.queue_list
+            )
+            room -= images
+        more = self.delivery.claim(received)
+        if received:
+            log.info("took %d more jobs to fill the micro-batch", len(more))
+        return more

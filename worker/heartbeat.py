@@ -39,11 +39,11 @@ class Heartbeat:
         if ctx.overran():
             log.error("the current task has run over %d s; no longer renewing its leases", s.job_time_limit_s)
             return
-        if ctx.stopping_since is None:
+        if not ctx.shutdown.stopping:
             s.ready_file.parent.mkdir(parents=True, exist_ok=True)
             s.ready_file.write_text(json.dumps({"worker": ctx.name, "at": time.time()}))
         # `busy`, `queue` and `in_flight` feed the API's queue metrics (and so autoscaling).
-        held = ctx.current | ctx.engine.store_pool.pending()  # running, or generated and being stored
+        held = ctx.current | ctx.store_pool.pending()  # running, or generated and being stored
         info = {
             "modes": [m.value for m in s.modes],
             "at": time.time(),

@@ -28,7 +28,6 @@ from kandinsky_batch.errors import BadInput, InvalidSpec
 from kandinsky_batch.schema import JobSpec, Mode, Rect
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import Storage
-from kandinsky_batch.storage.file import file_root
 from kandinsky_batch.tenancy import check_inputs, sources_prefix
 from worker.generate import Inputs, InputSource
 from worker.remote import fetch_https
@@ -43,10 +42,10 @@ class InputLoader:
     def __init__(self, settings: Settings, storage: Storage) -> None:
         self.settings = settings
         self.storage = storage
-        self.file_store = urlparse(settings.storage_url).scheme in ("", "file")
         roots = list(settings.input_roots)
-        if self.file_store:
-            roots.append(file_root(settings.storage_url))
+        store_root = storage.local_path("")  # None unless storage is a local folder
+        if store_root is not None:
+            roots.append(store_root)
         self.roots = [r.resolve() for r in roots]
 
     def load(self, spec: JobSpec, tenant: str = "") -> Inputs:
@@ -86,9 +85,8 @@ class InputLoader:
         """The folders `file://` inputs may come from: a tenant's sources folder, else every root."""
         if not tenant:
             return self.roots
-        if not self.file_store:
-            return []
-        return [(file_root(self.settings.storage_url) / sources_prefix(tenant)).resolve()]
+        folder = self.storage.local_path(sources_prefix(tenant))
+        return [] if folder is None else [folder.resolve()]
 
 
 class _Reader:

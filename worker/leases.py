@@ -7,6 +7,7 @@ past its TTL), and the reaper hands the job back. An expired lease is never rene
 and a worker writes only while it holds a job's live lease (`held`), so a worker that
 lost a lease writes nothing more for that job. Status transitions away from `running`
 drop the lease. The scripts are the store's (kandinsky_batch/store/lua/lease_*.lua).
+`Fence` is that check as the engine, its step check and its storing use it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import redis
 
+from kandinsky_batch.errors import LeaseLost
 from kandinsky_batch.keys import Keys
 from kandinsky_batch.store import scripts
 
@@ -97,3 +99,30 @@ class LeaseStore:
     def owner(self, job: str) -> str | None:
         raw = self.redis.hget(self.keys.owners(), job)
         return raw.decode() if isinstance(raw, bytes) else None
+
+
+class Fence:
+    """Whether this worker may still write for a job: it holds the job's live lease.
+
+    Without leases (the engine alone, in tests and tools) nothing is fenced: every job is held.
+    """
+
+    def __init__(self, leases: LeaseStore | None, worker: str) -> None:
+        self.leases = leases
+        self.worker = worker
+
+    @property
+    def name(self) -> str:
+        """The worker name the store's fenced transitions check, or '' when not fenced."""
+        return self.worker if self.leases is not None else ""
+
+    def held(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of `job_ids` this worker holds a live lease on (all of them when not fenced)."""
+        if self.leases is None:
+            return set(job_ids)
+        return self.leases.held(self.worker, job_ids)
+
+    def check(self, job_id: str) -> None:
+        """The fence before a write: LeaseLost unless this worker still holds the job's lease."""
+        if job_id not in self.held([job_id]):
+            raise LeaseLost(job_id)

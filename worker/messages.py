@@ -15,9 +15,11 @@ from typing import Any
 from kandinsky_batch.errors import BadMessage, InvalidSpec, KandinskyBatchError, UnsupportedMode
 from kandinsky_batch.keys import JobField, JobRef
 from kandinsky_batch.logs import log_fields
+from kandinsky_batch.manifest import BatchDone
 from kandinsky_batch.schema import Mode, Priority
 from kandinsky_batch.settings import Settings
-from kandinsky_batch.store.status import Created, StatusStore
+from kandinsky_batch.store.queues import Created
+from kandinsky_batch.store.status import StatusStore
 from kandinsky_batch.wire import parse_message, validate_spec
 from worker import metrics
 from worker.jobs import Job
@@ -29,10 +31,14 @@ def read_message(
     message: dict[str, Any],
     settings: Settings,
     status: StatusStore,
+    on_batch_done: BatchDone,
     priority: Priority = Priority.NORMAL,
     queue_list: str = "",
 ) -> list[Job]:
-    """The runnable jobs of a message (popped from `queue_list`); the others are recorded as failed."""
+    """The runnable jobs of a message (popped from `queue_list`); the others are recorded as failed.
+
+    A failure here that finishes its batch is told to `on_batch_done` (the batch's manifest).
+    """
     try:
         parsed = parse_message(message)
     except BadMessage as exc:
@@ -49,7 +55,7 @@ def read_message(
     if parsed.problem:
         log.warning("bad message for batch %s: %s", batch_id, parsed.problem, extra={"batch_id": batch_id})
         for e in parsed.entries:
-            _fail(status, JobRef(batch_id, e.index), e.data, BadMessage(parsed.problem))
+            _fail(status, on_batch_done, JobRef(batch_id, e.index), e.data, BadMessage(parsed.problem))
         return []
 
     jobs = []
@@ -69,17 +75,26 @@ def read_message(
                     f"this worker serves {', '.join(m.value for m in served)}, not {spec.mode}"
                 )
         except (InvalidSpec, UnsupportedMode) as exc:
-            _fail(status, ref, data, exc)
+            _fail(status, on_batch_done, ref, data, exc)
             continue
         jobs.append(Job(ref, spec, tenant))
     return jobs
 
 
-def _fail(status: StatusStore, ref: JobRef, data: Mapping[str, Any] | None, exc: KandinskyBatchError) -> None:
+def _fail(
+    status: StatusStore,
+    on_batch_done: BatchDone,
+    ref: JobRef,
+    data: Mapping[str, Any] | None,
+    exc: KandinskyBatchError,
+) -> None:
     mode = (data or {}).get("mode", Mode.TEXT2IMG.value)
     mode = mode if isinstance(mode, str) and mode in {m.value for m in Mode} else ""
     attempt = int(status.field(ref, JobField.ATTEMPTS) or 0)  # a rare line: one read is fine
     with log_fields(job_id=ref.id, batch_id=ref.batch_id, mode=mode, attempt=attempt):
         log.info("job %s failed: %s: %s", ref.id, exc.code, exc.message)
-    if status.fail(ref, exc.code, exc.message):
+    moved = status.fail(ref, exc.code, exc.message)
+    if moved:
         metrics.job_done(mode, "failed", exc.code)
+    if moved.batch_done:
+        on_batch_done(ref.batch_id)

@@ -11,14 +11,12 @@ from celery import Task
 from celery.exceptions import Reject
 
 from kandinsky_batch.broker import priority_from_kombu
-from kandinsky_batch.errors import HandBack, RetryLater
+from kandinsky_batch.errors import HandBack
 from kandinsky_batch.keys import queue_list_of
 from kandinsky_batch.logs import log_fields
 from kandinsky_batch.schema import Priority
 from worker import metrics
 from worker.context import WorkerContext, get_context
-from worker.delivery import claim, fail_unfinished, hand_back, retry_later
-from worker.gather import take_more
 from worker.jobs import Job
 from worker.messages import read_message
 
@@ -43,30 +41,31 @@ def _run(ctx: WorkerContext, task: Task, message: dict[str, Any]) -> None:
     jobs: list[Job] = []
     handed_back = False
     try:
-        jobs = claim(ctx, read_message(message, ctx.settings, ctx.status, priority, queue_list))
+        read = read_message(message, ctx.settings, ctx.status, ctx.on_batch_done, priority, queue_list)
+        jobs = ctx.delivery.claim(read)
         ctx.current, ctx.queue = {job.job_id for job in jobs}, queue
-        jobs += take_more(ctx, jobs, queue)
+        jobs += ctx.gatherer.take_more(jobs, queue)
         ctx.current = {job.job_id for job in jobs}
         ctx.task_started = time.monotonic()
         if ctx.beat is not None:
             ctx.beat()  # seen busy at once, not at the next beat
         try:
-            ctx.engine.run(jobs, wait=False)  # storing overlaps the next task; leases kept meanwhile
+            # Storing overlaps the next task (leases kept meanwhile); jobs a storage outage hands
+            # back go to ctx.delivery.retry_later, from here or from the storing thread.
+            ctx.engine.run(jobs, wait=False)
         except HandBack as exc:
-            hand_back(ctx, exc.jobs)
+            ctx.delivery.hand_back(exc.jobs)
             ctx.taken.give_back(ctx.name)  # the messages this worker took go back with Celery's
             handed_back = True
-            with log_fields(**ctx.engine.batch_fields(exc.jobs)):
+            with log_fields(**ctx.job_log.batch_fields(exc.jobs)):
                 log.warning("shutting down: %d jobs handed back", len(exc.jobs))
             raise Reject("worker shutting down", requeue=True) from exc
-        except RetryLater as exc:
-            retry_later(ctx, exc.jobs, exc.cause)
         except Exception as exc:  # nothing the engine expected: fail what is left, keep serving
-            fail_unfinished(ctx, jobs, exc)
+            ctx.delivery.fail_unfinished(jobs, exc)
     finally:
         if not handed_back:
             _drop_taken(ctx)
-        ctx.leases.release(ctx.name, sorted(ctx.current - ctx.engine.store_pool.pending()))
+        ctx.leases.release(ctx.name, sorted(ctx.current - ctx.store_pool.pending()))
         ctx.current, ctx.task_started = set(), None  # `queue` stays: its jobs may still be storing
 
 

@@ -9,6 +9,7 @@ overwrites its objects instead of adding new ones.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Protocol
 from urllib.parse import urlparse
 
@@ -50,6 +51,14 @@ class Storage(Protocol):
 
     def presign(self, key: str, expires_s: int) -> str:
         """A URL a plain HTTP client can GET for `expires_s` seconds (s3: presigned https; file: the URI)."""
+        ...
+
+    def local_path(self, key: str) -> Path | None:
+        """The file on this machine that holds `key`, or None for a store that is not a local folder.
+
+        For whoever must name a path (the worker's allowed input folders, a page's relative links,
+        the API serving a file); `local_path("")` is the store's own folder.
+        """
         ...
 
 

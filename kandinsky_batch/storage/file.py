@@ -107,6 +107,9 @@ class FileStorage:
         """A local file needs no signature: its `file://` URI."""
         return self.uri(key)
 
+    def local_path(self, key: str) -> Path:
+        return self._path(key)
+
 
 def file_root(url: str) -> Path:
     """The folder of a `file:///dir` URL (a plain path is accepted too)."""

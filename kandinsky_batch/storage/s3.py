@@ -174,6 +174,10 @@ class S3Storage:
             )
         return url
 
+    def local_path(self, key: str) -> None:
+        """An object in a bucket is no file on this machine."""
+        return None
+
     @contextmanager
     def _translated(self, op: str, name: str, missing_key: str | None = None) -> Iterator[None]:
         """botocore errors in the block become ours; a missing object is KeyError(missing_key) if given."""

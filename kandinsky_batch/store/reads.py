@@ -7,18 +7,19 @@ no worker has received yet is a 9-byte record (store/records.py), not a hash.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import redis
 
 from kandinsky_batch.errors import NotFound
-from kandinsky_batch.keys import BatchField, EventField, JobField, JobRef, Keys, UsageField
+from kandinsky_batch.keys import BatchField, EventField, JobField, JobRef, Keys, QueueCount, UsageField
 from kandinsky_batch.schema import (
     BatchStatus,
     JobError,
     JobState,
     JobStatus,
+    Mode,
     Priority,
     Progress,
     is_finished,
@@ -70,6 +71,37 @@ class StatusReader:
         for ref in refs:
             pipe.hget(self.keys.job(ref), JobField.STATE)
         return [JobState(raw.decode()) if raw else None for raw in pipe.execute()]
+
+    def steps_of(self, jobs: Sequence[str | JobRef]) -> list[tuple[JobState | None, int, int]]:
+        """Each job's (state, step, total steps), in one round trip (None for a job with no hash)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job in jobs:
+            pipe.hmget(self.keys.job(job), [JobField.STATE, JobField.STEP, JobField.TOTAL_STEPS])
+        return [
+            (JobState(state.decode()) if state else None, int(step or 0), int(total or 0))
+            for state, step, total in pipe.execute()
+        ]
+
+    def crashed(self, refs: Sequence[JobRef]) -> set[JobRef]:
+        """The jobs whose worker died while running them before, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for ref in refs:
+            pipe.hget(self.keys.job(ref), JobField.CRASHES)
+        return {ref for ref, n in zip(refs, pipe.execute(), strict=True) if n and int(n) > 0}
+
+    def created_and_attempts(self, refs: Sequence[JobRef]) -> list[tuple[float | None, int]]:
+        """Each received job's creation time (None if unknown) and its starts so far, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for ref in refs:
+            pipe.hmget(self.keys.job(ref), [JobField.CREATED, JobField.ATTEMPTS])
+        return [(float(ct) if ct else None, int(attempts or 0)) for ct, attempts in pipe.execute()]
+
+    def attempts_and_mode(self, ref: JobRef) -> tuple[int, str]:
+        """A job's starts so far and the mode its stored spec names ('' before its first start)."""
+        raw: Any = self.redis.hmget(self.keys.job(ref), [JobField.ATTEMPTS, JobField.SPEC])
+        attempts, spec = raw
+        mode = json.loads(spec).get("mode", Mode.TEXT2IMG.value) if spec else ""
+        return int(attempts or 0), mode
 
     def unleased_running(self, started_before: float, limit: int = 100) -> list[str]:
         """Jobs running since before `started_before` (unix time) that no lease covers.
@@ -178,7 +210,8 @@ class StatusReader:
 
     def taken(self) -> int:
         """Jobs ever taken off the queues (both priorities): its rate is how fast they drain."""
-        raw: Any = self.redis.hmget(self.keys.queue_counts(), ["out:normal", "out:low"])
+        fields = [QueueCount.TAKEN.of(p) for p in Priority]
+        raw: Any = self.redis.hmget(self.keys.queue_counts(), fields)
         return sum(int(v or 0) for v in raw)
 
     def queue_position(self, ref: JobRef, priority: Priority) -> int | None:
@@ -192,7 +225,10 @@ class StatusReader:
         """
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(self.keys.batch(ref.batch_id), BatchField.SEQUENCE)
-        pipe.hmget(self.keys.queue_counts(), ["in:normal", "out:normal", "in:low", "out:low"])
+        pipe.hmget(
+            self.keys.queue_counts(),
+            [count.of(p) for p in (Priority.NORMAL, Priority.LOW) for count in QueueCount],
+        )
         first, counts = pipe.execute()
         if first is None:
             return None

@@ -67,6 +67,16 @@ class Record:
         return not self.flags & RECEIVED
 
 
+def submitted_flags(low: bool) -> int:
+    """The flags a submit writes: the job exists, at low priority or not."""
+    return EXISTS | (LOW if low else 0)
+
+
+def submitted(low: bool, seed: int, created: int) -> Record:
+    """The record a submit writes for a job (what reads show until a worker receives it)."""
+    return Record(submitted_flags(low), seed, created)
+
+
 def decode(data: bytes, at: int = 0) -> Record | None:
     """The record starting at byte `at` of `data` (a GETRANGE reply); None where there is no job."""
     if len(data) < at + RECORD_BYTES or not data[at] & EXISTS:

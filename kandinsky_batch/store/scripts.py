@@ -2,7 +2,7 @@
 
 Each script runs atomically in Redis, so batch counters always equal the sum of their jobs'
 states. Every file opens with the KEYS and ARGV it takes. Before loading, each gets the field
-names (`F`, `B`, `E` from kandinsky_batch/keys.py) and the shared helpers of `common.lua`,
+names (`F`, `B`, `E`, `U`, `Q` from kandinsky_batch/keys.py) and the shared helpers of `common.lua`,
 with the record layout's constants (kandinsky_batch/store/records.py) filled in. A script can
 run others in its round trip (`auth_submit.lua`): it names them, and their text is pasted in.
 

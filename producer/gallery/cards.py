@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import quote
 
 from kandinsky_batch.schema import JobStatus
 from kandinsky_batch.storage import Storage
@@ -32,12 +32,12 @@ class Links:
 
     def __post_init__(self) -> None:
         self.out = self.out.resolve()
-        self.local = urlparse(self.storage.uri("probe")).scheme == "file"
+        self.local = self.storage.local_path("") is not None
 
     def href(self, key: str) -> str:
-        if not self.local:
+        path = self.storage.local_path(key)
+        if path is None:
             return self.storage.presign(key, self.expires_s)
-        path = Path(unquote(urlparse(self.storage.uri(key)).path))
         return quote(Path(os.path.relpath(path, self.out)).as_posix())
 
 

@@ -26,7 +26,8 @@ from kandinsky_batch.store.status import StatusStore
 from producer.client import Client
 from tests.conftest import make_settings
 from worker import clip
-from worker.engine import Engine, Job
+from worker.engine import Engine
+from worker.jobs import Job
 from worker.pipelines import PipelineCache
 
 pytestmark = pytest.mark.integration

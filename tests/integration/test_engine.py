@@ -13,14 +13,16 @@ import redis
 import torch
 from PIL import Image
 
-from kandinsky_batch.keys import JobRef, Keys
+from kandinsky_batch.errors import StorageUnavailable
+from kandinsky_batch.keys import JobField, JobRef, Keys
 from kandinsky_batch.schema import JobSpec, JobState, Mode
 from kandinsky_batch.storage.file import FileStorage
 from kandinsky_batch.store.status import StatusStore
 from tests.conftest import make_settings
 from tests.helpers.images import png_url
-from worker.engine import Engine, Job
+from worker.engine import Engine
 from worker.generate import generate
+from worker.jobs import Job
 from worker.pipelines import PipelineCache
 
 pytestmark = pytest.mark.integration
@@ -223,3 +225,35 @@ def test_bad_inputs_fail_their_job_with_a_code(engine: Engine, mode, spec, reaso
     assert bad.state is JobState.FAILED and bad.error is not None
     assert bad.error.code == "bad_input" and reason in bad.error.message
     assert good.state is JobState.SUCCEEDED
+
+
+def test_a_storage_outage_hands_the_jobs_back_by_one_channel(cache, redis_url, tiny_models, tmp_path):
+    # Given an engine whose storage refuses every upload, with no retry window
+    settings = make_settings(redis_url, tiny_models, tmp_path, upload_retry_window_s=0.0)
+    storage = FileStorage(tmp_path / "store")
+
+    def refuse(key: str, data: bytes, content_type: str) -> str:
+        raise StorageUnavailable("the store is down")
+
+    storage.put = refuse  # type: ignore[method-assign]
+    handed: list[tuple[list[str], str]] = []
+    with redis.Redis.from_url(redis_url) as client:
+        status = StatusStore(client, Keys(settings.key_prefix), 600)
+        engine = Engine(
+            settings,
+            cache,
+            storage,
+            status,
+            "test-worker",
+            on_storage_failure=lambda jobs, exc: handed.append(([j.job_id for j in jobs], exc.code)),
+        )
+        jobs = submit(engine, "outage", [{"prompt": "a"}, {"prompt": "b"}])
+        # When it runs them (one micro-batch, stored in the background)
+        engine.run(jobs)
+        # Then each job comes back through on_storage_failure, queued again with one retry counted
+        assert sorted(job for ids, _ in handed for job in ids) == [j.job_id for j in jobs]
+        assert {code for _, code in handed} == {"storage_unavailable"}
+        for job in jobs:
+            st = engine.status.job(job.job_id)
+            assert st.state is JobState.QUEUED and st.outputs == []
+            assert engine.status.field(job.ref, JobField.RETRIES) == "1"

@@ -8,10 +8,13 @@ import uuid
 import pytest
 import redis
 
-from kandinsky_batch.keys import Keys, job_id
-from kandinsky_batch.schema import JobState
+from kandinsky_batch.errors import Canceled, HandBack, LeaseLost
+from kandinsky_batch.keys import JobRef, Keys, job_id
+from kandinsky_batch.schema import JobSpec, JobState
 from kandinsky_batch.store.status import StatusStore
-from worker.leases import Lease, LeaseStore
+from worker.jobs import Job
+from worker.leases import Fence, Lease, LeaseStore
+from worker.progress import StepCheck
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +97,54 @@ def test_leaving_running_drops_the_lease(stores):
     status.cancel(b)
     assert leases.owner(a) is None and leases.owner(b) is None
     assert status.state(b) is JobState.CANCELED
+
+
+def test_the_fence_holds_only_live_leases_and_an_unfenced_one_holds_all(stores):
+    leases, status = stores
+    status.receive("b", [(0, 1), (1, 2)])
+    mine, other = job_id("b", 0), job_id("b", 1)
+    leases.acquire("w1", [(mine, {})])
+    leases.acquire("w2", [(other, {})])
+    fence = Fence(leases, "w1")
+    assert fence.name == "w1" and fence.held([mine, other]) == {mine}
+    fence.check(mine)
+    with pytest.raises(LeaseLost):
+        fence.check(other)
+    unfenced = Fence(None, "w1")
+    assert unfenced.name == "" and unfenced.held([mine, other]) == {mine, other}
+
+
+def test_the_step_check_asks_only_its_deadline_fence_and_status(stores):
+    short, status = stores
+    leases = LeaseStore(short.redis, short.keys, ttl_s=60.0)  # none expires while the test runs
+    status.receive("s", [(0, 1), (1, 2)])
+    jobs = [Job(JobRef("s", i), JobSpec(prompt="x")) for i in range(2)]
+    for job in jobs:
+        status.start(job.ref, "w1", 4, {})
+    leases.acquire("w1", [(job.job_id, {}) for job in jobs])
+    deadline: list[float | None] = [None]
+    check = StepCheck(jobs, status, Fence(leases, "w1"), lambda: deadline[0], interval_s=0.0)
+    # Serving and holding both leases: the step is written as progress
+    check(2, 4)
+    assert [status.job(job.ref).progress.step for job in jobs] == [2, 2]
+    # One lease gone (another worker took it): only the other job's progress moves
+    leases.release("w1", [jobs[1].job_id])
+    leases.acquire("w2", [(jobs[1].job_id, {})])
+    check(3, 4)
+    assert check.lost == {jobs[1].job_id}
+    assert [status.job(job.ref).progress.step for job in jobs] == [3, 2]
+    # Every job canceled: the micro-batch stops
+    for job in jobs:
+        status.cancel(job.ref)
+    leases.acquire("w1", [(job.job_id, {}) for job in jobs])  # a cancel drops leases: held again
+    with pytest.raises(Canceled):
+        check(4, 4)
+    # Past the grace deadline of a stopping worker: handed back before anything else
+    deadline[0] = time.monotonic() - 1
+    with pytest.raises(HandBack):
+        check(4, 4)
+    # No lease left: stopped, nothing more is written
+    deadline[0] = None
+    leases.release("w1", [job.job_id for job in jobs])
+    with pytest.raises(LeaseLost):
+        check(4, 4)

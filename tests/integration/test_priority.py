@@ -8,19 +8,23 @@ import json
 import threading
 import time
 import uuid
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from kandinsky_batch.errors import NotFound
 from kandinsky_batch.keys import TASK_NAME, JobRef, queue_lists
+from kandinsky_batch.manifest import manifest_writer
 from kandinsky_batch.schema import JobState, Mode, Priority
 from kandinsky_batch.wire import build_message, validate_spec
 from producer.cli import main
 from producer.client import Client
 from tests.conftest import WorkerProcess, make_settings
-from worker.delivery import resend
+from worker.delivery import Delivery
+from worker.jobs import JobLog
+from worker.leases import LeaseStore
+from worker.shutdown import never
+from worker.store_pool import StorePool
 
 pytestmark = pytest.mark.integration
 
@@ -135,9 +139,11 @@ def test_the_reaper_resends_a_low_job_to_the_low_list(redis_url, tiny_models, tm
         batch, index = ref.batch_id, ref.index
         client.status_store.receive(batch, [(index, 1)])
         client.status_store.start(job, "dead-worker", 2, {**tiny("handed back"), "seed": 1})
-        # The parts of a worker's context that `resend` uses: its settings and status store
-        ctx = SimpleNamespace(settings=settings, status=client.status_store)
-        assert resend(ctx, ref) == 1  # type: ignore[arg-type]
+        status = client.status_store
+        leases = LeaseStore(client.redis, status.keys, settings.lease_ttl_s)
+        manifests = manifest_writer(status, client.storage)
+        delivery = Delivery(settings, "reaper-test", status, leases, JobLog(), StorePool(1), never, manifests)
+        assert delivery.resend(ref) == 1
         assert client.redis.llen(normal_list) == 0
         [raw] = client.redis.lrange(low_list, 0, -1)
         envelope = json.loads(raw)

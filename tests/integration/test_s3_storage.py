@@ -143,6 +143,19 @@ def test_key_for_inverts_uri_and_refuses_uris_from_elsewhere(backend: Backend) -
     assert [backend.store.key_for(uri) for uri in backend.foreign_uris] == [None] * len(backend.foreign_uris)
 
 
+def test_local_path_names_the_file_of_a_key_only_where_storage_is_a_local_folder(backend: Backend) -> None:
+    key = image_key("b", "j", 0, "png")
+    backend.store.put(key, PNG, "image/png")
+
+    path = backend.store.local_path(key)
+    if isinstance(backend.store, FileStorage):
+        assert path is not None and path.read_bytes() == PNG
+        assert path.as_uri() == backend.store.uri(key)
+        assert backend.store.local_path("") == backend.store.root.resolve()
+    else:
+        assert path is None and backend.store.local_path("") is None
+
+
 def test_get_of_a_missing_key_raises_key_error(backend: Backend) -> None:
     with pytest.raises(KeyError):
         backend.store.get("no-such-batch/job.json")

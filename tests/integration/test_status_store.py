@@ -12,7 +12,9 @@ from kandinsky_batch.errors import NotFound
 from kandinsky_batch.keys import JobRef, Keys, job_id
 from kandinsky_batch.schema import JobState, Priority
 from kandinsky_batch.store import records
-from kandinsky_batch.store.status import SCAN_CHUNK, Chunk, Created, StatusStore
+from kandinsky_batch.store.queues import Chunk, Created
+from kandinsky_batch.store.reads import SCAN_CHUNK
+from kandinsky_batch.store.status import CanceledJobs, Moved, StatusStore
 
 pytestmark = pytest.mark.integration
 
@@ -103,21 +105,23 @@ def test_unknown_ids_are_not_found(store: StatusStore):
         store.job("nope-0")
     with pytest.raises(NotFound):
         store.batch("nope")
-    assert store.transition("nope-0", JobState.RUNNING, [JobState.QUEUED]) == (False, None)
+    assert store.transition("nope-0", JobState.RUNNING, [JobState.QUEUED]) == Moved(False, None)
 
 
 def test_the_transition_that_finishes_a_batch_reports_it_once(store: StatusStore):
-    done: list[str] = []
-    store.on_batch_done = done.append
+    moves: list[Moved] = []
     store.create_jobs("b6", [(0, 1), (1, 2), (2, 3)])
-    store.cancel(job_id("b6", 0))
+    moves.append(store.cancel(job_id("b6", 0)))
     store.start(job_id("b6", 1), "w", 1, {})
-    store.fail(job_id("b6", 1), "bad_input", "x")
-    assert done == []
+    moves.append(store.fail(job_id("b6", 1), "bad_input", "x"))
+    assert not any(m.batch_done for m in moves)
     store.start(job_id("b6", 2), "w", 1, {})
-    store.succeed(job_id("b6", 2), [], "m")
-    store.cancel(job_id("b6", 2))  # refused: already terminal
-    assert done == ["b6"]
+    finishing = store.succeed(job_id("b6", 2), [], "m")
+    again = store.cancel(job_id("b6", 2))  # refused: already terminal
+    assert finishing == Moved(True, JobState.RUNNING, batch_done=True)
+    assert again == Moved(False, JobState.SUCCEEDED)
+    # Reporting is all a transition does: the caller that saw the finish writes the manifest
+    assert store.batch("b6").manifest is None
 
 
 def test_a_queued_job_is_a_record_until_a_worker_receives_it(store: StatusStore):
@@ -212,18 +216,15 @@ def test_retry_drops_the_old_error_in_the_same_step(store: StatusStore):
 
 
 def test_cancel_many_cancels_a_large_batch_in_chunks_and_reports_the_finish_once(store: StatusStore):
-    done: list[str] = []
-    store.on_batch_done = done.append
     n = 2 * SCAN_CHUNK + 5
     store.create_jobs("r7", [(i, i) for i in range(n)])
     store.start(job_id("r7", 0), "w", 1, {})
-    store.succeed(job_id("r7", 0), [], "m")
-    assert (
-        store.cancel_many(job for job, state in store.job_states("r7") if state is JobState.QUEUED) == n - 1
-    )
+    assert not store.succeed(job_id("r7", 0), [], "m").batch_done
+    canceled = store.cancel_many(job for job, state in store.job_states("r7") if state is JobState.QUEUED)
+    assert canceled == CanceledJobs(n - 1, ("r7",))
     assert counts(store, "r7")[JobState.CANCELED] == n - 1
-    assert store.batch("r7").done and done == ["r7"]
-    assert store.cancel_many([job_id("r7", 1), "not-a-job"]) == 0
+    assert store.batch("r7").done
+    assert store.cancel_many([job_id("r7", 1), "not-a-job"]) == CanceledJobs(0)
 
 
 def test_submit_records_a_chunk_and_pushes_its_message_in_one_step_or_not_at_all(store: StatusStore):
@@ -269,6 +270,6 @@ def test_listing_a_sparse_batch_reads_only_where_its_jobs_are(store: StatusStore
         (job_id("sp", 5), 3, JobState.QUEUED),
         (job_id("sp", last), 2, JobState.QUEUED),
     ]
-    assert store.cancel_many(job for job, _ in store.job_states("sp")) == 3
+    assert store.cancel_many(job for job, _ in store.job_states("sp")).count == 3
     assert store.batch("sp").done
     assert 0 < store.redis.ttl(store.keys.records("sp", records.shard_of(last))) <= 600

@@ -24,7 +24,7 @@ import redis
 
 from kandinsky_batch.keys import JobField, JobRef, Keys
 from kandinsky_batch.schema import BatchStatus, JobState
-from kandinsky_batch.store.status import Recovered, StatusStore
+from kandinsky_batch.store.status import Recovered, Recovery, StatusStore
 from producer.client import Client
 from tests.helpers.s3server import S3Server, create_bucket
 from tests.integration.conftest import s3_settings, wait_for
@@ -127,19 +127,20 @@ def test_recover_counts_one_crash_and_one_dead_letter_whatever_number_of_reapers
         ref = JobRef("race", 0)
         store.receive("race", [(0, 1)])
         store.start(ref, "dead-worker", 2, {"prompt": "x"})
-        outcomes: list[Recovered] = []
+        recoveries: list[Recovery] = []
         barrier = threading.Barrier(8)
 
         def reap() -> None:
             barrier.wait()
-            outcomes.append(store.recover(ref, max_attempts=1))
+            recoveries.append(store.recover(ref, max_attempts=1))
 
         threads = [threading.Thread(target=reap) for _ in range(8)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        assert sorted(outcomes) == sorted([Recovered.FAILED] + [Recovered.REFUSED] * 7)
+        assert sorted(r.outcome for r in recoveries) == sorted([Recovered.FAILED] + [Recovered.REFUSED] * 7)
+        assert [r.outcome for r in recoveries if r.batch_done] == [Recovered.FAILED]  # it finished the batch
         assert store.dead_letters(10) == [ref.id]
         job = store.job(ref)
         assert job.state is JobState.FAILED and job.error and job.error.code == "attempts_exhausted"

@@ -96,3 +96,13 @@ def test_written_files_follow_the_umask_as_any_tools_files_do(tmp_path: Path, um
         os.umask(old)
     for uri in (image, manifest):
         assert stat.S_IMODE(Path(urlparse(uri).path).stat().st_mode) == mode
+
+
+def test_local_path_is_the_file_a_key_is_stored_in_and_never_outside_the_root(tmp_path: Path):
+    store = FileStorage(tmp_path / "store")
+    uri = store.put("b/j/0.png", b"png", "image/png")
+    path = store.local_path("b/j/0.png")
+    assert path.read_bytes() == b"png" and path.as_uri() == uri
+    assert store.local_path("sources/t/") == (tmp_path / "store" / "sources" / "t").resolve()
+    with pytest.raises(ValueError):
+        store.local_path("../elsewhere.png")

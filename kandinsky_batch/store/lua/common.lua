@@ -102,7 +102,7 @@ local function move(k, a)
     if bit.band(flags, LOW) ~= 0 then redis.call('HSET', k.job, F.priority, 'low') end
     mark_received(k.rec, a.index, flags)
     -- off the queue's count of waiting jobs, as a worker's receive would take it
-    redis.call('HINCRBY', k.counts, bit.band(flags, LOW) ~= 0 and 'out:low' or 'out:normal', 1)
+    redis.call('HINCRBY', k.counts, Q.taken .. (bit.band(flags, LOW) ~= 0 and 'low' or 'normal'), 1)
   end
   local to, finished = a.to, 0
   redis.call('HSET', k.job, F.state, to)

@@ -53,6 +53,6 @@ for j = 0, (#KEYS - 2) / 2 - 1 do
   end
 end
 add_fresh(batch, fresh, span, now, rec_prefix)
-if taken > 0 then redis.call('HINCRBY', counts, low == 1 and 'out:low' or 'out:normal', taken) end
-if popped > 0 and list ~= '' then redis.call('HINCRBY', counts, 'out:' .. list, popped) end
+if taken > 0 then redis.call('HINCRBY', counts, Q.taken .. (low == 1 and 'low' or 'normal'), taken) end
+if popped > 0 and list ~= '' then redis.call('HINCRBY', counts, Q.taken .. list, popped) end
 return out

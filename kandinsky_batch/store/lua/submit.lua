@@ -69,7 +69,7 @@ else
   for j = 1, n do redis.call('SETRANGE', rec, (index[j] % SHARD) * REC, record[j]) end
 end
 local priority = bit.band(flags, LOW) ~= 0 and 'low' or 'normal'
-local before = redis.call('HINCRBY', counts, 'in:' .. priority, n) - n
+local before = redis.call('HINCRBY', counts, Q.added .. priority, n) - n
 redis.call('HSETNX', batch, B.sequence, before - index[1])
 add_fresh(batch, n, hi + 1, now, rec_prefix)
 if tenant ~= '' then
@@ -81,11 +81,11 @@ end
 if webhook ~= '' then redis.call('HSETNX', batch, B.webhook, webhook) end
 if envelope ~= '' then
   redis.call('LPUSH', KEYS[6], envelope)
-  redis.call('HINCRBY', counts, 'in:' .. KEYS[6], n)  -- jobs carried onto this list
+  redis.call('HINCRBY', counts, Q.added .. KEYS[6], n)  -- jobs carried onto this list
 end
 -- Ahead of the first job: what its priority has had pushed before it and not yet taken, and
 -- for a low-priority job every normal job waiting (the estimate StatusReader.queue_position makes).
-local out = redis.call('HMGET', counts, 'out:' .. priority, 'in:normal', 'out:normal')
+local out = redis.call('HMGET', counts, Q.taken .. priority, Q.added .. 'normal', Q.taken .. 'normal')
 local ahead = math.max(0, before - (tonumber(out[1]) or 0))
 if priority == 'low' then ahead = ahead + math.max(0, (tonumber(out[2]) or 0) - (tonumber(out[3]) or 0)) end
 local length = waiting and waiting + (envelope ~= '' and 1 or 0) or queue_length()
