@@ -1,4 +1,4 @@
-"""Bulk submission: read lines, validate each, and send chunks of compatible jobs.
+"""Bulk submission: validate each line read (producer/lines.py), send chunks of compatible jobs.
 
 One message carries up to `chunk_size` jobs of one mode; fields every job in the chunk shares
 travel once. One store script records a chunk's jobs and pushes its message together, and
@@ -9,55 +9,28 @@ batch sends only the jobs never sent, and never runs a finished job again.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import secrets
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from kandinsky_batch.enqueue import outgoing
-from kandinsky_batch.errors import InvalidSpec, OverQuota
+from kandinsky_batch.enqueue import cap_reached, outgoing, seeded_wire
+from kandinsky_batch.errors import InvalidSpec
 from kandinsky_batch.keys import MAX_INDEX, is_index, job_id
 from kandinsky_batch.schema import MAX_SEED, JobSpec, Mode, Priority
 from kandinsky_batch.settings import Settings
+from kandinsky_batch.store.queues import Chunk, Created
 from kandinsky_batch.store.records import by_shard
-from kandinsky_batch.store.status import Chunk, Created, StatusStore
+from kandinsky_batch.store.status import StatusStore
 from kandinsky_batch.tenancy import KeyFor, check_inputs
 from kandinsky_batch.wire import validate_spec
+from producer.lines import LineError, line_of
 
 PIPELINE_MESSAGES = 8  # messages sent per Redis round trip (fewer while a queue is near its high water)
 MAX_SEEDS_PER_PROMPT = 10_000  # jobs one line may become (its seeds must fit below MAX_SEED)
 MAX_LINE_ERRORS = 100  # bad lines reported one by one; the rest are counted
-
-
-@dataclass(frozen=True)
-class LineError:
-    line: int
-    reason: str
-
-
-class RowNumber(int):
-    """A row's number, which its jobs' indices come from, that also knows the file line it ends on.
-
-    A CSV file's rows are numbered from 1 after its header (its first row is job 0, as a Parquet
-    file's), but a person finds a row by its line, so that is what a message about it names.
-    """
-
-    line: int
-
-    def __new__(cls, number: int, line: int) -> RowNumber:
-        row = super().__new__(cls, number)
-        row.line = line
-        return row
-
-
-def line_of(number: int) -> int:
-    """The line a message names for the item read as `number`: its own, unless it knows better."""
-    return number.line if isinstance(number, RowNumber) else number
 
 
 @dataclass
@@ -82,125 +55,6 @@ class SubmitResult:
         self.error_count += 1
         if len(self.errors) < MAX_LINE_ERRORS:
             self.errors.append(error)
-
-
-def new_batch_id() -> str:
-    return uuid.uuid4().hex[:16]
-
-
-def batch_id_for_key(key: str) -> str:
-    """The batch of a keyed submit of the SDK or CLI: the same key gives the same batch.
-
-    The HTTP API derives its callers' keyed batches with a secret instead (producer/api/keyed_ids.py).
-    """
-    return "k" + hashlib.sha256(key.encode()).hexdigest()[:19]
-
-
-def batch_id_for_file(
-    path: Path, defaults: dict[str, Any], prompt_column: str = "prompt", seeds_per_prompt: int = 1
-) -> str:
-    """The same file with the same defaults and options is the same batch, so resubmitting it runs nothing twice.
-
-    Options left at their defaults are not digested, so a file's batch id is the one it always had.
-    """
-    options: dict[str, Any] = {}
-    if prompt_column != "prompt":
-        options["prompt_column"] = prompt_column
-    if seeds_per_prompt != 1:
-        options["seeds_per_prompt"] = seeds_per_prompt
-    header = {"defaults": defaults, "options": options} if options else defaults
-    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return "f" + digest.hexdigest()[:19]
-
-
-def read_lines(
-    path: Path, prompt_column: str = "prompt", notes: list[str] | None = None
-) -> Iterator[tuple[int, Any]]:
-    """Yield `(line number, parsed object or LineError)` for a JSONL, CSV or Parquet file.
-
-    `prompt_column` names the prompt's column of a CSV or Parquet file; what the reader has to
-    say about the whole file (ignored columns) is appended to `notes`.
-    """
-    from producer.tables import is_table, read_table  # it imports this module
-
-    if is_table(path):
-        yield from read_table(path, prompt_column, notes)
-        return
-    if prompt_column != "prompt":
-        raise ValueError("a prompt column is for CSV and Parquet files; a JSONL line names its 'prompt'")
-    with path.open("rb") as fh:
-        yield from parse_jsonl(fh)
-
-
-def parse_jsonl(lines: Iterable[bytes]) -> Iterator[tuple[int, Any]]:
-    """`(line number, parsed object or LineError)` for raw JSONL lines; blank lines are skipped."""
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield number, LineError(number, f"not UTF-8 ({exc.reason} at byte {exc.start})")
-            continue
-        try:
-            yield number, json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            if isinstance(exc, RecursionError):
-                yield number, LineError(number, "malformed JSON: nested too deep")
-                continue
-            reason = exc.msg.removesuffix(" at")  # "Invalid control character at" ends so
-            yield number, LineError(number, f"malformed JSON at column {exc.colno}: {reason}")
-
-
-def split_lines(chunks: Iterable[bytes], max_line: int) -> Iterator[bytes]:
-    """The lines of a byte stream that arrives in chunks (an upload), each at most `max_line` bytes.
-
-    A longer line is cut short (its first `max_line` bytes), so it fails as malformed JSON
-    instead of growing memory without bound.
-    """
-    rest, skipping = b"", False
-    for chunk in chunks:
-        *lines, tail = (rest + chunk).split(b"\n")
-        for line in lines:
-            if not skipping:
-                yield line
-            skipping = False
-        rest = b"" if skipping else tail
-        if len(rest) > max_line:
-            yield rest[:max_line]
-            rest, skipping = b"", True
-    if rest and not skipping:
-        yield rest
-
-
-def chunk_of(
-    settings: Settings,
-    batch_id: str,
-    mode: Mode,
-    jobs: list[tuple[int, dict[str, Any]]],
-    priority: Priority,
-    tenant: str = "",
-    cap: int = 0,
-    webhook: str = "",
-) -> Chunk:
-    """The message for `(index, wire)` jobs of one mode, with what the submit script checks."""
-    chunk = outgoing(settings, batch_id, mode, jobs, priority, tenant)
-    images = sum(int(wire.get("num_images", 1)) for _, wire in jobs)
-    return replace(chunk, cap=cap, images=images, webhook=webhook)
-
-
-def seeded_wire(spec: JobSpec, draw: random.Random) -> dict[str, Any]:
-    """The job's wire form with its seed fixed now if the caller gave none, so it is reproducible."""
-    wire = spec.wire()
-    wire.setdefault("seed", draw.randint(0, MAX_SEED))
-    return wire
-
-
-def cap_reached(tenant: str, cap: int, refused: list[int]) -> OverQuota:
-    return OverQuota(f"tenant {tenant!r} has reached its cap of {cap} unfinished jobs", sorted(refused))
 
 
 class Submitter:
@@ -259,7 +113,7 @@ class Submitter:
 
     def _send(self, mode: Mode, jobs: list[tuple[int, dict[str, Any]]]) -> None:
         """Queue one message for the next pipeline, once its queue has room for it."""
-        chunk = chunk_of(
+        chunk = outgoing(
             self.settings, self.batch_id, mode, jobs, self.priority, self.tenant, self.cap, self.webhook
         )
         if mode not in self._lengths:

@@ -25,8 +25,9 @@ from kandinsky_batch.schema import BatchStatus, JobState
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.store import records, scripts
 from kandinsky_batch.store.apikeys import ApiKey, ApiKeys, digest
+from kandinsky_batch.store.queues import Chunk, Pushed, pushed_from
 from kandinsky_batch.store.reads import batch_status_from_hash, events_from_reply
-from kandinsky_batch.store.status import Chunk, Pushed, StatusStore, pushed_from
+from kandinsky_batch.store.status import StatusStore
 
 REDIS_CONNECTIONS = 100  # per process; a burst of requests past it waits its turn for one, never a 503
 KNOWN_KEYS_MAX = 10_000  # records kept per process; the cache starts afresh when full

@@ -1,20 +1,26 @@
 """`POST /v1/jobs` as it runs on the event loop: one round trip for a key seen before, an answer
-made from what the submit wrote, and a refusal at the queue's high-water mark. A real uvicorn
-process and Redis, no worker (jobs stay queued)."""
+made from what the submit wrote, and a refusal at the queue's high-water mark; and the SDK's
+`Client.submit`, the same one-job submit on a sync client. A real uvicorn process and Redis, no
+worker (jobs stay queued)."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
-from kandinsky_batch.keys import queue_lists
-from kandinsky_batch.schema import Mode
+from kandinsky_batch.batch_ids import batch_id_for_key, new_batch_id
+from kandinsky_batch.keys import JobRef, queue_lists
+from kandinsky_batch.schema import JobState, Mode, Priority
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.store.apikeys import ApiKeys
+from kandinsky_batch.submit_one import ROOM_POLL_S, OneJob, submit_one
+from kandinsky_batch.wire import validate_spec
 from producer.client import Client
 from tests.integration.conftest import auth, free_port
 
@@ -111,3 +117,40 @@ def test_a_submit_at_the_high_water_mark_gets_429_and_queues_nothing(
     assert client.status_store.usage("flood")["queued"] == HIGH_WATER
     assert client.redis.rpop(lists[0]) is not None  # a worker takes one message
     assert post(server, secret).status_code == 202
+
+
+# -- the SDK's one-job submit: the same chunk and record, on a sync client ---------------------
+
+
+def test_a_one_job_answer_is_what_a_read_of_the_job_gives(client: Client, api_settings: Settings):
+    """`OneJob.queued`, the API's answer to a new job, against a read of what `submit_one` wrote."""
+    for priority in (Priority.NORMAL, Priority.LOW):
+        job = OneJob.seeded(validate_spec(BODY, api_settings), priority)
+        batch_id = new_batch_id()
+        ref = submit_one(client.status_store, api_settings, job, batch_id)
+        read = client.status_store.job(ref)
+        assert job.queued(batch_id, int(read.created_at or 0)) == read
+        assert read.seed == job.seed and read.priority is priority
+
+
+def test_an_sdk_idempotency_key_gives_the_same_job_and_sends_it_once(client: Client, api_settings: Settings):
+    lists = queue_lists(api_settings.queue_for(Mode.TEXT2IMG))
+    job = client.submit(BODY, idempotency_key="sdk-order-1")
+    assert client.submit(BODY, idempotency_key="sdk-order-1") == job
+    assert client.submit({**BODY, "idempotency_key": "sdk-order-1"}) == job  # the spec's field: the same key
+    assert client.submit({**BODY, "idempotency_key": "other"}, idempotency_key="sdk-order-1") == job
+    assert client.submit(BODY, idempotency_key="sdk-order-2") != job
+    assert sum(client.redis.llen(name) for name in lists) == 2  # one message per key
+    assert JobRef.parse(job) == JobRef(batch_id_for_key("sdk-order-1"), 0)  # no tenant: the plain hash
+
+
+def test_the_sdk_waits_at_the_high_water_mark_where_the_api_refuses(client: Client, api_settings: Settings):
+    lists = queue_lists(api_settings.queue_for(Mode.TEXT2IMG))
+    for _ in range(HIGH_WATER):
+        client.submit(BODY)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(client.submit, BODY)
+        time.sleep(3 * ROOM_POLL_S)
+        assert not waiting.done() and sum(client.redis.llen(name) for name in lists) == HIGH_WATER
+        assert client.redis.rpop(lists[0]) is not None  # a worker takes one message
+        assert client.status_store.job(waiting.result(timeout=10)).state is JobState.QUEUED

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from kandinsky_batch.batch_ids import batch_id_for_file
 from kandinsky_batch.envelope import call_kwargs
 from kandinsky_batch.keys import TASK_NAME, JobRef, queue_lists
 from kandinsky_batch.schema import JobState, JobStatus, Mode
@@ -24,7 +25,8 @@ from kandinsky_batch.settings import Settings
 from kandinsky_batch.wire import parse_message
 from producer.cli import main
 from producer.client import Client
-from producer.submit import Submitter, batch_id_for_file, read_lines, submit_lines
+from producer.lines import read_lines
+from producer.submit import Submitter, submit_lines
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration

@@ -11,22 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
+from kandinsky_batch.batch_ids import batch_id_for_file
 from kandinsky_batch.keys import MAX_INDEX, Keys
 from kandinsky_batch.schema import MAX_SEED, JobSpec
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.store.records import SHARD_JOBS, by_shard
 from kandinsky_batch.store.status import StatusStore
-from producer.submit import (
-    LineError,
-    SubmitResult,
-    Submitter,
-    batch_id_for_file,
-    line_of,
-    line_seeds,
-    read_lines,
-    submit_lines,
-)
-from producer.tables import BATCH_ROWS
+from producer.lines import BATCH_ROWS, LineError, line_of, read_lines
+from producer.submit import SubmitResult, Submitter, line_seeds, submit_lines
 
 
 def write_parquet(path: Path, columns: dict[str, list[Any]], row_group_size: int) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 from kandinsky_batch.keys import MESSAGE_VERSION, JobRef, job_id
 from kandinsky_batch.schema import JobSpec
 from kandinsky_batch.wire import build_message
-from producer.submit import LineError, read_lines
+from producer.lines import LineError, read_lines
 
 
 def test_bad_lines_are_reported_with_their_numbers(tmp_path: Path):

@@ -6,13 +6,14 @@ import pytest
 import redis
 from pydantic import ValidationError
 
+from kandinsky_batch.batch_ids import new_batch_id
 from kandinsky_batch.errors import BadMessage, InvalidSpec
 from kandinsky_batch.keys import MAX_INDEX, JobRef, Keys
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.store.apikeys import ApiKeys
 from kandinsky_batch.store.status import StatusStore
 from kandinsky_batch.wire import check_batch_id, parse_message
-from producer.submit import Submitter, new_batch_id, submit_lines
+from producer.submit import Submitter, submit_lines
 
 BAD_BATCH_IDS = ["", "../../x", "a/b", "/abs", ".hidden", "-dash", "b" * 65, "sp ace", "nul\x00", "é",
                  "abc\n", "abc\r\n", "abc\n\n", "\nabc"]  # fmt: skip

@@ -1,30 +1,122 @@
-"""Tabular batch files (CSV, Parquet): one row is one job, streamed so a dataset is never read whole.
+"""Reading batch files: the lines of a JSONL file or upload, the rows of a CSV or Parquet file.
 
-A dataset usually carries more columns than a job needs (ids, URLs, scores), so only columns
-named like job spec fields are taken (the prompt from `prompt_column`); the others are ignored
-and named once in `notes`, never sent. Rows are numbered from 1, so row n is job n - 1 (times K
-with seeds per prompt) as a JSONL line n is: a Parquet file's rows in order, a CSV file's from the
-first after its header, blank lines left out (as pandas numbers them); a CSV row's errors name the
-file line it ends on, where a person finds it. A file that cannot be read at all is one error on
-line 1, as a CSV file without its prompt column has always been.
+Each reader yields `(number, parsed item or LineError)`, streamed so a dataset is never read
+whole; the bulk submitter (producer/submit.py) validates the items and reports the errors by
+number. Line n is job n - 1 (times K with seeds per prompt).
+
+A table (CSV, Parquet) usually carries more columns than a job needs (ids, URLs, scores), so
+only columns named like job spec fields are taken (the prompt from `prompt_column`); the others
+are ignored and named once in `notes`, never sent. Its rows are numbered from 1, as a JSONL
+file's lines are: a Parquet file's rows in order, a CSV file's from the first after its header,
+blank lines left out (as pandas numbers them); a CSV row's errors name the file line it ends on,
+where a person finds it. A file that cannot be read at all is one error on line 1, as a CSV
+file without its prompt column has always been.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kandinsky_batch.schema import JobSpec
-from producer.submit import LineError, RowNumber
 
 SPEC_FIELDS = frozenset(JobSpec.model_fields)
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 TABLE_SUFFIXES = PARQUET_SUFFIXES | {".csv"}
 BATCH_ROWS = 1024  # Parquet rows turned into Python objects at a time (one row group is read at a time)
 
+
+@dataclass(frozen=True)
+class LineError:
+    """A line (or row) that is no job, and why: reported by number, while the other lines go."""
+
+    line: int
+    reason: str
+
+
 Row = tuple[int, dict[str, Any] | LineError]
+
+
+class RowNumber(int):
+    """A row's number, which its jobs' indices come from, that also knows the file line it ends on.
+
+    A CSV file's rows are numbered from 1 after its header (its first row is job 0, as a Parquet
+    file's), but a person finds a row by its line, so that is what a message about it names.
+    """
+
+    line: int
+
+    def __new__(cls, number: int, line: int) -> RowNumber:
+        row = super().__new__(cls, number)
+        row.line = line
+        return row
+
+
+def line_of(number: int) -> int:
+    """The line a message names for the item read as `number`: its own, unless it knows better."""
+    return number.line if isinstance(number, RowNumber) else number
+
+
+def read_lines(
+    path: Path, prompt_column: str = "prompt", notes: list[str] | None = None
+) -> Iterator[tuple[int, Any]]:
+    """Yield `(line number, parsed object or LineError)` for a JSONL, CSV or Parquet file.
+
+    `prompt_column` names the prompt's column of a CSV or Parquet file; what the reader has to
+    say about the whole file (ignored columns) is appended to `notes`.
+    """
+    if is_table(path):
+        yield from read_table(path, prompt_column, notes)
+        return
+    if prompt_column != "prompt":
+        raise ValueError("a prompt column is for CSV and Parquet files; a JSONL line names its 'prompt'")
+    with path.open("rb") as fh:
+        yield from parse_jsonl(fh)
+
+
+def parse_jsonl(lines: Iterable[bytes]) -> Iterator[tuple[int, Any]]:
+    """`(line number, parsed object or LineError)` for raw JSONL lines; blank lines are skipped."""
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, LineError(number, f"not UTF-8 ({exc.reason} at byte {exc.start})")
+            continue
+        try:
+            yield number, json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            if isinstance(exc, RecursionError):
+                yield number, LineError(number, "malformed JSON: nested too deep")
+                continue
+            reason = exc.msg.removesuffix(" at")  # "Invalid control character at" ends so
+            yield number, LineError(number, f"malformed JSON at column {exc.colno}: {reason}")
+
+
+def split_lines(chunks: Iterable[bytes], max_line: int) -> Iterator[bytes]:
+    """The lines of a byte stream that arrives in chunks (an upload), each at most `max_line` bytes.
+
+    A longer line is cut short (its first `max_line` bytes), so it fails as malformed JSON
+    instead of growing memory without bound.
+    """
+    rest, skipping = b"", False
+    for chunk in chunks:
+        *lines, tail = (rest + chunk).split(b"\n")
+        for line in lines:
+            if not skipping:
+                yield line
+            skipping = False
+        rest = b"" if skipping else tail
+        if len(rest) > max_line:
+            yield rest[:max_line]
+            rest, skipping = b"", True
+    if rest and not skipping:
+        yield rest
 
 
 def is_table(path: Path) -> bool:
