@@ -12,11 +12,12 @@ from urllib.parse import urlparse
 from celery import Celery
 from pydantic import BaseModel, Field
 
+from kandinsky_batch.batch_ids import batch_id_for_file, batch_id_for_key, new_batch_id
 from kandinsky_batch.broker import make_celery
 from kandinsky_batch.enqueue import enqueue
 from kandinsky_batch.errors import InvalidSpec, KandinskyBatchError, NotFound, OverQuota
 from kandinsky_batch.keys import JobRef, Keys
-from kandinsky_batch.manifest import write_manifest
+from kandinsky_batch.manifest import manifest_line, write_manifest
 from kandinsky_batch.redis_client import connect
 from kandinsky_batch.schema import (
     BatchStatus,
@@ -31,18 +32,10 @@ from kandinsky_batch.schema import (
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import Storage, open_storage
 from kandinsky_batch.store.status import StatusStore
+from kandinsky_batch.submit_one import OneJob, submit_one
 from kandinsky_batch.wire import check_batch_id, validate_spec
-from producer.submit import (
-    MAX_SEEDS_PER_PROMPT,
-    SubmitResult,
-    Submitter,
-    batch_id_for_file,
-    batch_id_for_key,
-    new_batch_id,
-    read_lines,
-    submit_lines,
-)
-from producer.tables import is_table
+from producer.lines import is_table, read_lines
+from producer.submit import MAX_SEEDS_PER_PROMPT, SubmitResult, Submitter, submit_lines
 from producer.watch import poll_until_finished
 
 log = logging.getLogger(__name__)
@@ -79,8 +72,6 @@ class Client:
         self.status_store = StatusStore(self.redis, Keys(settings.key_prefix), settings.job_ttl_s)
         self._app: Celery | None = None
         self._storage: Storage | None = None
-        # A cancel here can be what finishes a batch: then its manifest is written from here.
-        self.status_store.on_batch_done = self._write_manifest
 
     @property
     def app(self) -> Celery:
@@ -114,15 +105,23 @@ class Client:
 
     # -- submit ----------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec | dict[str, Any], priority: Priority = Priority.NORMAL) -> str:
-        """Submit one job and return its id. With an `idempotency_key`, repeats return the same id."""
+    def submit(
+        self,
+        spec: JobSpec | dict[str, Any],
+        priority: Priority = Priority.NORMAL,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Submit one job and return its id, once its queue is below `QUEUE_HIGH_WATER` messages.
+
+        With an idempotency key (this argument, else the spec's `idempotency_key`), a repeat
+        returns the same id and sends nothing: as the HTTP API's Idempotency-Key, in a space of
+        keys of its own (docs/python-sdk.md).
+        """
         data = spec.model_dump(mode="json") if isinstance(spec, JobSpec) else spec
         job = validate_spec(data, self.settings)
-        key = job.idempotency_key
+        key = idempotency_key or job.idempotency_key
         batch_id = batch_id_for_key(key) if key else new_batch_id()
-        submitter = Submitter(self.settings, self.status_store, batch_id, Priority(priority))
-        submitter.add(0, job)
-        return submitter.close().job_ids[0]
+        return submit_one(self.status_store, self.settings, OneJob.seeded(job, priority), batch_id).id
 
     def submit_batch(
         self,
@@ -202,6 +201,10 @@ class Client:
         except NotFound:
             raise NotFound(f"job or batch {id_!r} not found") from None
 
+    def batch(self, batch_id: str) -> BatchStatus:
+        """A batch's counts by state; NotFound for an unknown batch."""
+        return self.status_store.batch(batch_id)
+
     def jobs(self, batch_id: str) -> Iterator[JobStatus]:
         """Every job of a batch, read in pipelined chunks (one round trip per ~500 jobs)."""
         return self.status_store.jobs(batch_id)
@@ -212,6 +215,10 @@ class Client:
         if isinstance(found, JobStatus):
             return iter([found])
         return self.jobs(found.batch_id)
+
+    def manifest_lines(self, id_: str) -> Iterator[dict[str, Any]]:
+        """One manifest line per job (state, seed, outputs, error, spec); NotFound for an unknown id."""
+        return map(manifest_line, self.statuses(id_))
 
     def dead_letters(self, limit: int = 100) -> list[JobStatus]:
         """Jobs that failed as attempts_exhausted, newest first (those whose status expired are left out)."""
@@ -243,9 +250,11 @@ class Client:
         a batch's jobs go in pipelined chunks (one round trip per ~500 jobs).
         """
         found = self.status(id_)
-        if isinstance(found, JobStatus):
-            return int(self.status_store.cancel(found.job_id))
-        return self.status_store.cancel_many(self._unfinished(found.batch_id))
+        jobs = [found.job_id] if isinstance(found, JobStatus) else self._unfinished(found.batch_id)
+        canceled = self.status_store.cancel_many(jobs)
+        for batch_id in canceled.batches_done:  # this cancel finished the batch: its manifest is written here
+            self._write_manifest(batch_id)
+        return canceled.count
 
     def _unfinished(self, batch_id: str) -> Iterator[str]:
         """Ids of the batch's queued or running jobs."""
@@ -306,7 +315,8 @@ class Client:
             # Not sent: put them back as they were rather than leave them queued with no message.
             for index, _, error in chunk:
                 code, message = (error.code, error.message) if error else ("failed", "")
-                self.status_store.fail(JobRef(batch_id, index), code, message)
+                if self.status_store.fail(JobRef(batch_id, index), code, message).batch_done:
+                    self._write_manifest(batch_id)
             raise
         result.retried += [JobRef(batch_id, index).id for index, _ in jobs]
 

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kandinsky_batch.schema import BatchStatus, JobState, JobStatus
+from kandinsky_batch.schema import BatchStatus, JobState
 from kandinsky_batch.settings import Settings
 from producer.client import Client
 from producer.gallery import write_gallery
 from producer.launch import WorkerProcess, worker_env
+from producer.watch import watch
 
 PROMPTS = [
     "a red fox in the snow, watercolor",
@@ -105,7 +105,7 @@ def run_demo(
         }
         result = client.submit_batch([{**spec, "prompt": p} for p in prompts])
         console.print(f"submitted batch {result.batch_id}: {result.jobs} jobs")
-        final = _watch(client, result.batch_id, count, timeout, console)
+        final = _follow(client, result.batch_id, timeout, console)
         _report(client, result.batch_id, console)
         ok = final is not None and final.counts[JobState.SUCCEEDED] == final.total
         console.print(f"images are under {out / 'images' / result.batch_id}")
@@ -186,22 +186,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _watch(client: Client, batch_id: str, count: int, timeout: float, console: Console) -> BatchStatus | None:
-    columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("jobs", total=count)
-
-        def update(st: JobStatus | BatchStatus) -> None:
-            if isinstance(st, BatchStatus):
-                done = st.finished
-                bar.update(task, completed=done)
-
-        try:
-            final = client.wait(batch_id, timeout=timeout, on_update=update)
-        except TimeoutError as exc:
-            console.print(f"[red]{exc}[/red]")
-            return None
-    return final if isinstance(final, BatchStatus) else None
+def _follow(client: Client, batch_id: str, timeout: float, console: Console) -> BatchStatus | None:
+    """The batch followed with the CLI's bar (producer/watch.py) until done; None after `timeout`."""
+    try:
+        return watch(client, batch_id, console=console, interval_s=0.25, timeout_s=timeout).batch
+    except TimeoutError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return None
 
 
 def _report(client: Client, batch_id: str, console: Console) -> None:

@@ -1,7 +1,9 @@
-"""Follow a batch until it is done: one HGETALL of the batch hash per tick, a live rich bar.
+"""Follow a batch until it is done: one read of its counts per tick, a live rich bar.
 
-With `events`, the status event stream is read as well, to count the images of
-jobs that succeeded while watching (an exact images/s even with num_images > 1).
+The one loop that follows a batch, for `watch`, `submit --wait` (on Redis or over the HTTP API)
+and the demo: it reads whatever has a `batch(batch_id)` (either SDK, or the status store). With
+an `EventCounter`, the status event stream is read as well, to count the images of jobs that
+succeeded while watching (an exact images/s even with num_images > 1).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -117,22 +119,27 @@ class _Rate:
         return rate, (total - done) / rate
 
 
+class BatchSource(Protocol):
+    """What a batch is followed from: either SDK (producer/sdk.py), or the status store itself."""
+
+    def batch(self, batch_id: str) -> BatchStatus: ...
+
+
 def watch(
-    status: StatusStore,
+    source: BatchSource,
     batch_id: str,
     *,
     console: Console | None = None,
     interval_s: float = 0.5,
     timeout_s: float | None = None,
-    events: bool = False,
+    counter: EventCounter | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> WatchSummary:
     """Poll a batch until it is done; draw a live bar on `console` if given.
 
     Raises NotFound for an unknown batch and TimeoutError after `timeout_s`.
     """
-    batch = status.batch(batch_id)
-    counter = EventCounter(status, batch_id) if events else None
+    batch = source.batch(batch_id)
     started = time.monotonic()
     deadline = None if timeout_s is None else started + timeout_s
     rate = _Rate()
@@ -158,7 +165,7 @@ def watch(
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"batch {batch_id} not finished after {timeout_s} s")
             sleep(interval_s)
-            batch = status.batch(batch_id)
+            batch = source.batch(batch_id)
     finally:
         if progress:
             progress.stop()

@@ -23,7 +23,8 @@ from kandinsky_batch.schema import JobState
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import open_storage
 from kandinsky_batch.store.status import StatusStore
-from producer.cli_export import export
+from producer.cli.base import CliContext
+from producer.cli.export import export
 from producer.client import Client
 from producer.export import ExportError, export_batch
 from tests.helpers.export_batch import Planned, finish, png, write_batch
@@ -54,7 +55,7 @@ def made(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
 
 
 def run_cli(settings: Settings, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(export, list(args), obj=settings)
+    result = CliRunner().invoke(export, list(args), obj=CliContext(settings))
     return result.exit_code, result.output
 
 

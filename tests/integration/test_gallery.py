@@ -27,7 +27,8 @@ from kandinsky_batch.schema import JobState
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import Storage, image_key, metadata_key
 from kandinsky_batch.store.status import StatusStore
-from producer.cli_gallery import gallery
+from producer.cli.base import CliContext
+from producer.cli.gallery import gallery
 from producer.client import Client
 from producer.gallery import write_gallery
 from tests.conftest import IN_CI
@@ -168,7 +169,7 @@ def screenshot(browser: Any, tmp_path: Path, name: str, capsys: pytest.CaptureFi
 
 def run_cli(settings: Settings, *argv: str) -> tuple[Path, str]:
     """The gallery command as the CLI runs it; returns the printed index.html path and the note."""
-    result = CliRunner().invoke(gallery, list(argv), obj=settings, catch_exceptions=False)
+    result = CliRunner().invoke(gallery, list(argv), obj=CliContext(settings), catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return Path(result.stdout.strip().splitlines()[-1]), result.stderr
 

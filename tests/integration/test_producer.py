@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from kandinsky_batch.batch_ids import batch_id_for_file
 from kandinsky_batch.keys import TASK_NAME, job_id
 from kandinsky_batch.manifest import manifest_lines, write_manifest
 from kandinsky_batch.schema import BatchStatus, JobState, Mode
@@ -30,8 +31,8 @@ from kandinsky_batch.storage.file import file_root
 from kandinsky_batch.wire import build_message, validate_spec
 from producer.cli import main
 from producer.client import Client
-from producer.submit import Submitter, batch_id_for_file, submit_lines
-from producer.watch import watch
+from producer.submit import Submitter, submit_lines
+from producer.watch import EventCounter, watch
 from tests.helpers.images import png_url
 
 pytestmark = pytest.mark.integration
@@ -424,7 +425,8 @@ def test_watch_draws_a_live_bar_and_counts_images_from_the_event_stream(client: 
 
     buf = io.StringIO()
     screen = Console(file=buf, force_terminal=True, width=160)
-    summary = watch(store, batch, console=screen, interval_s=0.01, events=True, sleep=sleep)
+    counter = EventCounter(store, batch)
+    summary = watch(store, batch, console=screen, interval_s=0.01, counter=counter, sleep=sleep)
     # Then it returns once the batch is done, with every image counted once
     assert summary.batch.done and summary.batch.counts[JobState.SUCCEEDED] == 3
     assert summary.images == 6 and summary.images_per_s and summary.images_per_s > 0

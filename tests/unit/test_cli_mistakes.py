@@ -16,9 +16,8 @@ from pydantic import ValidationError
 
 from kandinsky_batch.settings import Settings, describe_settings_error, load_settings
 from producer.cli import main
-from producer.cli_http import redis_client
-from producer.submit import LineError
-from producer.tables import read_csv
+from producer.cli.base import CliContext
+from producer.lines import LineError, read_csv
 
 PASSWORD = "hunter2"
 
@@ -72,8 +71,8 @@ def test_a_stopped_redis_is_one_line_naming_the_masked_url_within_seconds(env, c
 
 
 def test_the_client_after_the_first_ping_keeps_its_retries_for_the_rest_of_the_run(monkeypatch):
-    monkeypatch.setattr("producer.cli_http.ping_once", lambda url: None)  # Redis answered it
-    with redis_client(Settings(redis_url=f"redis://127.0.0.1:{dead_port()}/0")) as client:
+    monkeypatch.setattr("producer.cli.base.ping_once", lambda url: None)  # Redis answered it
+    with CliContext(Settings(redis_url=f"redis://127.0.0.1:{dead_port()}/0")).redis() as client:
         assert client.redis.get_retry().get_retries() == 12  # a Redis restart mid-run is ridden out
 
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GPU_LIBRARIES = {"torch", "diffusers", "transformers", "accelerate"}
 # The one documented exception: the CLI's `worker`, `worker check`, `models make-tiny` and `demo`
 # commands load the worker lazily, inside the command's function.
-LAZY_WORKER_IMPORTS = {("producer/cli_local.py", "worker"), ("producer/demo.py", "worker")}
+LAZY_WORKER_IMPORTS = {("producer/cli/local.py", "worker"), ("producer/demo.py", "worker")}
 
 
 def imports(package: str) -> list[tuple[str, str, bool]]:

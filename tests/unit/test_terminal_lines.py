@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from kandinsky_batch.schema import BatchStatus, JobState, JobStatus
-from producer.cli import console as cli_console
+from producer.cli.base import console as cli_console
 from producer.demo import _report
 from producer.watch import watch
 

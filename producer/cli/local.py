@@ -9,36 +9,31 @@ import shlex
 from pathlib import Path
 
 import click
-from rich.console import Console
 
-from kandinsky_batch.settings import Settings
-
-console = Console(stderr=True, soft_wrap=True)
-
-
-def _settings(ctx: click.Context) -> Settings:
-    settings: Settings = ctx.obj
-    return settings
+from producer.cli.base import CliContext, console, pass_cli
 
 
 @click.group(invoke_without_command=True)
 @click.option("--loglevel", default="INFO", show_default=True)
+@pass_cli
 @click.pass_context
-def worker(ctx: click.Context, loglevel: str) -> None:
+def worker(ctx: click.Context, context: CliContext, loglevel: str) -> None:
     """Run a GPU worker (serves KANDINSKY_BATCH_MODES); `worker check` for probes."""
+    settings = context.redis_settings()
     if ctx.invoked_subcommand is None:
         from worker.celery_app import serve
 
-        ctx.exit(serve(_settings(ctx), loglevel=loglevel.upper()))
+        ctx.exit(serve(settings, loglevel=loglevel.upper()))
 
 
 @worker.command()
+@pass_cli
 @click.pass_context
-def check(ctx: click.Context) -> None:
+def check(ctx: click.Context, context: CliContext) -> None:
     """Exit 0 only if this worker's pipelines are warm and Redis and storage are reachable."""
     from worker.check import problems
 
-    found = problems(_settings(ctx))
+    found = problems(context.redis_settings())
     for problem in found:
         click.echo(f"not ready: {problem}", err=True)
     if found:
@@ -85,9 +80,13 @@ def make_tiny_cmd(directory: Path, seed: int) -> None:
     is_flag=True,
     help="Then keep Redis, the worker and the API up; OUT/env points a shell at them.",
 )
+@pass_cli
 @click.pass_context
-def demo(ctx: click.Context, out: Path, count: int, timeout: float, serve: bool) -> None:
+def demo(ctx: click.Context, context: CliContext, out: Path, count: int, timeout: float, serve: bool) -> None:
     """Run the whole path on this machine: tiny model, Redis, a worker, a few prompts."""
     from producer.demo import run_demo
 
-    ctx.exit(run_demo(_settings(ctx), out.resolve(), count, timeout, console, serve))
+    ctx.exit(run_demo(context.redis_settings(), out.resolve(), count, timeout, console, serve))
+
+
+COMMANDS = (worker, models, demo)

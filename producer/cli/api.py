@@ -7,18 +7,15 @@ from dataclasses import asdict
 from typing import Any
 
 import click
-from rich.console import Console
 
 from kandinsky_batch.store.apikeys import ApiKeys
-from producer.cli_http import redis_client
+from producer.cli.base import CliContext, console, pass_cli
 from producer.client import Client
-
-console = Console(stderr=True)
 
 
 @click.command()
-@click.pass_context
-def api(ctx: click.Context) -> None:
+@pass_cli
+def api(context: CliContext) -> None:
     """Serve the HTTP API on KANDINSKY_BATCH_API_HOST:API_PORT (uvicorn; API_WORKERS processes)."""
     import functools
 
@@ -27,7 +24,7 @@ def api(ctx: click.Context) -> None:
     from kandinsky_batch.logs import logging_config
     from producer.api.nodelay import NoDelayHttpToolsProtocol
 
-    s = ctx.obj
+    s = context.redis_settings()
     options: dict[str, Any] = {
         "host": s.api_host,
         "port": s.api_port,
@@ -72,13 +69,13 @@ def keys() -> None:
 )
 @click.option("--admin", is_flag=True, help="May read every tenant's jobs and usage.")
 @click.option("--json", "as_json", is_flag=True)
-@click.pass_context
+@pass_cli
 def keys_create(
-    ctx: click.Context, tenant: str, rate: str, max_queued: int, admin: bool, as_json: bool
+    context: CliContext, tenant: str, rate: str, max_queued: int, admin: bool, as_json: bool
 ) -> None:
     """Make a key and print it once: only its hash is kept."""
     per_s = float(rate.removesuffix("/s"))
-    with redis_client(ctx.obj) as client:
+    with context.redis() as client:
         try:
             record, secret = _api_keys(client).create(
                 tenant, admin=admin, rate_per_s=per_s, max_queued=max_queued
@@ -94,10 +91,10 @@ def keys_create(
 
 @keys.command("list")
 @click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def keys_list(ctx: click.Context, as_json: bool) -> None:
+@pass_cli
+def keys_list(context: CliContext, as_json: bool) -> None:
     """Every key's id, tenant and limits (never the keys themselves)."""
-    with redis_client(ctx.obj) as client:
+    with context.redis() as client:
         for record in _api_keys(client).all():
             if as_json:
                 click.echo(json.dumps(asdict(record)))
@@ -110,10 +107,10 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
 
 @keys.command("revoke")
 @click.argument("key_id")
-@click.pass_context
-def keys_revoke(ctx: click.Context, key_id: str) -> None:
+@pass_cli
+def keys_revoke(context: CliContext, key_id: str) -> None:
     """Revoke a key by its id: it stops working at once."""
-    with redis_client(ctx.obj) as client:
+    with context.redis() as client:
         if not _api_keys(client).revoke(key_id):
             raise click.ClickException(f"no key with id {key_id!r}")
     click.echo(f"revoked {key_id}")
@@ -121,3 +118,6 @@ def keys_revoke(ctx: click.Context, key_id: str) -> None:
 
 def _api_keys(client: Client) -> ApiKeys:
     return ApiKeys(client.redis, client.status_store.keys)
+
+
+COMMANDS = (api, keys)

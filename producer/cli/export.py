@@ -6,8 +6,7 @@ import json
 
 import click
 
-from kandinsky_batch.settings import Settings
-from producer.cli_http import check_redis
+from producer.cli.base import CliContext, check_redis, pass_cli
 from producer.export import ExportError, Format, export_batch
 from producer.export.options import IMAGE_FORMATS
 
@@ -48,9 +47,9 @@ class ExportFailed(click.ClickException):
 @click.option("--overwrite", is_flag=True, help="Rewrite shards an earlier run completed.")
 @click.option("--finished-only", is_flag=True, help="Export the finished part of a batch still running.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-@click.pass_context
+@pass_cli
 def export(
-    ctx: click.Context,
+    context: CliContext,
     batch_id: str,
     to: str,
     fmt: str,
@@ -63,7 +62,7 @@ def export(
     as_json: bool,
 ) -> None:
     """Export BATCH_ID's succeeded images to --to (shard k holds jobs k*size .. (k+1)*size-1)."""
-    settings: Settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
+    settings = context.redis_settings()
     check_redis(settings)
     try:
         summary = export_batch(
@@ -91,3 +90,6 @@ def export(
         f"missing {c.missing_output}, filtered {c.filtered}, unfinished {c.unfinished}; "
         f"{summary.duration_s:.1f} s"
     )
+
+
+COMMANDS = (export,)

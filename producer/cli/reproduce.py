@@ -8,8 +8,7 @@ import click
 
 from kandinsky_batch.errors import BadInput
 from kandinsky_batch.schema import JobStatus
-from kandinsky_batch.settings import Settings
-from producer.cli_http import redis_client
+from producer.cli.base import CliContext, pass_cli
 from producer.reproduce import locator, read_metadata, render, script_parameters
 
 
@@ -22,23 +21,25 @@ from producer.reproduce import locator, read_metadata, render, script_parameters
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the script to this file instead of printing it.",
 )
-@click.pass_context
-def reproduce(ctx: click.Context, job_id: str, image: int, out: Path | None) -> None:
+@pass_cli
+def reproduce(context: CliContext, job_id: str, image: int, out: Path | None) -> None:
     """Print a Python script (torch and diffusers only) that regenerates image K of a succeeded job.
 
     Run it as `python script.py [OUT.png]`. Inputs stored in S3 are given as presigned URLs that
     expire after KANDINSKY_BATCH_PRESIGN_EXPIRY_S.
     """
-    settings: Settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
-    with redis_client(settings) as client:
+    with context.redis() as client:
         job = client.status(job_id)
         if not isinstance(job, JobStatus):
             raise BadInput(f"{job_id} is a batch: reproduce takes a job id ({job_id}-N)")
         meta = read_metadata(client.storage, job)
-        parameters = script_parameters(meta, image, locator(client.storage, settings.presign_expiry_s))
+        parameters = script_parameters(meta, image, locator(client.storage, client.settings.presign_expiry_s))
     script = render(parameters)
     if out is None:
         click.echo(script, nl=False)
     else:
         out.write_text(script)
         click.echo(str(out), err=True)
+
+
+COMMANDS = (reproduce,)
