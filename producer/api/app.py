@@ -3,7 +3,7 @@
 It talks to Redis and storage through the SDK (`producer.client.Client`); Redis never faces the
 callers. `/healthz` says the process can still serve (its event loop answers and its worker
 threads are not stuck: producer/api/liveness.py), `/readyz` that Redis and storage answer. The
-webhook dispatcher (producer/dispatcher.py) runs in the same process unless turned off.
+webhook dispatcher (producer/api/webhooks/dispatcher.py) runs in the same process unless turned off.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 import redis
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from kandinsky_batch.errors import KandinskyBatchError
@@ -29,10 +30,11 @@ from producer.api.keyed_ids import KeyedBatchIds
 from producer.api.limits import BodyLimit
 from producer.api.liveness import threads_move
 from producer.api.metrics import QueueCollector
+from producer.api.models import Health, streamed
 from producer.api.problems import Problem
 from producer.api.slots import Limits
+from producer.api.webhooks.dispatcher import Dispatcher
 from producer.client import Client
-from producer.dispatcher import Dispatcher
 
 VERSION = "1"
 log = logging.getLogger(__name__)
@@ -60,7 +62,9 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.limits.close()
         client.close()
 
-    app = FastAPI(title="kandinsky-batch", version=VERSION, lifespan=lifespan)
+    app = FastAPI(
+        title="kandinsky-batch", version=VERSION, lifespan=lifespan, generate_unique_id_function=operation_id
+    )
     app.state.client = client
     app.state.keys = ApiKeys(client.redis, client.status_store.keys)
     app.state.store = AsyncStore(settings, app.state.keys, client.status_store, REDIS_RETRIES)
@@ -78,11 +82,18 @@ def create_app(settings: Settings) -> FastAPI:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(QueueCollector(settings, client.status_store))
 
-        @app.get("/metrics", summary="Queue metrics for Prometheus", response_class=Response)
+        @app.get(
+            "/metrics",
+            summary="Queue metrics for Prometheus",
+            response_class=Response,
+            responses=streamed("text/plain", "The metrics, in Prometheus' text format."),
+        )
         def metrics() -> Response:
             return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz", summary="The process is up")
+    @app.get(
+        "/healthz", summary="The process is up", response_model=Health, responses=problems.documented("5XX")
+    )
     async def healthz() -> dict[str, str]:  # on the event loop: never queued behind slow requests
         # A loop that no longer answers fails the probe by its timeout; stuck threads fail it here.
         if not await threads_move(settings.api_health_timeout_s):
@@ -90,7 +101,12 @@ def create_app(settings: Settings) -> FastAPI:
             raise Problem(503, "Unhealthy", "the server's worker threads are stuck")
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Redis and storage answer")
+    @app.get(
+        "/readyz",
+        summary="Redis and storage answer",
+        response_model=Health,
+        responses=problems.documented("5XX"),
+    )
     def readyz() -> JSONResponse:
         # No key is needed here: what failed, and where, goes to the log, not to the caller.
         try:
@@ -106,6 +122,11 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"status": "ready"})
 
     return app
+
+
+def operation_id(route: APIRoute) -> str:
+    """A route's operationId is its function's name: what a generated client calls it (`get_job`)."""
+    return route.name
 
 
 def app_from_env() -> FastAPI:

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
+from kandinsky_batch.batch_ids import new_batch_id
 from kandinsky_batch.errors import NotFound, OverQuota
 from kandinsky_batch.keys import JobRef
 from kandinsky_batch.manifest import MANIFEST_CONTENT_TYPE
@@ -28,19 +29,18 @@ from kandinsky_batch.store.apikeys import ApiKey
 from kandinsky_batch.webhooks import WebhookEvent
 from producer.api.async_store import AsyncStore
 from producer.api.auth import owned_batch, owned_batch_on_loop
-from producer.api.jobs import Caller, Sdk, over_quota, stored_object, webhook_from
+from producer.api.jobs import Caller, Sdk, over_quota, stored_object
 from producer.api.keyed_ids import KeyedBatchIds
-from producer.api.problems import Problem
+from producer.api.models import BatchSubmitted, BatchView, Canceled, JobPage, Retried, streamed
+from producer.api.problems import ERRORS, Problem
 from producer.api.slots import HeldStream, Limits
 from producer.api.uploads import in_upload_thread, submit_source, upload
+from producer.api.webhooks.fields import webhook_from
 from producer.client import Client
-from producer.submit import (
-    Submitter,
-    new_batch_id,
-)
+from producer.submit import Submitter
 from producer.watch import summarize
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=ERRORS)
 SOURCE_BODY_BYTES = 64 * 1024
 PAGE_MAX = 1000
 
@@ -68,7 +68,13 @@ NDJSON_BODY = {
 }
 
 
-@router.post("/batches", status_code=202, summary="Submit a JSONL batch", openapi_extra=NDJSON_BODY)
+@router.post(
+    "/batches",
+    status_code=202,
+    summary="Submit a JSONL batch",
+    response_model=BatchSubmitted,
+    openapi_extra=NDJSON_BODY,
+)
 async def submit_batch(
     request: Request,
     key: Caller,
@@ -189,7 +195,9 @@ def _reading(storage: Storage, object_key: str, uri: str) -> Iterator[bytes]:
     yield from chunks
 
 
-@router.get("/batches/{batch_id}", summary="A batch's counts by state, rate and ETA")
+@router.get(
+    "/batches/{batch_id}", summary="A batch's counts by state, rate and ETA", response_model=BatchView
+)
 def get_batch(request: Request, batch_id: str, key: Caller, client: Sdk) -> dict[str, Any]:
     batch = owned_batch(client, key, batch_id)
     summary = summarize(batch)
@@ -213,7 +221,12 @@ def manifest_url(request: Request, client: Client, batch_id: str, uri: str) -> s
     return str(request.url_for("get_manifest", batch_id=batch_id))
 
 
-@router.get("/batches/{batch_id}/manifest", summary="A finished batch's manifest", response_class=Response)
+@router.get(
+    "/batches/{batch_id}/manifest",
+    summary="A finished batch's manifest",
+    response_class=Response,
+    responses=streamed(MANIFEST_CONTENT_TYPE, "The manifest (file storage).", presigned=True),
+)
 def get_manifest(batch_id: str, key: Caller, client: Sdk) -> Response:
     """One JSON line per job (state, seed, outputs, error, spec), written once every job has finished.
 
@@ -225,7 +238,7 @@ def get_manifest(batch_id: str, key: Caller, client: Sdk) -> Response:
     return stored_object(client, batch.manifest, f"the manifest of batch {batch_id!r}", MANIFEST_CONTENT_TYPE)
 
 
-@router.get("/batches/{batch_id}/jobs", summary="A batch's jobs, a page at a time")
+@router.get("/batches/{batch_id}/jobs", summary="A batch's jobs, a page at a time", response_model=JobPage)
 def list_jobs(
     request: Request,
     batch_id: str,
@@ -254,6 +267,7 @@ def list_jobs(
     "/batches/{batch_id}/events",
     summary="Server-Sent Events of a batch's jobs",
     response_class=StreamingResponse,
+    responses=streamed("text/event-stream", "`batch`, then `job` events, then `done`; data is JSON."),
 )
 async def batch_events(request: Request, batch_id: str, key: Caller) -> StreamingResponse:
     """`batch` (counts) first, a `job` event per state change, `done` when every job is finished.
@@ -299,13 +313,17 @@ async def _events(store: AsyncStore, batch_id: str) -> AsyncIterator[bytes]:
     yield _sse("done", {"batch_id": batch_id, "counts": batch.model_dump(mode="json")["counts"]})
 
 
-@router.post("/batches/{batch_id}/cancel", summary="Cancel every unfinished job of a batch")
+@router.post(
+    "/batches/{batch_id}/cancel", summary="Cancel every unfinished job of a batch", response_model=Canceled
+)
 def cancel_batch(batch_id: str, key: Caller, client: Sdk) -> dict[str, Any]:
     owned_batch(client, key, batch_id)
     return {"canceled": client.cancel(batch_id)}
 
 
-@router.post("/batches/{batch_id}/retry-failed", summary="Send a batch's failed jobs again")
+@router.post(
+    "/batches/{batch_id}/retry-failed", summary="Send a batch's failed jobs again", response_model=Retried
+)
 def retry_failed(batch_id: str, key: Caller, client: Sdk) -> dict[str, Any]:
     owned_batch(client, key, batch_id)
     result = client.retry_failed(batch_id, cap=key.max_queued)

@@ -7,43 +7,38 @@ batch id and index, and its batch carries the tenant that submitted it.
 from __future__ import annotations
 
 import asyncio
-import random
 import re
-import secrets
 import time
-from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import quote, urlparse
 
 from fastapi import APIRouter, Body, Depends, Header, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from kandinsky_batch.batch_ids import new_batch_id
+from kandinsky_batch.enqueue import cap_reached
 from kandinsky_batch.errors import InvalidSpec, NotFound, OverQuota
 from kandinsky_batch.keys import JobRef
 from kandinsky_batch.schema import JobState, JobStatus, Priority, is_finished
-from kandinsky_batch.store import records
 from kandinsky_batch.store.apikeys import ApiKey
-from kandinsky_batch.store.reads import job_status_from_record
-from kandinsky_batch.store.status import Chunk
+from kandinsky_batch.store.queues import Chunk
+from kandinsky_batch.submit_one import OneJob
 from kandinsky_batch.tenancy import check_inputs, input_uris
-from kandinsky_batch.webhooks import Webhook
 from kandinsky_batch.wire import validate_spec
 from producer.api.async_store import AsyncStore
 from producer.api.auth import Secret, allowed, caller, client_of, owned_job
 from producer.api.estimates import DrainRate
 from producer.api.keyed_ids import keyed_batch_id
-from producer.api.problems import Problem
+from producer.api.models import Canceled, JobBody, JobView, streamed
+from producer.api.problems import ERRORS, Problem
 from producer.api.slots import Limits
+from producer.api.webhooks.fields import WEBHOOK_FIELDS, webhook_from
 from producer.client import Client
-from producer.submit import cap_reached, chunk_of, new_batch_id, seeded_wire
 
-router = APIRouter(prefix="/v1")
-WEBHOOK_FIELDS = ("webhook", "webhook_events")
+router = APIRouter(prefix="/v1", responses=ERRORS)
 QUEUE_FULL_RETRY_S = 5
-_SEEDS = random.Random(secrets.randbits(64))  # seeds need to be varied, not secret (as Submitter's)
 WAIT_POLL_S, WAIT_POLL_MAX_S = 0.1, 0.25  # `Prefer: wait` reads the job's state this often
 _WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+(?:\.\d+)?)")
 
@@ -76,27 +71,6 @@ def job_url(request: Request, job_id: str, tail: str = "") -> str:
     return f"{str(request.base_url).rstrip('/')}{router.prefix}/jobs/{quote(job_id, safe='')}{tail}"
 
 
-def webhook_from(fields: dict[str, Any], batch: bool, allow_loopback: bool = False) -> str:
-    """The JSON of a webhook given as `webhook` (an https URL) and `webhook_events`, or ''."""
-    url, events = fields.get("webhook"), fields.get("webhook_events")
-    if url is None:
-        if events is not None:
-            raise Problem(
-                422, "Invalid request", "webhook_events: needs a webhook", fields=["webhook_events"]
-            )
-        return ""
-    given: dict[str, Any] = {"url": url, "batch": batch}
-    if events is not None:
-        given["events"] = events
-    try:
-        return Webhook.submitted(given, allow_loopback).to_json()
-    except ValidationError as exc:
-        errors = exc.errors()
-        names = ["webhook_events" if e["loc"] and e["loc"][0] == "events" else "webhook" for e in errors]
-        detail = "; ".join(f"{n}: {e['msg']}" for n, e in zip(names, errors, strict=True))
-        raise Problem(422, "Invalid request", detail, fields=sorted(set(names))) from None
-
-
 def over_quota(exc: OverQuota, **extra: Any) -> Problem:
     return Problem(429, "Too many queued jobs", exc.message, headers={"Retry-After": "30"}, **extra)
 
@@ -107,12 +81,20 @@ def output_url(request: Request, client: Client, job_id: str, index: int, uri: s
     return job_url(request, job_id, f"/images/{index}")
 
 
-@router.post("/jobs", status_code=202, summary="Submit one job")
+@router.post(
+    "/jobs",
+    status_code=202,
+    summary="Submit one job",
+    response_model=JobView,
+    responses={
+        200: {"model": JobView, "description": "With `Prefer: wait=N`: the job, finished within N s."}
+    },
+)
 async def submit_job(
     request: Request,
     secret: Secret,
     client: Sdk,
-    spec: Annotated[dict[str, Any], Body(description="A job spec, as in docs/jobs.md.")],
+    spec: Annotated[JobBody, Body(description="A job spec, as in docs/jobs.md, and its webhook.")],
     priority: Priority = Priority.NORMAL,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     prefer: Annotated[str | None, Header()] = None,
@@ -138,15 +120,13 @@ async def submit_job(
         # life), so the key is checked first; other inputs are every tenant's to read.
         known = allowed(await store.authenticate(secret))
         check_inputs(job_spec, known.tenant, client.storage.key_for)
-    wire = seeded_wire(job_spec, _SEEDS)
+    job = OneJob.seeded(job_spec, priority, hook)
     key_text = idempotency_key or job_spec.idempotency_key
     id_secret = await request.app.state.batch_ids.secret() if key_text else b""
 
     def chunk_for(key: ApiKey) -> Chunk:
         batch_id = keyed_batch_id(id_secret, key.tenant, key_text) if key_text else new_batch_id()
-        return chunk_of(
-            settings, batch_id, job_spec.mode, [(0, wire)], priority, key.tenant, key.max_queued, hook
-        )
+        return job.chunk(settings, batch_id, key.tenant, key.max_queued)
 
     now_s = int(time.time())
     key, chunk, pushed = await store.authenticate_and_submit(
@@ -160,8 +140,7 @@ async def submit_job(
     ref = JobRef(chunk.batch_id, 0)
     wait = _wait_seconds(prefer, settings.api_wait_max_s)
     if pushed.sent and not wait:  # a new job, answered from what the submit wrote: no read back
-        flags = records.EXISTS | (records.LOW if priority is Priority.LOW else 0)
-        status = job_status_from_record(ref, records.Record(flags, int(wire["seed"]), now_s))
+        status = job.queued(chunk.batch_id, now_s)
         drain: DrainRate = request.app.state.drain
         if drain.due():
             await run_in_threadpool(drain.per_s)
@@ -214,19 +193,24 @@ def _wait_seconds(prefer: str | None, most: float) -> float:
     return min(float(match.group(1)), most) if match else 0.0
 
 
-@router.get("/jobs/{job_id}", summary="A job's status and outputs")
+@router.get("/jobs/{job_id}", summary="A job's status and outputs", response_model=JobView)
 def get_job(request: Request, job_id: str, key: Caller, client: Sdk) -> dict[str, Any]:
     ref = owned_job(client, key, job_id)
     return job_view(request, client, client.status_store.job(ref))
 
 
-@router.post("/jobs/{job_id}/cancel", summary="Cancel a job")
+@router.post("/jobs/{job_id}/cancel", summary="Cancel a job", response_model=Canceled)
 def cancel_job(job_id: str, key: Caller, client: Sdk) -> dict[str, Any]:
     ref = owned_job(client, key, job_id)
-    return {"canceled": int(client.status_store.cancel(ref))}
+    return {"canceled": client.cancel(ref.id)}  # the SDK's: it writes the manifest if it finished the batch
 
 
-@router.get("/jobs/{job_id}/images/{index}", summary="One output image of a job", response_class=Response)
+@router.get(
+    "/jobs/{job_id}/images/{index}",
+    summary="One output image of a job",
+    response_class=Response,
+    responses=streamed("image/png", "The PNG (file storage).", presigned=True),
+)
 def get_image(job_id: str, index: Annotated[int, PathParam(ge=0)], key: Caller, client: Sdk) -> Response:
     """Streams the file from file storage; for S3, redirects to a presigned URL."""
     ref = owned_job(client, key, job_id)
@@ -241,9 +225,10 @@ def stored_object(client: Client, uri: str, what: str, media_type: str | None = 
     URIs name paths on the API's machine), a 307 to a presigned URL for S3."""
     if urlparse(uri).scheme == "s3":
         return RedirectResponse(client.url_for(uri), status_code=307)
-    if client.storage.key_for(uri) is None:  # only files inside the configured storage are served
+    key = client.storage.key_for(uri)
+    path = None if key is None else client.storage.local_path(key)
+    if path is None:  # only files inside the configured storage are served
         raise NotFound(f"{what} is not in this API's storage")
-    path = Path(unquote(urlparse(uri).path))
     if not path.is_file():
         raise NotFound(f"{what} is missing from storage")
     return FileResponse(path, media_type=media_type)

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from kandinsky_batch.envelope import call_kwargs
 from kandinsky_batch.errors import BadMessage, NotFound
-from kandinsky_batch.keys import TASK_NAME, JobRef, queue_lists
+from kandinsky_batch.keys import TASK_NAME, JobRef, QueueCount, queue_lists
 from kandinsky_batch.schema import Mode, Priority
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.store.reads import StatusReader
@@ -72,7 +72,8 @@ class QueueCollector(Collector):
             for p, (name, priority) in enumerate(zip(queue_lists(queue), PRIORITIES, strict=True)):
                 length, head = per_list[4 * q + 2 * p], per_list[4 * q + 2 * p + 1]
                 messages.add_metric([queue, priority.value], length)
-                waiting += max(0, counts.get(f"in:{name}", 0) - counts.get(f"out:{name}", 0)) if length else 0
+                added = counts.get(QueueCount.ADDED.of(name), 0)
+                waiting += max(0, added - counts.get(QueueCount.TAKEN.of(name), 0)) if length else 0
                 created = self._created(head) if head is not None else None
                 if created is not None:
                     ages.append(max(0.0, now - created))

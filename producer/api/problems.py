@@ -16,9 +16,23 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from kandinsky_batch.errors import InvalidSpec, NotFound
+from producer.api.models import ProblemDocument
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
+SCHEMAS = "#/components/schemas/"
+
+
+def documented(*ranges: str) -> dict[int | str, dict[str, Any]]:
+    """A route's error answers (`"4XX"`, `"5XX"`) for its `responses`: problem documents."""
+    schema = {"$ref": f"{SCHEMAS}{ProblemDocument.__name__}"}
+    return {
+        r: {"description": "A problem document (RFC 9457)", "content": {PROBLEM: {"schema": schema}}}
+        for r in ranges
+    }
+
+
+ERRORS = documented("4XX", "5XX")  # every /v1 route: a bad request, a key, a limit, Redis away
 
 
 class Problem(Exception):
@@ -47,7 +61,8 @@ def _field(error: dict[str, Any]) -> str:
 
 
 def install(app: FastAPI) -> None:
-    """Answer every error of `app` with a problem document."""
+    """Answer every error of `app` with a problem document, and publish its schema."""
+    _publish(app)
 
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
@@ -81,3 +96,25 @@ def install(app: FastAPI) -> None:
     async def _redis(_: Request, exc: redis.RedisError) -> JSONResponse:
         log.warning("Redis unavailable: %s", exc)
         return problem(503, "Service unavailable", "the job store is not reachable; retry later")
+
+
+def _publish(app: FastAPI) -> None:
+    """Put `ProblemDocument` in the OpenAPI components that `documented` refers to.
+
+    FastAPI files a response model under the route's own media type (application/json), and
+    problems have theirs, so the routes name the schema and it is added here.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = build()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schema = ProblemDocument.model_json_schema(ref_template=SCHEMAS + "{model}", mode="serialization")
+        for name, nested in {**schema.pop("$defs", {}), ProblemDocument.__name__: schema}.items():
+            if schemas.setdefault(name, nested) != nested:
+                raise RuntimeError(f"two schemas named {name} in the OpenAPI document")
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -11,9 +11,10 @@ from fastapi import APIRouter, Query, Request
 
 from kandinsky_batch.store.webhooks import WebhookStore
 from producer.api.jobs import Caller, Sdk
-from producer.api.problems import Problem
+from producer.api.models import DeadDeliveries, TenantsUsage, WebhookSecret
+from producer.api.problems import ERRORS, Problem
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=ERRORS)
 
 
 def _webhooks(request: Request) -> WebhookStore:
@@ -21,7 +22,7 @@ def _webhooks(request: Request) -> WebhookStore:
     return store
 
 
-@router.get("/usage", summary="Jobs by state and images, per tenant")
+@router.get("/usage", summary="Jobs by state and images, per tenant", response_model=TenantsUsage)
 def usage(key: Caller, client: Sdk, tenant: str | None = None) -> dict[str, Any]:
     """The key's tenant's usage; for an admin key, one tenant's (`tenant=`) or every tenant's."""
     reader = client.status_store
@@ -33,13 +34,17 @@ def usage(key: Caller, client: Sdk, tenant: str | None = None) -> dict[str, Any]
     return {"tenants": {name: reader.usage(name) for name in names}}
 
 
-@router.get("/webhooks/secret", summary="The secret webhook deliveries are signed with")
+@router.get(
+    "/webhooks/secret", summary="The secret webhook deliveries are signed with", response_model=WebhookSecret
+)
 def webhook_secret(request: Request, key: Caller) -> dict[str, str]:
     """Standard Webhooks: verify `webhook-signature` with this `whsec_` secret."""
     return {"tenant": key.tenant, "secret": _webhooks(request).secret(key.tenant)}
 
 
-@router.get("/webhooks/dead", summary="Webhook deliveries given up on, newest first")
+@router.get(
+    "/webhooks/dead", summary="Webhook deliveries given up on, newest first", response_model=DeadDeliveries
+)
 def dead_webhooks(
     request: Request, key: Caller, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> dict[str, Any]:

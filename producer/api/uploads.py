@@ -19,7 +19,8 @@ from starlette.requests import ClientDisconnect
 
 from producer.api.problems import Problem
 from producer.api.slots import Limits, Slot
-from producer.submit import SubmitResult, Submitter, parse_jsonl, split_lines, submit_lines
+from producer.lines import parse_jsonl, split_lines
+from producer.submit import SubmitResult, Submitter, submit_lines
 
 MAX_LINE_BYTES = 16 * 1024**2  # one job, inline images included
 

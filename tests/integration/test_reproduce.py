@@ -33,7 +33,8 @@ from tests.conftest import make_settings, settings_env
 from tests.helpers.images import data_url, image_bytes
 from tests.helpers.s3server import create_bucket, running_s3_server
 from tests.integration.test_s3_storage import s3_settings
-from worker.engine import Engine, Job
+from worker.engine import Engine
+from worker.jobs import Job
 from worker.pipelines import PipelineCache
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from standardwebhooks.webhooks import Webhook as Verifier
 
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.webhooks import Delivery, Webhook, WebhookEvent
-from producer.webhook_sender import next_try, send, signed_headers
+from producer.api.webhooks.sender import next_try, send, signed_headers
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

@@ -26,13 +26,13 @@ from typing import Any
 
 import redis
 
-from kandinsky_batch.keys import JobField, JobRef
+from kandinsky_batch.keys import JobRef
 from kandinsky_batch.schema import TERMINAL_STATES, JobState
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.store.reads import StatusReader
 from kandinsky_batch.store.webhooks import StreamEntry, WebhookStore
 from kandinsky_batch.webhooks import Delivery, Webhook, WebhookEvent
-from producer import webhook_sender
+from producer.api.webhooks import sender
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 2.0
@@ -161,17 +161,14 @@ class Dispatcher:
             watched = list(self._watched.items())
         if not watched:
             return
-        pipe = self.reader.redis.pipeline(transaction=False)
-        for job, _ in watched:
-            pipe.hmget(self.reader.keys.job(job), [JobField.STATE, JobField.STEP, JobField.TOTAL_STEPS])
-        for (job, (hook, tenant, last)), (state, step, total) in zip(watched, pipe.execute(), strict=True):
-            if state != JobState.RUNNING.value.encode():
+        steps = self.reader.steps_of([job for job, _ in watched])
+        for (job, (hook, tenant, last)), (state, now_step, total) in zip(watched, steps, strict=True):
+            if state is not JobState.RUNNING:
                 with self._lock:
                     self._watched.pop(job, None)
                 continue
-            now_step = int(step or 0)
             if now_step > last:
-                data = {"job_id": job, "step": now_step, "total": int(total or 0)}
+                data = {"job_id": job, "step": now_step, "total": total}
                 self._queue(f"msg_{job}.progress.{time.time_ns()}", tenant, hook, "job.progress", data)
                 with self._lock:
                     if job in self._watched:
@@ -197,7 +194,7 @@ class Dispatcher:
     def _try(self, delivery: Delivery) -> None:
         try:
             secret = self.store.secret(delivery.tenant)
-            outcome = webhook_sender.send(delivery, secret, self.settings)
+            outcome = sender.send(delivery, secret, self.settings)
             self._settle(delivery, outcome)
         except redis.RedisError as exc:  # the claim's lease brings it back
             log.warning("webhooks: Redis unavailable while settling %s: %s", delivery.id, exc)
@@ -206,14 +203,14 @@ class Dispatcher:
         finally:
             self._slots.release()
 
-    def _settle(self, delivery: Delivery, outcome: webhook_sender.Outcome) -> None:
+    def _settle(self, delivery: Delivery, outcome: sender.Outcome) -> None:
         delivery.attempts += 1
         if outcome.delivered:
             self.store.delivered(delivery)
             return
         delivery.last_error = outcome.error
         delivery.history = [*delivery.history, outcome.error][-HISTORY:]
-        at = None if outcome.final else webhook_sender.next_try(delivery, self.settings, time.time())
+        at = None if outcome.final else sender.next_try(delivery, self.settings, time.time())
         if at is None:
             log.warning("webhooks: giving up on %s to %s: %s", delivery.id, delivery.url, outcome.error)
             self.store.bury(delivery)
