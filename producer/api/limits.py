@@ -2,7 +2,7 @@
 
 A body over `api_max_body_bytes` gets 413, whether its Content-Length says so up front or
 it is sent in chunks: reading stops at the limit. Batch uploads are streamed and have their
-own, larger cap (producer/api/batches.py).
+own, larger cap (producer/api/routes/batches.py).
 """
 
 from __future__ import annotations

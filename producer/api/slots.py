@@ -3,7 +3,7 @@
 Each holds a connection (an upload also a thread) for as long as its caller likes, so one tenant
 could otherwise hold them all. A tenant gets a few at a time; past its share (or the server's
 total, for uploads) an upload or a stream is refused with 429 and `Retry-After` before any work
-is done, and a wait is not waited (its job is queued already: producer/api/jobs.py).
+is done, and a wait is not waited (its job is queued already: producer/api/routes/jobs.py).
 The counts live in the API process and are changed only on its event loop, so they need no lock.
 """
 

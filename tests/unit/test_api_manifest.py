@@ -11,7 +11,7 @@ import pytest
 from kandinsky_batch.errors import NotFound
 from kandinsky_batch.schema import BatchStatus, JobState
 from kandinsky_batch.store.apikeys import ApiKey
-from producer.api.batches import get_manifest, manifest_url
+from producer.api.routes.batches import get_manifest, manifest_url
 
 MANIFEST = "s3://bucket/run/b1/manifest.jsonl"
 PRESIGNED = "https://s3.example.com/bucket/run/b1/manifest.jsonl?X-Amz-Signature=x"

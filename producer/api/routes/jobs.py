@@ -1,4 +1,4 @@
-"""`/v1/jobs` and `/v1/batches/{id}`: submit one job, read it, wait for it, fetch its images, cancel.
+"""`/v1/jobs`: submit one job, read it, wait for it, fetch its images, cancel.
 
 The job spec is exactly the SDK's and the CLI's, validated by the same rules; a job's id is its
 batch id and index, and its batch carries the tenant that submitted it.
@@ -12,14 +12,14 @@ import time
 from typing import Annotated, Any
 from urllib.parse import quote, urlparse
 
-from fastapi import APIRouter, Body, Depends, Header, Request
+from fastapi import APIRouter, Body, Header, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from kandinsky_batch.batch_ids import new_batch_id
 from kandinsky_batch.enqueue import cap_reached
-from kandinsky_batch.errors import InvalidSpec, NotFound, OverQuota
+from kandinsky_batch.errors import InvalidSpec, NotFound
 from kandinsky_batch.keys import JobRef
 from kandinsky_batch.schema import JobState, JobStatus, Priority, is_finished
 from kandinsky_batch.store.apikeys import ApiKey
@@ -28,10 +28,22 @@ from kandinsky_batch.submit_one import OneJob
 from kandinsky_batch.tenancy import check_inputs, input_uris
 from kandinsky_batch.wire import validate_spec
 from producer.api.async_store import AsyncStore
-from producer.api.auth import Secret, allowed, caller, client_of, owned_job
+from producer.api.deps import (
+    BatchIdsDep,
+    Caller,
+    DrainDep,
+    LimitsDep,
+    Sdk,
+    Secret,
+    StoreDep,
+    allowed,
+    over_quota,
+)
 from producer.api.estimates import DrainRate
 from producer.api.keyed_ids import keyed_batch_id
 from producer.api.models import Canceled, JobBody, JobView, streamed
+from producer.api.objects import stored_object
+from producer.api.ownership import owned_job
 from producer.api.problems import ERRORS, Problem
 from producer.api.slots import Limits
 from producer.api.webhooks.fields import WEBHOOK_FIELDS, webhook_from
@@ -42,11 +54,10 @@ QUEUE_FULL_RETRY_S = 5
 WAIT_POLL_S, WAIT_POLL_MAX_S = 0.1, 0.25  # `Prefer: wait` reads the job's state this often
 _WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+(?:\.\d+)?)")
 
-Caller = Annotated[ApiKey, Depends(caller)]
-Sdk = Annotated[Client, Depends(client_of)]
 
-
-def job_view(request: Request, client: Client, job: JobStatus, ahead: int | None = None) -> dict[str, Any]:
+def job_view(
+    request: Request, client: Client, drain: DrainRate, job: JobStatus, ahead: int | None = None
+) -> dict[str, Any]:
     """A job as the API shows it: its status, its outputs as URLs an HTTP client can fetch, and
     while it waits, its estimated queue position and ETA (producer/api/estimates.py).
 
@@ -60,7 +71,6 @@ def job_view(request: Request, client: Client, job: JobStatus, ahead: int | None
         position = ahead
         if position is None:
             position = client.status_store.queue_position(JobRef(job.batch_id, job.index), job.priority)
-        drain: DrainRate = request.app.state.drain
         eta = drain.eta_s(position, sample=ahead is None) if position is not None else None
         data["queue"] = {"position": position, "eta_s": eta}
     return data
@@ -69,10 +79,6 @@ def job_view(request: Request, client: Client, job: JobStatus, ahead: int | None
 def job_url(request: Request, job_id: str, tail: str = "") -> str:
     """The absolute URL of a job's route: formatted, not looked up (`url_for` walks every route)."""
     return f"{str(request.base_url).rstrip('/')}{router.prefix}/jobs/{quote(job_id, safe='')}{tail}"
-
-
-def over_quota(exc: OverQuota, **extra: Any) -> Problem:
-    return Problem(429, "Too many queued jobs", exc.message, headers={"Retry-After": "30"}, **extra)
 
 
 def output_url(request: Request, client: Client, job_id: str, index: int, uri: str) -> str:
@@ -94,6 +100,10 @@ async def submit_job(
     request: Request,
     secret: Secret,
     client: Sdk,
+    store: StoreDep,
+    batch_ids: BatchIdsDep,
+    drain: DrainDep,
+    limits: LimitsDep,
     spec: Annotated[JobBody, Body(description="A job spec, as in docs/jobs.md, and its webhook.")],
     priority: Priority = Priority.NORMAL,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
@@ -108,7 +118,6 @@ async def submit_job(
     # The key check and the submit run on the event loop, in one round trip for a key seen
     # before (producer/api/async_store.py); a new job is answered from what the submit wrote.
     settings = client.settings
-    store: AsyncStore = request.app.state.store
     try:
         hook = webhook_from(spec, batch=False, allow_loopback=settings.webhook_allow_loopback)
         job_spec = validate_spec({k: v for k, v in spec.items() if k not in WEBHOOK_FIELDS}, settings)
@@ -122,7 +131,7 @@ async def submit_job(
         check_inputs(job_spec, known.tenant, client.storage.key_for)
     job = OneJob.seeded(job_spec, priority, hook)
     key_text = idempotency_key or job_spec.idempotency_key
-    id_secret = await request.app.state.batch_ids.secret() if key_text else b""
+    id_secret = await batch_ids.secret() if key_text else b""
 
     def chunk_for(key: ApiKey) -> Chunk:
         batch_id = keyed_batch_id(id_secret, key.tenant, key_text) if key_text else new_batch_id()
@@ -141,32 +150,30 @@ async def submit_job(
     wait = _wait_seconds(prefer, settings.api_wait_max_s)
     if pushed.sent and not wait:  # a new job, answered from what the submit wrote: no read back
         status = job.queued(chunk.batch_id, now_s)
-        drain: DrainRate = request.app.state.drain
         if drain.due():
             await run_in_threadpool(drain.per_s)
-        return _answer(request, job_view(request, client, status, ahead=pushed.ahead), 202)
-    return await _read_and_wait(request, client, ref, wait, key.tenant)
+        return _answer(request, job_view(request, client, drain, status, ahead=pushed.ahead), 202)
+    if wait:
+        await _wait_for(request, store, limits, ref, wait, key.tenant)
+    return await run_in_threadpool(_read_answer, request, client, drain, ref, wait)
 
 
-async def _read_and_wait(request: Request, client: Client, ref: JobRef, wait: float, tenant: str) -> Response:
-    """The answer for a job that existed already (a repeated Idempotency-Key) or is waited for.
+async def _wait_for(
+    request: Request, store: AsyncStore, limits: Limits, ref: JobRef, wait: float, tenant: str
+) -> None:
+    """`Prefer: wait`: until the job is finished, `wait` seconds have passed or the caller has gone.
 
     The wait polls on the event loop, holding one of the tenant's wait slots, so waiting takes
-    no thread. With none left the job is answered at once (202), as if no wait was asked: it is
-    queued already, and a 429 would have its caller send it again.
+    no thread. With none left it returns at once and the job is answered as if no wait was asked
+    (202): it is queued already, and a 429 would have its caller send it again.
     """
-    if wait:
-        limits: Limits = request.app.state.limits
-        slot = limits.waits.try_take(tenant)
-        if slot is not None:
-            with slot:
-                await _until_finished(request, ref, wait)
-    return await run_in_threadpool(_read_answer, request, client, ref, wait)
+    slot = limits.waits.try_take(tenant)
+    if slot is not None:
+        with slot:
+            await _until_finished(request, store, ref, wait)
 
 
-async def _until_finished(request: Request, ref: JobRef, wait: float) -> None:
-    """Until the job is finished, `wait` seconds have passed or the caller has gone."""
-    store: AsyncStore = request.app.state.store
+async def _until_finished(request: Request, store: AsyncStore, ref: JobRef, wait: float) -> None:
     deadline = time.monotonic() + wait
     pause = WAIT_POLL_S
     while True:
@@ -178,10 +185,11 @@ async def _until_finished(request: Request, ref: JobRef, wait: float) -> None:
         pause = min(pause * 1.5, WAIT_POLL_MAX_S)
 
 
-def _read_answer(request: Request, client: Client, ref: JobRef, wait: float) -> Response:
+def _read_answer(request: Request, client: Client, drain: DrainRate, ref: JobRef, wait: float) -> Response:
+    """The answer for a job that existed already (a repeated Idempotency-Key) or was waited for."""
     status = client.status_store.job(ref)
     code = 200 if is_finished(status) and wait else 202
-    return _answer(request, job_view(request, client, status), code)
+    return _answer(request, job_view(request, client, drain, status), code)
 
 
 def _answer(request: Request, view: dict[str, Any], code: int) -> Response:
@@ -194,9 +202,9 @@ def _wait_seconds(prefer: str | None, most: float) -> float:
 
 
 @router.get("/jobs/{job_id}", summary="A job's status and outputs", response_model=JobView)
-def get_job(request: Request, job_id: str, key: Caller, client: Sdk) -> dict[str, Any]:
+def get_job(request: Request, job_id: str, key: Caller, client: Sdk, drain: DrainDep) -> dict[str, Any]:
     ref = owned_job(client, key, job_id)
-    return job_view(request, client, client.status_store.job(ref))
+    return job_view(request, client, drain, client.status_store.job(ref))
 
 
 @router.post("/jobs/{job_id}/cancel", summary="Cancel a job", response_model=Canceled)
@@ -218,17 +226,3 @@ def get_image(job_id: str, index: Annotated[int, PathParam(ge=0)], key: Caller, 
     if index >= len(outputs):
         raise NotFound(f"job {job_id!r} has no output {index}")
     return stored_object(client, outputs[index], f"output {index} of job {job_id!r}")
-
-
-def stored_object(client: Client, uri: str, what: str, media_type: str | None = None) -> Response:
-    """An object of the API's storage for an HTTP client: the file itself from file storage (whose
-    URIs name paths on the API's machine), a 307 to a presigned URL for S3."""
-    if urlparse(uri).scheme == "s3":
-        return RedirectResponse(client.url_for(uri), status_code=307)
-    key = client.storage.key_for(uri)
-    path = None if key is None else client.storage.local_path(key)
-    if path is None:  # only files inside the configured storage are served
-        raise NotFound(f"{what} is not in this API's storage")
-    if not path.is_file():
-        raise NotFound(f"{what} is missing from storage")
-    return FileResponse(path, media_type=media_type)

@@ -3,16 +3,14 @@
 An upload is streamed to the bulk submitter in a thread of its own (producer/api/uploads.py);
 bad lines are reported by number, as `submit --file` does, and the rest go. Uploads and event
 streams last as long as their callers like: each holds one of its tenant's slots
-(producer/api/slots.py), and streams run on the event loop, so neither can take the threads the
-other routes are served from.
+(producer/api/slots.py), and streams run on the event loop (producer/api/events.py), so neither
+can take the threads the other routes are served from.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 from urllib.parse import urlparse
 
@@ -21,19 +19,17 @@ from fastapi.responses import Response, StreamingResponse
 
 from kandinsky_batch.batch_ids import new_batch_id
 from kandinsky_batch.errors import NotFound, OverQuota
-from kandinsky_batch.keys import JobRef
 from kandinsky_batch.manifest import MANIFEST_CONTENT_TYPE
 from kandinsky_batch.schema import JobState, Priority
-from kandinsky_batch.storage import Storage
-from kandinsky_batch.store.apikeys import ApiKey
 from kandinsky_batch.webhooks import WebhookEvent
-from producer.api.async_store import AsyncStore
-from producer.api.auth import owned_batch, owned_batch_on_loop
-from producer.api.jobs import Caller, Sdk, over_quota, stored_object
-from producer.api.keyed_ids import KeyedBatchIds
+from producer.api.deps import BatchIdsDep, Caller, LimitsDep, Sdk, StoreDep, over_quota
+from producer.api.events import event_stream
 from producer.api.models import BatchSubmitted, BatchView, Canceled, JobPage, Retried, streamed
+from producer.api.objects import stored_object
+from producer.api.ownership import owned_batch, owned_batch_on_loop
 from producer.api.problems import ERRORS, Problem
-from producer.api.slots import HeldStream, Limits
+from producer.api.slots import HeldStream
+from producer.api.sources import small_body, source_chunks
 from producer.api.uploads import in_upload_thread, submit_source, upload
 from producer.api.webhooks.fields import webhook_from
 from producer.client import Client
@@ -41,7 +37,6 @@ from producer.submit import Submitter
 from producer.watch import summarize
 
 router = APIRouter(prefix="/v1", responses=ERRORS)
-SOURCE_BODY_BYTES = 64 * 1024
 PAGE_MAX = 1000
 
 
@@ -79,6 +74,7 @@ async def submit_batch(
     request: Request,
     key: Caller,
     client: Sdk,
+    batch_ids: BatchIdsDep,
     priority: Priority = Priority.NORMAL,
     defaults: Annotated[str | None, Query(description="JSON object of spec fields every line gets.")] = None,
     webhook: Annotated[str | None, Query(description="An https URL told of the batch's jobs.")] = None,
@@ -93,7 +89,6 @@ async def submit_batch(
     base = _defaults(defaults)
     given: dict[str, Any] = {"webhook": webhook, "webhook_events": webhook_events}
     hook = webhook_from(given, batch=True, allow_loopback=client.settings.webhook_allow_loopback)
-    batch_ids: KeyedBatchIds = request.app.state.batch_ids
     batch_id = await batch_ids.batch_id(key.tenant, idempotency_key) if idempotency_key else new_batch_id()
     submitter = Submitter(
         client.settings,
@@ -108,7 +103,7 @@ async def submit_batch(
     )
     try:
         if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
-            chunks = _source(client, key, await _small_body(request))
+            chunks = source_chunks(client, key, await small_body(request))
             submitting = in_upload_thread(request, key.tenant, submit_source, submitter, chunks, base)
             result = await asyncio.shield(submitting)
         else:
@@ -149,50 +144,6 @@ def _defaults(defaults: str | None) -> dict[str, Any]:
     if not isinstance(base, dict):
         raise Problem(422, "Invalid request", "defaults: must be a JSON object", fields=["defaults"])
     return base
-
-
-async def _small_body(request: Request) -> bytes:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > SOURCE_BODY_BYTES:
-            raise Problem(413, "Body too large", f"a source request is at most {SOURCE_BODY_BYTES} bytes")
-    return body
-
-
-def _source(client: Client, key: ApiKey, body: bytes) -> Iterator[bytes]:
-    """The pieces of the JSONL object a `{"source": URI}` body names, in the API's storage.
-
-    A tenant's key may read only under `sources/<tenant>/` of that storage; an admin key
-    anywhere in it.
-    """
-    try:
-        request = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise Problem(422, "Invalid request", "body: not JSON", fields=["body"]) from None
-    if not isinstance(request, dict) or set(request) != {"source"} or not isinstance(request["source"], str):
-        detail = 'body: a JSON body is {"source": "<URI>"} and nothing else'
-        raise Problem(422, "Invalid request", detail, fields=["source"])
-    uri = request["source"]
-    object_key = client.storage.key_for(uri)
-    allowed = key.admin or (object_key or "").startswith(f"sources/{key.tenant}/")
-    if object_key is None or not allowed:
-        where = "" if key.admin else f" under sources/{key.tenant}/"
-        detail = f"source: {uri!r} is not in this API's storage{where}"
-        raise Problem(422, "Invalid request", detail, fields=["source"])
-    return _reading(client.storage, object_key, uri)
-
-
-def _reading(storage: Storage, object_key: str, uri: str) -> Iterator[bytes]:
-    """The object's pieces, read when iterated (in the upload thread, never on the event loop);
-    NotFound from the first if there is no such object."""
-    chunks = storage.chunks(object_key)
-    try:
-        first = next(chunks, b"")
-    except KeyError:
-        raise NotFound(f"source {uri!r} not found") from None
-    yield first
-    yield from chunks
 
 
 @router.get(
@@ -269,48 +220,15 @@ def list_jobs(
     response_class=StreamingResponse,
     responses=streamed("text/event-stream", "`batch`, then `job` events, then `done`; data is JSON."),
 )
-async def batch_events(request: Request, batch_id: str, key: Caller) -> StreamingResponse:
+async def batch_events(batch_id: str, key: Caller, store: StoreDep, limits: LimitsDep) -> StreamingResponse:
     """`batch` (counts) first, a `job` event per state change, `done` when every job is finished.
 
     Read from the status event stream from the moment of the request; a comment every 15 s
     keeps idle connections open.
     """
-    store: AsyncStore = request.app.state.store
-    limits: Limits = request.app.state.limits
     await owned_batch_on_loop(store, key, batch_id)
     slot = limits.streams.take(key.tenant)  # 429 past the tenant's share, before the stream starts
-    return HeldStream(slot, _events(store, batch_id), media_type="text/event-stream")
-
-
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
-
-
-async def _events(store: AsyncStore, batch_id: str) -> AsyncIterator[bytes]:
-    """On the event loop, polled over the asyncio client: a stream holds no thread."""
-    last = await store.last_event_id()
-    batch = await store.batch(batch_id)
-    yield _sse("batch", {"batch_id": batch_id, "counts": batch.model_dump(mode="json")["counts"]})
-    quiet_since = time.monotonic()
-    while True:
-        # Seen done before the read: the change that finished it is in the stream, so it is read.
-        batch = await store.batch(batch_id)
-        entries = await store.events_after(last, 1000)
-        if entries:
-            last = entries[-1][0]
-        for _, job, state in entries:
-            ref = JobRef.parse(job)
-            if ref is not None and ref.batch_id == batch_id:
-                yield _sse("job", {"job_id": job, "state": state.value})
-                quiet_since = time.monotonic()
-        if batch.done and len(entries) < 1000:
-            break
-        if time.monotonic() - quiet_since > 15:
-            yield b": keep-alive\n\n"
-            quiet_since = time.monotonic()
-        if len(entries) < 1000:
-            await asyncio.sleep(0.25)
-    yield _sse("done", {"batch_id": batch_id, "counts": batch.model_dump(mode="json")["counts"]})
+    return HeldStream(slot, event_stream(store, batch_id), media_type="text/event-stream")
 
 
 @router.post(
