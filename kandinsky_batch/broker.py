@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from kandinsky_batch.keys import LOW_PRIORITY_STEP, PRIORITY_SEP, TASK_NAME
+from kandinsky_batch.keys import KOMBU_PRIORITY, PRIORITY_SEP, PRIORITY_STEPS, TASK_NAME
 from kandinsky_batch.redis_client import normalized
 from kandinsky_batch.schema import Mode, Priority
 from kandinsky_batch.settings import Settings
@@ -42,8 +42,9 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
-            # Two priority lists per queue, with a separator that reads well in KEDA and redis-cli.
-            "priority_steps": [0, LOW_PRIORITY_STEP],
+            # kombu's own steps and separator, so a plain Celery client sending with any priority
+            # files its message on a list workers read (kandinsky_batch/keys.py, queue_lists).
+            "priority_steps": list(PRIORITY_STEPS),
             "sep": PRIORITY_SEP,
         },
         task_default_queue=settings.queue_for(Mode.TEXT2IMG),
@@ -55,10 +56,18 @@ def make_celery(settings: Settings) -> Celery:
 
 
 def kombu_priority(priority: Priority) -> int:
-    """The message priority kombu's Redis transport files under the matching list (0 pops first)."""
-    return LOW_PRIORITY_STEP if priority is Priority.LOW else 0
+    """The kombu priority our messages of `priority` carry: its list is popped in step order."""
+    return KOMBU_PRIORITY[priority.value]
 
 
 def priority_from_kombu(value: object) -> Priority:
-    """A received message's priority (its delivery info's `priority`, None when sent without one)."""
-    return Priority.LOW if isinstance(value, int) and value >= LOW_PRIORITY_STEP else Priority.NORMAL
+    """A message's priority from its kombu `priority` (None when sent without one).
+
+    kombu pops its lowest step first, yet 0 is what a Celery client sends by default: so 0 stays
+    normal, as it always was, 1 and 2 are high, 3 to 8 normal and 9 low.
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value == 0:
+        return Priority.NORMAL
+    if value < PRIORITY_STEPS[1]:
+        return Priority.HIGH
+    return Priority.LOW if value >= PRIORITY_STEPS[-1] else Priority.NORMAL

@@ -15,13 +15,18 @@ import socket
 import uuid
 from typing import Any
 
+from kandinsky_batch.keys import TENANT_HEADER
+
 # Celery's "embed" part of a protocol-2 body: no callbacks, no chain, no chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _COMPACT = {"ensure_ascii": False, "separators": (",", ":")}
 
 
-def task_envelope(task: str, kwargs: dict[str, Any], queue: str, priority: int, kwargsrepr: str) -> str:
-    """The JSON a worker of `queue` pops: a call of `task(**kwargs)` with kombu's `priority`."""
+def task_envelope(
+    task: str, kwargs: dict[str, Any], queue: str, priority: int, kwargsrepr: str, tenant: str | None = None
+) -> str:
+    """The JSON a worker of `queue` pops: a call of `task(**kwargs)` with kombu's `priority`; with
+    `tenant`, marked as queued for that tenant through the fair structures (store/fair.py)."""
     task_id = str(uuid.uuid4())
     body = json.dumps([[], kwargs, _EMBED], **_COMPACT).encode()  # type: ignore[arg-type]
     envelope = {
@@ -58,6 +63,8 @@ def task_envelope(task: str, kwargs: dict[str, Any], queue: str, priority: int, 
             "delivery_tag": str(uuid.uuid4()),
         },
     }
+    if tenant is not None:
+        envelope["headers"][TENANT_HEADER] = tenant  # type: ignore[index]
     return json.dumps(envelope, **_COMPACT)  # type: ignore[arg-type]
 
 
@@ -122,6 +129,12 @@ def _body_problem(body: str, encoding: object) -> str | None:
 
 def call_kwargs(raw: bytes | str, task: str) -> dict[str, Any] | None:
     """The keyword arguments of a queue item that calls `task` (our message), or None if it is not one."""
+    found = call_and_priority(raw, task)
+    return None if found is None else found[0]
+
+
+def call_and_priority(raw: bytes | str, task: str) -> tuple[dict[str, Any], int | None] | None:
+    """`call_kwargs`, and the item's kombu priority (None when it carries none)."""
     try:
         item = json.loads(raw)
     except (ValueError, RecursionError):
@@ -131,4 +144,4 @@ def call_kwargs(raw: bytes | str, task: str) -> dict[str, Any] | None:
     body = item["body"]
     decoded = base64.b64decode(body) if item["properties"].get("body_encoding") == "base64" else body.encode()
     kwargs: dict[str, Any] = json.loads(decoded)[1]
-    return kwargs
+    return kwargs, item["properties"].get("priority")

@@ -17,11 +17,20 @@ MAX_INDEX = 10**9 - 1  # a job's index in its batch (a billion lines is past any
 # What submit makes (hex digests, uuids) and what an open-format sender may add: never a path.
 BATCH_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
-# Priorities ride on kombu's Redis priority lists: a queue's normal messages are the list named
-# after it, its low-priority ones the list `{queue}:9`. Workers pop every normal list before
-# any low one, so a big low-priority dataset never delays jobs sent at the normal priority.
-PRIORITY_SEP = ":"
-LOW_PRIORITY_STEP = 9
+# kombu's Redis transport keeps a queue's messages on one list per priority step: `{queue}` for
+# step 0, `{queue}\x06\x16{step}` for the others, each message on the list of the highest step
+# at or below its priority, and workers pop the lists in step order. Workers use kombu's own
+# steps and separator, so a plain Celery client's message, whatever its priority (0..9), lands on
+# a list they read. Our three priorities ride on three of those lists (`KOMBU_PRIORITY`); kombu's
+# default priority, 0, keeps meaning normal (broker.priority_from_kombu).
+PRIORITY_STEPS = (0, 3, 6, 9)
+PRIORITY_SEP = "\x06\x16"
+KOMBU_PRIORITY = {"high": 1, "normal": 3, "low": 9}  # on the lists of steps 0, 3 and 9
+# Jobs wait per tenant in the store's fair structures (`Keys.fair`); only this many messages of
+# each priority are fed ahead onto its Celery list, so a newcomer waits about one micro-batch.
+FEED_DEPTH = 1
+NO_TENANT = "-"  # the one tenant of every job sent without one (SDK, CLI, open-format senders)
+TENANT_HEADER = "kb_tenant"  # an envelope header: this message came through the fair structures
 EVENTS_MAX = 100_000  # entries kept in the event stream (approximate trim)
 DEAD_LETTERS_MAX = 100_000
 
@@ -35,7 +44,7 @@ class JobField(StrEnum):
     ATTEMPTS = "a"  # starts, bumped by each `running`
     CRASHES = "cr"  # times its worker died while it ran
     RETRIES = "rt"  # hand-backs for transient errors (storage down)
-    PRIORITY = "pr"  # 'low', or absent for normal
+    PRIORITY = "pr"  # 'high' or 'low', absent for normal
     WORKER = "w"
     STARTED = "t0"
     FINISHED = "t1"
@@ -72,9 +81,10 @@ class BatchField(StrEnum):
 class QueueCount(StrEnum):
     """Field prefixes of the queue-count hash (`Keys.queue_counts`): a prefix and a name make a counter.
 
-    With a priority (`normal`, `low`): jobs ever submitted at it (`in:`) and jobs taken off its
-    queue the first time (`out:`). With a queue list's name: jobs carried onto that list by a
-    submit's message (`in:`) and jobs of the messages a worker popped off it (`out:`).
+    With a priority (`high`, `normal`, `low`): jobs ever submitted at it (`in:`) and jobs taken
+    off its queue the first time (`out:`). With a queue list's name: jobs carried towards that
+    list by a submit's messages (`in:`; they wait in the fair structures, then on the list) and
+    jobs of the messages a worker took (`out:`).
     """
 
     ADDED = "in:"
@@ -85,11 +95,32 @@ class QueueCount(StrEnum):
         return f"{self.value}{name}"
 
 
+class FairField(StrEnum):
+    """Fields of a fair structure's state hash (`Keys.fair_state`) besides one per idle tenant
+    (the virtual time it left off at, so coming back gains it nothing)."""
+
+    CLOCK = "@v"  # the virtual time of the last message served
+    WAITING = "@n"  # messages waiting in the structure
+
+
 class UsageField(StrEnum):
-    """Fields of a tenant's usage hash besides one job counter per state."""
+    """Fields of a tenant's usage hash besides one job counter per state (and the `Spent` ones)."""
 
     IMAGES_SUBMITTED = "images_submitted"
     IMAGES_SUCCEEDED = "images_succeeded"
+
+
+class Spent(StrEnum):
+    """Field prefixes, in a batch's hash and in a tenant's usage hash, of what generating their
+    stored jobs took, per mode: `gpu_us:text2img` (GPU micro-seconds), `cost_n:text2img` (cost in
+    billionths). Integers, so that any number of additions stays exact (kandinsky_batch/gpu_time.py)."""
+
+    GPU_US = "gpu_us:"
+    COST_N = "cost_n:"
+
+    def of(self, mode: str) -> str:
+        """The counter of one mode: `gpu_us:text2img`."""
+        return f"{self.value}{mode}"
 
 
 def is_batch_id(value: object) -> bool:
@@ -129,16 +160,27 @@ class JobRef:
         return ref if str(ref) == job and ref.index <= MAX_INDEX else None
 
 
+def kombu_list(queue: str, priority: int) -> str:
+    """The list kombu's Redis transport files a message of `queue` with kombu `priority` under."""
+    step = max(s for s in PRIORITY_STEPS if s <= min(max(priority, 0), 9))
+    return f"{queue}{PRIORITY_SEP}{step}" if step else queue
+
+
 def queue_lists(queue: str) -> list[str]:
-    """The Redis lists behind one Celery queue, normal priority first (what KEDA and backpressure count)."""
-    return [queue, f"{queue}{PRIORITY_SEP}{LOW_PRIORITY_STEP}"]
+    """The Redis lists behind one Celery queue, in the order workers pop them (what backpressure,
+    the queue metrics and KEDA's fallback count, with the fair structures)."""
+    return [kombu_list(queue, step) for step in PRIORITY_STEPS]
 
 
-def queue_list_of(queue: str, low: bool) -> str:
-    """The Redis list a message of `queue` waits on at its priority ('' for no queue)."""
-    if not queue:
-        return ""
-    return queue_lists(queue)[1 if low else 0]
+def legacy_lists(queue: str) -> list[str]:
+    """The low-priority list of versions before the fair share (kombu options `sep` ':' and
+    `priority_steps` [0, 9]): a sender still filing messages there is moved into the fair share."""
+    return [f"{queue}:9"]
+
+
+def queue_list_of(queue: str, priority: str) -> str:
+    """The Redis list our messages of `queue` at `priority` are fed onto ('' for no queue)."""
+    return kombu_list(queue, KOMBU_PRIORITY[priority]) if queue else ""
 
 
 def job_id(batch_id: str, index: int) -> str:
@@ -205,7 +247,7 @@ class Keys:
         return f"{self.prefix}:rate:{key_id}"
 
     def usage(self, tenant: str) -> str:
-        """Hash: one tenant's jobs by state and images submitted/succeeded, kept by the status scripts."""
+        """Hash: one tenant's jobs by state, images submitted/succeeded and `Spent`, kept by the status scripts."""
         return f"{self.usage_prefix()}{tenant}"
 
     def usage_prefix(self) -> str:
@@ -256,22 +298,54 @@ class Keys:
         return f"{self.prefix}:taking"
 
     def delayed(self) -> str:
-        """Sorted set: queue message (JSON of list and envelope) -> when it is due (unix time)."""
+        """Sorted set: queue message (JSON of its list, fair structure, tenant, images and
+        envelope) -> when it is due (unix time)."""
         return f"{self.prefix}:delayed"
+
+    def fair(self, queue: str, priority: str) -> str:
+        """Sorted set: tenant -> virtual time of its next message, for each tenant with messages of
+        `queue` at `priority` waiting; the fair structure's other keys are named after this one.
+
+        A tenant's virtual time grows by the images it is served divided by its weight, and the
+        tenant furthest behind is served next (store/fair.py).
+        """
+        return f"{self.prefix}:fair:{queue}:{priority}"
+
+    def fair_state(self, queue: str, priority: str) -> str:
+        """Hash of one fair structure: its virtual clock, its waiting messages (`FairField`), and
+        where each idle tenant left off."""
+        return f"{self.fair(queue, priority)}{FAIR_STATE}"
+
+    def fair_tenant(self, queue: str, priority: str, tenant: str) -> str:
+        """List: one tenant's waiting messages, `{images}\n{envelope}` each, pushed on the left."""
+        return f"{self.fair(queue, priority)}{FAIR_TENANT}{tenant}"
+
+    def weights(self) -> str:
+        """Hash: tenant -> its weight in the fair share (1 when absent)."""
+        return f"{self.prefix}:weights"
+
+
+FAIR_STATE = ":s"  # suffixes of a fair structure's other keys (the Lua derives them the same way)
+FAIR_TENANT = ":q:"
 
 
 def lua_prelude() -> str:
     """The field names as Lua tables for every script: `F` (job), `B` (batch), `E` (event), `U`
-    (usage) and `Q` (queue-count prefixes: `Q.added .. 'low'` is `in:low`)."""
+    (usage), `Q` (queue-count prefixes: `Q.added .. 'low'` is `in:low`), `S` (spent prefixes) and
+    `W` (a fair structure's state fields), and the fair structures' key suffixes and depth."""
     tables: dict[str, type[StrEnum]] = {
         "F": JobField,
         "B": BatchField,
         "E": EventField,
         "U": UsageField,
         "Q": QueueCount,
+        "S": Spent,
+        "W": FairField,
     }
     text = ""
     for name, fields in tables.items():
         pairs = ", ".join(f"{f.name.lower()} = '{f.value}'" for f in fields)
         text += f"local {name} = {{{pairs}}}\n"
+    text += f"local FAIR_STATE, FAIR_TENANT = '{FAIR_STATE}', '{FAIR_TENANT}'\n"
+    text += f"local NO_TENANT, FEED_DEPTH = '{NO_TENANT}', {FEED_DEPTH}\n"
     return text + f"local EVENTS_MAX = {EVENTS_MAX}\n"

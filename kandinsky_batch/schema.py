@@ -44,10 +44,12 @@ class Mode(StrEnum):
 
 
 class Priority(StrEnum):
-    """Where a job waits: every `normal` job of a worker's queues is taken before any `low` one."""
+    """Where a job waits: every `high` job of a worker's queues is taken before any `normal` one,
+    and every `normal` one before any `low` one, whichever tenant sent it."""
 
+    HIGH = "high"  # interactive jobs
     NORMAL = "normal"
-    LOW = "low"
+    LOW = "low"  # big datasets
 
 
 class JobState(StrEnum):
@@ -234,8 +236,19 @@ class JobStatus(BaseModel):
         return int(self.job_id[len(self.batch_id) + 1 :])
 
 
+class GpuSpend(BaseModel):
+    """What generating some stored jobs took: the GPU-seconds of their micro-batches, shared per
+    image (kandinsky_batch/gpu_time.py), and their cost at `COST_PER_GPU_HOUR` (null without one)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # both always sent
+
+    gpu_seconds: float = 0.0
+    cost: float | None = None
+
+
 class BatchStatus(BaseModel):
-    """Counts by state for one batch; their sum is always `total`."""
+    """Counts by state for one batch; their sum is always `total`. What its succeeded jobs spent
+    generating, in all and per mode, is counted in the script that marks them succeeded."""
 
     batch_id: str
     total: int
@@ -244,6 +257,9 @@ class BatchStatus(BaseModel):
     finished_at: float | None = None
     manifest: str | None = None
     tenant: str | None = None  # set for batches submitted over HTTP
+    gpu_seconds: float = 0.0
+    cost: float | None = None
+    by_mode: dict[Mode, GpuSpend] = Field(default_factory=dict)
 
     @property
     def finished(self) -> int:

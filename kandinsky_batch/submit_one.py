@@ -56,7 +56,7 @@ class OneJob:
 
     def queued(self, batch_id: str, created_s: int) -> JobStatus:
         """The job as a read shows it after a submit at `created_s` (unix seconds) sent it."""
-        record = records.submitted(self.priority is Priority.LOW, self.seed, created_s)
+        record = records.submitted(self.priority, self.seed, created_s)
         return job_status_from_record(JobRef(batch_id, 0), record)
 
 
@@ -69,7 +69,7 @@ def submit_one(
     is sent twice. Raises OverQuota when the tenant is at its cap.
     """
     chunk = job.chunk(settings, batch_id, tenant, cap)
-    while store.queue_length(chunk.lists) >= settings.queue_high_water:
+    while store.queue_length(chunk.queue) >= settings.queue_high_water:
         time.sleep(ROOM_POLL_S)
     [pushed] = store.submit([chunk])
     if pushed.over_cap is not None:

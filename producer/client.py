@@ -141,7 +141,8 @@ class Client:
         row number); with `strict`, nothing is sent unless all are valid. The same file with
         the same defaults and options maps to the same batch id, so submitting it again sends
         only what was never sent. `priority=Priority.LOW` lets jobs sent at the normal priority
-        go first (for big datasets sharing workers with interactive callers).
+        go first (for big datasets sharing workers with interactive callers), `Priority.HIGH`
+        goes before them (interactive jobs).
         `seeds_per_prompt=K` makes K jobs of each line, seeds `seed .. seed + K - 1` (stepping
         by `num_images`); `prompt_column` names a CSV or Parquet file's prompt column, whose
         other columns are taken if they are spec fields and ignored (named in `result.notes`)

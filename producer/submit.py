@@ -12,7 +12,7 @@ import hashlib
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,14 +117,15 @@ class Submitter:
             self.settings, self.batch_id, mode, jobs, self.priority, self.tenant, self.cap, self.webhook
         )
         if mode not in self._lengths:
-            self._lengths[mode] = self.status.queue_length(chunk.lists)
+            self._lengths[mode] = self.status.queue_length(chunk.queue)
         while (
-            self._lengths[mode] + sum(m is mode for m, _, _ in self._outbox) >= self.settings.queue_high_water
+            self._lengths[mode] + sum(len(c.messages) for m, _, c in self._outbox if m is mode)
+            >= self.settings.queue_high_water
         ):
             if self._outbox:
                 self._drain()  # learn the lengths after what is in flight
             else:
-                self._wait_for_room(mode, chunk.lists)
+                self._wait_for_room(mode, chunk.queue)
         self._outbox.append((mode, jobs, chunk))
         if len(self._outbox) >= PIPELINE_MESSAGES:
             self._drain()
@@ -159,9 +160,9 @@ class Submitter:
             self._pending.clear()
             raise cap_reached(self.tenant, self.cap, refused)
 
-    def _wait_for_room(self, mode: Mode, lists: Sequence[str]) -> None:
-        """Pause while the mode's queue (both priority lists) is at the high-water mark."""
-        while (length := self.status.queue_length(lists)) >= self.settings.queue_high_water:
+    def _wait_for_room(self, mode: Mode, queue: str) -> None:
+        """Pause while the mode's queue (every priority) is at the high-water mark."""
+        while (length := self.status.queue_length(queue)) >= self.settings.queue_high_water:
             time.sleep(0.2)
         self._lengths[mode] = length
 

@@ -7,7 +7,9 @@
   `max_attempts` times, and listed as a dead letter (one store script).
 - The reaper does the same for every expired lease and re-sends the job at once,
   so a killed worker's job runs again within about two lease TTLs, not after
-  Celery's visibility timeout. It also pushes delayed re-sends that are due.
+  Celery's visibility timeout. Every second it also queues delayed re-sends that are
+  due, moves messages outside senders pushed straight onto a Celery list into the fair
+  share, and feeds every queue's Celery lists (kandinsky_batch/store/fair.py).
 - Jobs handed back by a storage outage go out again after a backoff, as a delayed
   re-send that any worker's reaper releases (it survives this worker).
 
@@ -29,7 +31,7 @@ from kandinsky_batch.errors import AttemptsExhausted, InternalError, StorageUnav
 from kandinsky_batch.keys import JobField, JobRef
 from kandinsky_batch.logs import log_fields
 from kandinsky_batch.manifest import BatchDone
-from kandinsky_batch.schema import JobSpec, JobState
+from kandinsky_batch.schema import JobSpec, JobState, Mode
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.store.status import Moved, Recovered, StatusStore
 from kandinsky_batch.store.taken import TakenStore
@@ -237,7 +239,8 @@ class Delivery:
 
 
 class Reaper:
-    """Pushes due delayed re-sends every second; every half lease TTL, hands back what dead workers held."""
+    """Every second: queues due delayed re-sends, adopts outside senders' messages into the fair
+    share, feeds the queues; every half lease TTL, hands back what dead workers held."""
 
     def __init__(self, delivery: Delivery, taken: TakenStore) -> None:
         self.delivery = delivery
@@ -250,6 +253,11 @@ class Reaper:
         while not self.stopped.wait(RELEASE_INTERVAL_S):
             try:
                 self.delivery.status.release_due()
+                fair = self.delivery.status.fair
+                queues = [self.delivery.settings.queue_for(mode) for mode in Mode]
+                if adopted := fair.adopt(queues):
+                    log.info("moved %d messages sent straight onto a queue into the fair share", adopted)
+                fair.feed(queues)
                 if time.monotonic() - last_reap >= self.delivery.settings.lease_ttl_s / 2:
                     last_reap = time.monotonic()
                     self.delivery.reap_once()

@@ -3,12 +3,14 @@
 A service submits jobs one at a time, so each comes in a message of its own, and a message of one
 job alone would be a micro-batch of one. After Celery hands the worker a message, the worker takes
 more messages of the same queue while they fit the last micro-batch (`MAX_BATCH_SIZE` images):
-normal priority before low, compatible jobs only (same mode, size, steps, guidance, strength,
-negative prompt or not). It pops what is there and never waits for more, so a lone job starts as
-soon as before. Each message is taken under a lease in one script (kandinsky_batch/store/taken.py):
-a worker killed at any instant loses none. A message that does not fit goes back to the front of
-its list, and anything that is not a valid message of ours goes back too, for the usual path to
-refuse with its warning or error code.
+high priority before normal before low, and within a priority by fair share between tenants
+(straight from the fair structures, kandinsky_batch/store/fair.py), compatible jobs only (same
+mode, size, steps, guidance, strength, negative prompt or not), of any tenant. It takes what is
+there and never waits for more, so a lone job starts as soon as before. Each message is taken
+under a lease in one script (kandinsky_batch/store/taken.py): a worker killed at any instant
+loses none. A message that does not fit goes back to the front of its Celery list, and anything
+that is not a valid message of ours goes back too, for the usual path to refuse with its warning
+or error code.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kandinsky_batch.envelope import call_kwargs
+from kandinsky_batch.broker import priority_from_kombu
+from kandinsky_batch.envelope import call_and_priority
 from kandinsky_batch.errors import BadMessage, InvalidSpec
-from kandinsky_batch.keys import TASK_NAME, queue_lists
+from kandinsky_batch.keys import TASK_NAME, queue_list_of
 from kandinsky_batch.manifest import BatchDone
-from kandinsky_batch.schema import Priority
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.store.status import StatusStore
 from kandinsky_batch.store.taken import TakenStore
@@ -92,19 +94,19 @@ class Gatherer:
         if room == 0:
             return []
         key = compat_key(jobs[0].spec)
-        lists = queue_lists(queue)
-        taken = self.taken.take(self.name, lists, most=room)  # one message per job is the usual case
+        taken = self.taken.take(self.name, queue, most=room)  # one message per job is the usual case
         received: list[Job] = []
         for n, item in enumerate(taken):
-            message = call_kwargs(item.message, TASK_NAME)
-            images = images_if_fits(message, key, room, self.settings) if message is not None else 0
-            if not images or message is None:
+            call = call_and_priority(item.message, TASK_NAME)
+            images = images_if_fits(call[0], key, room, self.settings) if call is not None else 0
+            if not images or call is None:
                 for later in reversed(taken[n:]):  # back in front, in their order
                     self.taken.put_back(self.name, later.entry)
                 break
-            priority = Priority.LOW if item.queue_list == lists[1] else Priority.NORMAL
+            message, priority = call[0], priority_from_kombu(call[1])
+            fed_list = queue_list_of(queue, priority)  # where its jobs were counted onto
             received += read_message(
-                message, self.settings, self.status, self.on_batch_done, priority, item.queue_list
+                message, self.settings, self.status, self.on_batch_done, priority, fed_list
             )
             room -= images
         more = self.delivery.claim(received)

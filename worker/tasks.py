@@ -14,7 +14,6 @@ from kandinsky_batch.broker import priority_from_kombu
 from kandinsky_batch.errors import HandBack
 from kandinsky_batch.keys import queue_list_of
 from kandinsky_batch.logs import log_fields
-from kandinsky_batch.schema import Priority
 from worker import metrics
 from worker.context import WorkerContext, get_context
 from worker.jobs import Job
@@ -37,10 +36,11 @@ def _run(ctx: WorkerContext, task: Task, message: dict[str, Any]) -> None:
     delivery = task.request.delivery_info or {}
     priority = priority_from_kombu(delivery.get("priority"))
     queue = str(delivery.get("routing_key") or "")
-    queue_list = queue_list_of(queue, priority is Priority.LOW)
+    queue_list = queue_list_of(queue, priority)  # where its jobs were counted onto
     jobs: list[Job] = []
     handed_back = False
     try:
+        _feed(ctx, queue)
         read = read_message(message, ctx.settings, ctx.status, ctx.on_batch_done, priority, queue_list)
         jobs = ctx.delivery.claim(read)
         ctx.current, ctx.queue = {job.job_id for job in jobs}, queue
@@ -67,6 +67,19 @@ def _run(ctx: WorkerContext, task: Task, message: dict[str, Any]) -> None:
             _drop_taken(ctx)
         ctx.leases.release(ctx.name, sorted(ctx.current - ctx.store_pool.pending()))
         ctx.current, ctx.task_started = set(), None  # `queue` stays: its jobs may still be storing
+
+
+def _feed(ctx: WorkerContext, queue: str) -> None:
+    """Feed the queue's next message onto its Celery list for the other workers, in fair order.
+
+    If Redis is gone, the reapers feed it once it is back: the task goes on without.
+    """
+    if not queue:
+        return
+    try:
+        ctx.status.fair.feed([queue])
+    except redis.RedisError as exc:
+        log.warning("could not feed queue %s (%s); a reaper will", queue, exc)
 
 
 def _drop_taken(ctx: WorkerContext) -> None:

@@ -1,11 +1,12 @@
-"""Putting jobs on their queues: how a message and its jobs' records go into Redis, in one step.
+"""Putting jobs on their queues: how messages and their jobs' records go into Redis, in one step.
 
-A chunk of new jobs is recorded as queued and its message pushed in one script (`submit`), so a
-job is recorded if and only if its message was sent. Later sends of jobs already recorded
-(retry-failed, the reaper's re-send, the retry after a storage outage) push a message now or
-after a delay (`push`): a delayed one waits in a sorted set that every worker's reaper drains
-(`release_due`), so it survives the worker that delayed it. StatusStore (store/status.py) adds
-the transitions of jobs once they are queued.
+A chunk of new jobs is recorded as queued and its messages queued in one script (`submit`), so a
+job is recorded if and only if its message was sent. Messages wait in their tenant's fair
+structure, which feeds the queue's Celery list (store/fair.py). Later sends of jobs already
+recorded (retry-failed, the reaper's re-send, the retry after a storage outage) queue messages
+now or after a delay (`push`): a delayed one waits in a sorted set that every worker's reaper
+drains (`release_due`), so it survives the worker that delayed it. StatusStore
+(store/status.py) adds the transitions of jobs once they are queued.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import Any
 
 import redis
 
-from kandinsky_batch.keys import JobRef, Keys
+from kandinsky_batch.keys import NO_TENANT, JobRef, Keys, queue_list_of
 from kandinsky_batch.schema import Priority
 from kandinsky_batch.store import records, scripts
+from kandinsky_batch.store.fair import FairQueues, fair_keys
 from kandinsky_batch.store.reads import StatusReader
 
 RELEASE_PER_PASS = 1000  # delayed messages pushed per script call
@@ -35,13 +37,13 @@ class Created(IntEnum):
 
 @dataclass(frozen=True)
 class Chunk:
-    """Jobs to record, and the message that carries them (pushed onto `lists[0]`)."""
+    """Jobs to record, and the messages that carry them (queued for the tenant on `queue`)."""
 
     batch_id: str
     jobs: Sequence[tuple[int, int]]  # (index, seed), ascending, all in one record shard
     priority: Priority
-    envelope: str = ""  # nothing is pushed when empty
-    lists: Sequence[str] = ()  # the queue's lists: `Pushed.queue_length` sums them
+    messages: Sequence[tuple[int, str]] = ()  # (images, envelope) each; nothing is queued when empty
+    queue: str = ""  # the Celery queue: `Pushed.queue_length` counts its lists and structures
     tenant: str = ""  # the batch's owner, recorded with its first chunk ('' for none)
     cap: int = 0  # the most unfinished jobs the tenant may have (0: no cap)
     images: int = 0  # images these jobs ask for (the tenant's usage)
@@ -54,7 +56,7 @@ class Pushed:
 
     sent: bool  # every job was new: recorded, and the message pushed
     created: list[Created]  # per job (all NEW when sent)
-    queue_length: int  # messages waiting on the queue's lists after the push
+    queue_length: int  # messages waiting on the queue (every priority) after the push
     over_cap: int | None = None  # refused for the tenant's cap: its unfinished jobs, else None
     ahead: int | None = None  # when sent: the jobs ahead of its first one (queue_position's estimate)
     full: bool = False  # refused at the high-water mark (`queue_length` messages waiting)
@@ -78,11 +80,13 @@ class QueueStore(StatusReader):
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         super().__init__(client, keys)
+        self.fair = FairQueues(client, keys)
         self._submit = client.register_script(scripts.lua("submit"))
+        self._push = client.register_script(scripts.lua("push"))
         self._release_due = client.register_script(scripts.lua("release_due"))
 
     def submit(self, chunks: Sequence[Chunk]) -> list[Pushed]:
-        """Record each chunk's jobs as queued and push its message, atomically per chunk.
+        """Record each chunk's jobs as queued and queue its messages, atomically per chunk.
 
         A chunk goes only if every job in it is new; otherwise it changes nothing and its
         `created` says which are new, so the caller can send those in a message of their own.
@@ -103,23 +107,27 @@ class QueueStore(StatusReader):
     ) -> tuple[list[str], list[Any]]:
         """The submit script's keys and arguments for one chunk, for this client or an asyncio one.
 
-        With `high_water`, the script refuses the chunk (`Pushed.full`) while the queue's lists
-        hold that many messages; without, the caller is trusted to have looked. The records say
-        they were made at `now_s` (unix seconds; default now).
+        With `high_water`, the script refuses the chunk (`Pushed.full`) while the queue holds that
+        many messages (on its lists and in its fair structures, every priority); without, the
+        caller is trusted to have looked. The records say they were made at `now_s` (unix
+        seconds; default now).
         """
         jobs = chunk.jobs
         indices = [index for index, _ in jobs]
         if indices != sorted(set(indices)) or records.shard_of(indices[0]) != records.shard_of(indices[-1]):
             raise ValueError("a chunk's indices must be distinct, ascending and in one shard")
+        lists, fair = fair_keys(self.keys, chunk.queue, chunk.priority) if chunk.queue else ([], [])
         keys = [
             self.keys.batch(chunk.batch_id),
             self._record_key(JobRef(chunk.batch_id, jobs[0][0])),
             self.keys.queue_counts(),
             self.keys.usage(chunk.tenant),
             self.keys.tenants(),
-            *chunk.lists,
+            self.keys.weights(),
+            *lists,
+            *fair,
         ]
-        flags = records.submitted_flags(chunk.priority is Priority.LOW)
+        flags = records.submitted_flags(chunk.priority)
         packed = b"".join(i.to_bytes(4, "big") + seed.to_bytes(4, "big") for i, seed in jobs)
         args: list[Any] = [
             now(),
@@ -127,13 +135,15 @@ class QueueStore(StatusReader):
             self.keys.records_prefix(chunk.batch_id),
             flags,
             packed,
-            chunk.envelope,
             chunk.tenant,
             chunk.cap,
             chunk.images,
             chunk.webhook,
             high_water,
+            len(lists),
         ]
+        for images, envelope in chunk.messages:
+            args += [images, envelope]
         return keys, args
 
     def create_jobs(
@@ -149,33 +159,50 @@ class QueueStore(StatusReader):
                 self.submit([Chunk(batch_id, new, priority)])
         return created
 
-    def push(self, queue_list: str, envelope: str, delay_s: float = 0.0) -> None:
-        """Put a message for jobs already recorded on a queue list, now or after `delay_s`.
+    def push(
+        self,
+        queue: str,
+        priority: Priority,
+        tenant: str,
+        messages: Sequence[tuple[int, str]],
+        delay_s: float = 0.0,
+    ) -> None:
+        """Queue `(images, envelope)` messages of jobs already recorded for `tenant`, now or after
+        `delay_s`, behind the tenant's others in the fair structure of `queue` at `priority`.
 
         A delayed message waits in a sorted set that every worker's reaper drains
         (`release_due`), so it survives the worker that delayed it.
         """
-        if delay_s <= 0:
-            self.redis.lpush(queue_list, envelope)
+        if not messages:
             return
-        member = json.dumps([queue_list, envelope], separators=(",", ":"))
-        self.redis.zadd(self.keys.delayed(), {member: time.time() + delay_s})
+        fed, fair = queue_list_of(queue, priority), self.keys.fair(queue, priority)
+        tenant = tenant or NO_TENANT
+        if delay_s <= 0:
+            args: list[Any] = [tenant]
+            for images, envelope in messages:
+                args += [images, envelope]
+            self._push(keys=[self.keys.weights(), fed, fair], args=args)
+            return
+        due = time.time() + delay_s
+        members = {
+            json.dumps([fed, fair, tenant, images, envelope], separators=(",", ":")): due
+            for images, envelope in messages
+        }
+        self.redis.zadd(self.keys.delayed(), members)
 
     def release_due(self) -> int:
-        """Push every delayed message that is due onto its list; how many went."""
+        """Queue every delayed message that is due, and feed its list; how many went."""
         released = 0
+        keys = [self.keys.delayed(), self.keys.weights()]
         while True:
-            n = int(self._release_due(keys=[self.keys.delayed()], args=[time.time(), RELEASE_PER_PASS]))
+            n = int(self._release_due(keys=keys, args=[time.time(), RELEASE_PER_PASS]))
             released += n
             if n < RELEASE_PER_PASS:
                 return released
 
-    def queue_length(self, lists: Sequence[str]) -> int:
-        """Messages waiting on a queue's lists (both priorities), in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        for name in lists:
-            pipe.llen(name)
-        return sum(pipe.execute())
+    def queue_length(self, queue: str) -> int:
+        """Messages waiting on a queue (its lists and fair structures, every priority), in one round trip."""
+        return sum(self.fair.waiting(queue).values())
 
 
 def now() -> str:

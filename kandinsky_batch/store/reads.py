@@ -13,7 +13,8 @@ from typing import Any
 import redis
 
 from kandinsky_batch.errors import NotFound
-from kandinsky_batch.keys import BatchField, EventField, JobField, JobRef, Keys, QueueCount, UsageField
+from kandinsky_batch.gpu_time import spent_of
+from kandinsky_batch.keys import BatchField, EventField, JobField, JobRef, Keys, QueueCount, Spent, UsageField
 from kandinsky_batch.schema import (
     BatchStatus,
     JobError,
@@ -26,6 +27,7 @@ from kandinsky_batch.schema import (
 )
 from kandinsky_batch.store import records
 
+SPENT_PREFIXES = tuple(p.value for p in Spent)
 SCAN_CHUNK = 512  # job hashes read per pipelined round trip
 SHARDS_PER_READ = 16  # record strings read per round trip (at most ~9 MiB)
 
@@ -209,7 +211,7 @@ class StatusReader:
         return events_from_reply(self.redis.xread({self.keys.events(): last_id}, count=count))
 
     def taken(self) -> int:
-        """Jobs ever taken off the queues (both priorities): its rate is how fast they drain."""
+        """Jobs ever taken off the queues (every priority): its rate is how fast they drain."""
         fields = [QueueCount.TAKEN.of(p) for p in Priority]
         raw: Any = self.redis.hmget(self.keys.queue_counts(), fields)
         return sum(int(v or 0) for v in raw)
@@ -217,31 +219,33 @@ class StatusReader:
     def queue_position(self, ref: JobRef, priority: Priority) -> int | None:
         """About how many jobs a worker takes before this queued one; None if it cannot be told.
 
-        Jobs leave each priority's queue in the order they were submitted, so the jobs ahead
-        are this job's submit sequence (its batch's first sequence plus its index) less the
-        jobs of its priority taken so far, and for a low-priority job every waiting normal
-        one too. Re-sent jobs (retries, hand-backs) and several queues (modes) make it an
-        estimate; it costs two reads whatever the queue's length.
+        Read as if each priority's queue were first in, first out: the jobs ahead are this job's
+        submit sequence (its batch's first sequence plus its index) less the jobs of its priority
+        taken so far, plus every waiting job of a higher priority. The fair share between tenants,
+        re-sent jobs (retries, hand-backs) and several queues (modes) make it an estimate; it
+        costs two reads whatever the queue's length.
         """
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(self.keys.batch(ref.batch_id), BatchField.SEQUENCE)
-        pipe.hmget(
-            self.keys.queue_counts(),
-            [count.of(p) for p in (Priority.NORMAL, Priority.LOW) for count in QueueCount],
-        )
-        first, counts = pipe.execute()
+        pipe.hmget(self.keys.queue_counts(), [count.of(p) for p in Priority for count in QueueCount])
+        first, raw = pipe.execute()
         if first is None:
             return None
-        in_normal, out_normal, in_low, out_low = (int(v or 0) for v in counts)
-        pushed, taken = (in_low, out_low) if priority is Priority.LOW else (in_normal, out_normal)
+        counts = [int(v or 0) for v in raw]
+        pushed_taken = {p: (counts[2 * n], counts[2 * n + 1]) for n, p in enumerate(Priority)}
+        pushed, taken = pushed_taken[priority]
         ahead = min(max(0, int(first) + ref.index - taken), max(0, pushed - taken - 1))
-        return ahead + (max(0, in_normal - out_normal) if priority is Priority.LOW else 0)
+        above = list(Priority)[: list(Priority).index(priority)]
+        return ahead + sum(max(0, pushed_taken[p][0] - pushed_taken[p][1]) for p in above)
 
-    def usage(self, tenant: str) -> dict[str, int]:
-        """A tenant's jobs by state and its images submitted and succeeded."""
+    def usage(self, tenant: str) -> dict[str, Any]:
+        """A tenant's jobs by state, its images submitted and succeeded, and what its succeeded
+        jobs spent generating (`gpu_seconds`, `cost`, `by_mode`)."""
         raw: Any = self.redis.hgetall(self.keys.usage(tenant))
-        found = {k.decode(): int(v) for k, v in raw.items()}
-        return {**{s.value: 0 for s in JobState}, **{f.value: 0 for f in UsageField}, **found}
+        text = {k.decode(): v.decode() for k, v in raw.items()}
+        counts = {k: int(v) for k, v in text.items() if not k.startswith(SPENT_PREFIXES)}
+        zero = {**{s.value: 0 for s in JobState}, **{f.value: 0 for f in UsageField}}
+        return {**zero, **counts, **spent_of(text)}
 
     def tenants_with_usage(self) -> list[str]:
         """Every tenant that has submitted (a set the submit script keeps), in O(tenants)."""
@@ -292,6 +296,7 @@ def batch_status_from_hash(batch_id: str, raw: dict[bytes, bytes]) -> BatchStatu
         finished_at=_float(text.get(BatchField.FINISHED)),
         manifest=text.get(BatchField.MANIFEST),
         tenant=text.get(BatchField.TENANT),
+        **spent_of(text),
     )
 
 
@@ -334,5 +339,5 @@ def job_status_from_record(ref: JobRef, record: records.Record) -> JobStatus:
         state=JobState.QUEUED,
         seed=record.seed,
         created_at=float(record.created),
-        priority=Priority.LOW if record.flags & records.LOW else Priority.NORMAL,
+        priority=records.priority_of(record.flags),
     )

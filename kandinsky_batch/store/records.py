@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import TypeVar
 
+from kandinsky_batch.schema import Priority
+
 T = TypeVar("T")
 
 SHARD_JOBS = 1 << 16  # jobs per record string: a stray index allocates at most 576 KiB
@@ -32,6 +34,7 @@ EXISTS = 1  # the job exists (a bad line's index has no record)
 RECEIVED = 2  # a worker or a transition made its hash; the hash holds its state now
 LOW = 4  # submitted at low priority
 COUNTED = 8  # counted off its queue list: a message carrying it was popped (queue_jobs metrics)
+HIGH = 16  # submitted at high priority
 
 
 def shard_of(index: int) -> int:
@@ -67,14 +70,19 @@ class Record:
         return not self.flags & RECEIVED
 
 
-def submitted_flags(low: bool) -> int:
-    """The flags a submit writes: the job exists, at low priority or not."""
-    return EXISTS | (LOW if low else 0)
+def submitted_flags(priority: Priority) -> int:
+    """The flags a submit writes: the job exists, at its priority."""
+    return EXISTS | {Priority.HIGH: HIGH, Priority.LOW: LOW}.get(priority, 0)
 
 
-def submitted(low: bool, seed: int, created: int) -> Record:
+def priority_of(flags: int) -> Priority:
+    """The priority a record's flags say its job was submitted at."""
+    return Priority.LOW if flags & LOW else Priority.HIGH if flags & HIGH else Priority.NORMAL
+
+
+def submitted(priority: Priority, seed: int, created: int) -> Record:
     """The record a submit writes for a job (what reads show until a worker receives it)."""
-    return Record(submitted_flags(low), seed, created)
+    return Record(submitted_flags(priority), seed, created)
 
 
 def decode(data: bytes, at: int = 0) -> Record | None:

@@ -35,6 +35,7 @@ def lua(name: str) -> str:
         "__RECEIVED__": records.RECEIVED,
         "__LOW__": records.LOW,
         "__COUNTED__": records.COUNTED,
+        "__HIGH__": records.HIGH,
     }
     text = lua_prelude() + _read("common") + _read(name)
     # A script that runs others in the same round trip names them `__SCRIPT_<name>__`: each is

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import redis
 
 from kandinsky_batch.errors import AttemptsExhausted, OverQuota
+from kandinsky_batch.gpu_time import GpuShare
 from kandinsky_batch.keys import DEAD_LETTERS_MAX, BatchField, JobField, JobRef, Keys
 from kandinsky_batch.schema import JobState, Priority
 from kandinsky_batch.store import scripts
@@ -96,7 +97,7 @@ class StatusStore(QueueStore):
             now(),
             int(time.time()),
             self.keys.records_prefix(batch_id),
-            int(priority is Priority.LOW),
+            priority.value,
             queue_list,
         ]
         for index, seed in jobs:
@@ -141,7 +142,9 @@ class StatusStore(QueueStore):
         delete: Sequence[str],
         fence: str,
         cap: int = 0,
+        spent: tuple[str, GpuShare] | None = None,
     ) -> tuple[list[str], list[Any]]:
+        mode, share = spent or ("", GpuShare(0))
         args: list[Any] = [
             to.value,
             ",".join(s.value for s in allowed_from),
@@ -153,6 +156,9 @@ class StatusStore(QueueStore):
             self.keys.records_prefix(ref.batch_id),
             fence,
             cap,
+            mode,
+            share.us,
+            "" if share.cost_n is None else share.cost_n,
             len(delete),
             *delete,
         ]
@@ -177,18 +183,20 @@ class StatusStore(QueueStore):
         delete: Sequence[str] = (),
         fence: str = "",
         cap: int = 0,
+        spent: tuple[str, GpuShare] | None = None,
     ) -> Moved:
         """Move a job to `to` if it is in one of `allowed_from`, set `fields`, drop `delete`.
 
         With `fence`, only while that worker holds the job's live lease; with `cap`, a finished
         job of a tenant is sent again only while the tenant stays within that many unfinished
-        jobs (OverQuota if not). Says whether it moved, the state before the call (None for an
-        unknown job), and whether this move finished the job's batch.
+        jobs (OverQuota if not); with `spent` (its mode and GPU share), the move adds that share
+        to its batch's and its tenant's counters. Says whether it moved, the state before the
+        call (None for an unknown job), and whether this move finished the job's batch.
         """
         ref = as_ref(job)
         if ref is None:
             return Moved(False, None)
-        keys, args = self._transition_call(ref, to, allowed_from, fields, bump, delete, fence, cap)
+        keys, args = self._transition_call(ref, to, allowed_from, fields, bump, delete, fence, cap, spent)
         reply = self._transition(keys=keys, args=args)
         if reply[0] == b"over_cap":
             raise OverQuota(f"the tenant has reached its cap of {cap} unfinished jobs")
@@ -230,13 +238,23 @@ class StatusStore(QueueStore):
         moves = [self._moved(reply) for reply in replies]
         return [(moved.moved, moved.before) for moved in moves]
 
-    def succeed(self, job: str | JobRef, outputs: list[str], metadata: str, fence: str = "") -> Moved:
+    def succeed(
+        self,
+        job: str | JobRef,
+        outputs: list[str],
+        metadata: str,
+        fence: str = "",
+        spent: tuple[str, GpuShare] | None = None,
+    ) -> Moved:
+        """A running job stored: `succeeded`, and with `spent` (its mode and its GPU share) that
+        share added to its batch's and its tenant's counters in the same step, so a job is counted
+        once, when it is stored, however many times it ran."""
         fields: dict[str, Any] = {
             JobField.OUTPUTS: json.dumps(outputs),
             JobField.METADATA: metadata,
             JobField.FINISHED: now(),
         }
-        return self.transition(job, JobState.SUCCEEDED, (JobState.RUNNING,), fields, fence=fence)
+        return self.transition(job, JobState.SUCCEEDED, (JobState.RUNNING,), fields, fence=fence, spent=spent)
 
     def fail(self, job: str | JobRef, code: str, message: str, fence: str = "") -> Moved:
         """Fail a queued or running job; with `fence`, only while that worker holds its live lease."""

@@ -1,22 +1,24 @@
 """Messages a worker takes off its queue beside Celery's one, to fill a micro-batch.
 
-Taking moves a message from its list into the worker's `taken` hash under a lease that the
-heartbeat renews, in one script: a worker killed at any instant loses no message. When the task
-ends the entries are dropped (its jobs are finished, failed or re-sent by then); on shutdown
-they go back to their lists; a reaper returns those of a worker whose lease ran out.
+Taking moves a message from its Celery list, or from its tenant's fair structure in fair-share
+order (store/fair.py), into the worker's `taken` hash under a lease that the heartbeat renews,
+in one script: a worker killed at any instant loses no message. When the task ends the entries
+are dropped (its jobs are finished, failed or re-sent by then); on shutdown they go back to
+their lists; a reaper returns those of a worker whose lease ran out. A message goes back to the
+end of the Celery list that workers pop first: it was charged to its tenant when it was taken.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
 
 from kandinsky_batch.keys import Keys
 from kandinsky_batch.store import scripts
+from kandinsky_batch.store.fair import take_sources
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,15 @@ class TakenStore:
         self._return = client.register_script(scripts.lua("take_return"))
         self._renew = client.register_script(scripts.lua("take_renew"))
 
-    def take(self, worker: str, lists: Sequence[str], most: int = 1) -> list[Taken]:
-        """Up to `most` messages, in the order they would be popped (normal first), leased to `worker`."""
-        keys = [self.keys.taken(worker), self.keys.taking(), *lists]
+    def take(self, worker: str, queue: str, most: int = 1) -> list[Taken]:
+        """Up to `most` messages of `queue`, in the order workers are served them (high priority
+        first; within one, by fair share), leased to `worker`."""
+        keys = [
+            self.keys.taken(worker),
+            self.keys.taking(),
+            self.keys.weights(),
+            *take_sources(self.keys, queue),
+        ]
         got = self._take(keys=keys, args=[worker, time.time() + self.ttl_s, most, uuid.uuid4().hex])
         return [Taken(got[i + 2].decode(), got[i].decode(), got[i + 1]) for i in range(0, len(got), 3)]
 

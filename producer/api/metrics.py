@@ -1,13 +1,16 @@
-"""Queue metrics at the API's `/metrics`: read from Redis at each scrape, in O(queues + workers).
+"""Queue metrics at the API's `/metrics`: read from Redis at each scrape, in O(queues + tenants waiting + workers).
 
-- `kandinsky_batch_queue_messages{queue,priority}`: messages waiting on each list (LLEN).
-- `kandinsky_batch_queue_jobs{queue}`: jobs carried by those messages, from the store's
-  counts of jobs carried onto and off each list (a re-sent job, such as a retry, is a message
-  only).
+- `kandinsky_batch_queue_messages{queue,priority}`: messages waiting at each priority, on the
+  queue's Celery lists and in its fair structures (kandinsky_batch/store/fair.py).
+- `kandinsky_batch_queue_jobs{queue}`: jobs carried by those messages, every priority, from the
+  store's counts of jobs carried towards and off each list (a re-sent job, such as a retry, is a
+  message only), and never fewer than the messages (an outside sender's message is not counted
+  by jobs). KEDA scales on it.
 - `kandinsky_batch_jobs_in_flight{queue}` and `kandinsky_batch_busy_workers{queue}`: from the
   live workers' heartbeats, each busy worker under the queue of the task it runs.
-- `kandinsky_batch_oldest_queued_seconds{queue}`: the age of the job at the head of the
-  oldest waiting message (its creation; a re-sent message shows its job's first submit).
+- `kandinsky_batch_oldest_queued_seconds{queue}`: the age of the oldest job at the head of a
+  waiting message: on a Celery list, or first in a tenant's fair queue (its creation; a re-sent
+  message shows its job's first submit).
 - `kandinsky_batch_dead_letters`, `kandinsky_batch_webhook_deliveries_pending`.
 
 Every API process exports the same values: aggregate them across processes with max().
@@ -22,32 +25,29 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kandinsky_batch.envelope import call_kwargs
-from kandinsky_batch.errors import BadMessage, NotFound
-from kandinsky_batch.keys import TASK_NAME, JobRef, QueueCount, queue_lists
+from kandinsky_batch.errors import BadMessage
+from kandinsky_batch.keys import TASK_NAME, JobField, JobRef, QueueCount, queue_list_of
 from kandinsky_batch.schema import Mode, Priority
 from kandinsky_batch.settings import Settings
+from kandinsky_batch.store import records
+from kandinsky_batch.store.fair import FairQueues, list_priority
 from kandinsky_batch.store.reads import StatusReader
 from kandinsky_batch.wire import parse_message
-
-PRIORITIES = (Priority.NORMAL, Priority.LOW)  # the order of `queue_lists`
 
 
 class QueueCollector(Collector):
     def __init__(self, settings: Settings, reader: StatusReader) -> None:
         self.queues = [settings.queue_for(mode) for mode in Mode]
         self.reader = reader
+        self.fair = FairQueues(reader.redis, reader.keys)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         redis, keys = self.reader.redis, self.reader.keys
         pipe = redis.pipeline(transaction=False)
-        for queue in self.queues:
-            for name in queue_lists(queue):
-                pipe.llen(name)
-                pipe.lindex(name, -1)  # the oldest message: lists are pushed on the left
         pipe.hgetall(keys.queue_counts())
         pipe.llen(keys.dead_letters())
         pipe.zcard(keys.webhook_due())
-        *per_list, counts_raw, dead, pending = pipe.execute()
+        counts_raw, dead, pending = pipe.execute()
         counts = {k.decode(): int(v) for k, v in counts_raw.items()}
         workers = self.reader.live_workers()
 
@@ -67,18 +67,17 @@ class QueueCollector(Collector):
             "kandinsky_batch_busy_workers", "Workers running a task of the queue.", labels=["queue"]
         )
         now = time.time()
-        for q, queue in enumerate(self.queues):
-            waiting, ages = 0, []
-            for p, (name, priority) in enumerate(zip(queue_lists(queue), PRIORITIES, strict=True)):
-                length, head = per_list[4 * q + 2 * p], per_list[4 * q + 2 * p + 1]
-                messages.add_metric([queue, priority.value], length)
-                added = counts.get(QueueCount.ADDED.of(name), 0)
-                waiting += max(0, added - counts.get(QueueCount.TAKEN.of(name), 0)) if length else 0
-                created = self._created(head) if head is not None else None
-                if created is not None:
-                    ages.append(max(0.0, now - created))
-            jobs.add_metric([queue], waiting)
-            oldest.add_metric([queue], max(ages, default=0.0))
+        for queue in self.queues:
+            waiting = self.fair.waiting(queue)
+            carried = 0
+            for priority in Priority:
+                messages.add_metric([queue, priority.value], waiting[priority])
+                name = queue_list_of(queue, priority)
+                added = counts.get(QueueCount.ADDED.of(name), 0) - counts.get(QueueCount.TAKEN.of(name), 0)
+                carried += max(added, waiting[priority]) if waiting[priority] else 0
+            jobs.add_metric([queue], carried)
+            created = [c for c in self._created(self._heads(queue)) if c is not None]
+            oldest.add_metric([queue], max((max(0.0, now - c) for c in created), default=0.0))
             held = [w for w in workers.values() if w.get("busy") and w.get("queue") == queue]
             in_flight.add_metric([queue], sum(int(w.get("in_flight") or 0) for w in held))
             busy.add_metric([queue], len(held))
@@ -90,14 +89,42 @@ class QueueCollector(Collector):
             "kandinsky_batch_webhook_deliveries_pending", "Webhook deliveries not yet taken.", value=pending
         )
 
-    def _created(self, envelope: bytes) -> float | None:
-        """When the first job of a queued message was created; None for a message not ours."""
-        message = call_kwargs(envelope, TASK_NAME)
-        if message is None:
-            return None
-        try:
-            parsed = parse_message(message)
-            ref = JobRef(parsed.batch_id, parsed.entries[0].index)
-            return self.reader.job(ref).created_at
-        except (BadMessage, NotFound, IndexError, ValueError, TypeError, KeyError):
-            return None
+    def _heads(self, queue: str) -> list[bytes]:
+        """The oldest waiting message of each Celery list and of each tenant's fair queue."""
+        pipe = self.reader.redis.pipeline(transaction=False)
+        for name in list_priority(queue):
+            pipe.lindex(name, -1)  # lists are pushed on the left
+        found = [head for head in pipe.execute() if head is not None]
+        for priority in Priority:
+            found += self.fair.heads(queue, priority)
+        return found
+
+    def _created(self, envelopes: list[bytes]) -> list[float | None]:
+        """When the first job of each queued message was created; None for a message not ours."""
+        refs = [_first_job(envelope) for envelope in envelopes]
+        known = [ref for ref in refs if ref is not None]
+        pipe = self.reader.redis.pipeline(transaction=False)
+        for ref in known:
+            start = records.byte_offset(ref.index)
+            pipe.hget(self.reader.keys.job(ref), JobField.CREATED)
+            pipe.getrange(
+                self.reader.keys.records(ref.batch_id, records.shard_of(ref.index)), start, start + 8
+            )
+        replies = pipe.execute() if known else []
+        created: dict[JobRef, float | None] = {}
+        for n, ref in enumerate(known):
+            on_hash, packed = replies[2 * n], replies[2 * n + 1]
+            record = records.decode(packed)
+            created[ref] = float(on_hash) if on_hash else float(record.created) if record else None
+        return [None if ref is None else created[ref] for ref in refs]
+
+
+def _first_job(envelope: bytes) -> JobRef | None:
+    message = call_kwargs(envelope, TASK_NAME)
+    if message is None:
+        return None
+    try:
+        parsed = parse_message(message)
+        return JobRef(parsed.batch_id, parsed.entries[0].index)
+    except (BadMessage, IndexError, ValueError, TypeError, KeyError):
+        return None

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from kandinsky_batch.store.apikeys import ApiKeys
+from kandinsky_batch.store.apikeys import MAX_WEIGHT, ApiKeys
 from producer.cli.base import CliContext, console, pass_cli
 from producer.client import Client
 
@@ -67,18 +67,30 @@ def keys() -> None:
     show_default=True,
     help="Unfinished jobs of the tenant.",
 )
+@click.option(
+    "--weight",
+    type=click.IntRange(1, MAX_WEIGHT),
+    default=None,
+    help="The tenant's share of the workers against other tenants' (default: as it was, 1 at first).",
+)
 @click.option("--admin", is_flag=True, help="May read every tenant's jobs and usage.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_cli
 def keys_create(
-    context: CliContext, tenant: str, rate: str, max_queued: int, admin: bool, as_json: bool
+    context: CliContext,
+    tenant: str,
+    rate: str,
+    max_queued: int,
+    weight: int | None,
+    admin: bool,
+    as_json: bool,
 ) -> None:
     """Make a key and print it once: only its hash is kept."""
     per_s = float(rate.removesuffix("/s"))
     with context.redis() as client:
         try:
             record, secret = _api_keys(client).create(
-                tenant, admin=admin, rate_per_s=per_s, max_queued=max_queued
+                tenant, admin=admin, rate_per_s=per_s, max_queued=max_queued, weight=weight
             )
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
@@ -93,16 +105,34 @@ def keys_create(
 @click.option("--json", "as_json", is_flag=True)
 @pass_cli
 def keys_list(context: CliContext, as_json: bool) -> None:
-    """Every key's id, tenant and limits (never the keys themselves)."""
+    """Every key's id, tenant, limits and its tenant's weight (never the keys themselves)."""
     with context.redis() as client:
-        for record in _api_keys(client).all():
+        store = _api_keys(client)
+        weights = store.weights()
+        for record in store.all():
+            weight = weights.get(record.tenant, 1)
             if as_json:
-                click.echo(json.dumps(asdict(record)))
+                click.echo(json.dumps({**asdict(record), "weight": weight}))
             else:
                 admin = " admin" if record.admin else ""
                 click.echo(
-                    f"{record.id}  {record.tenant}  {record.rate_per_s:g}/s  max {record.max_queued}{admin}"
+                    f"{record.id}  {record.tenant}  {record.rate_per_s:g}/s  max {record.max_queued}"
+                    f"  weight {weight}{admin}"
                 )
+
+
+@keys.command("weight")
+@click.argument("tenant")
+@click.argument("weight", type=click.IntRange(1, MAX_WEIGHT))
+@pass_cli
+def keys_weight(context: CliContext, tenant: str, weight: int) -> None:
+    """Set TENANT's weight in the fair share of the queues, at once (`-`: jobs sent without a tenant)."""
+    with context.redis() as client:
+        try:
+            _api_keys(client).set_weight(tenant, weight)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    click.echo(f"tenant {tenant}: weight {weight}")
 
 
 @keys.command("revoke")

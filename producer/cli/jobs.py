@@ -53,7 +53,7 @@ from producer.watch import EventCounter, WatchSummary, watch
     type=click.Choice([p.value for p in Priority]),
     default=Priority.NORMAL.value,
     show_default=True,
-    help="low: workers take every normal-priority job first (for big datasets).",
+    help="high: before every normal job (interactive); low: after every normal job (big datasets).",
 )
 @click.option(
     "--wait",

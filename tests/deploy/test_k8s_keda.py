@@ -158,7 +158,7 @@ def test_overlays_wire_both_kinds_of_trigger(m: Manifests) -> None:
     """The gpu overlay's namespace is the one written in the base, so its render cannot show a
     rewrite that misses triggers: read the replacements themselves. Each selects by the scaler
     annotation and all triggers (`*`), never one by index (groups gain queues, and each queue
-    has two redis triggers)."""
+    has a redis trigger per priority list)."""
     kustomization = yaml.safe_load((K8S / "overlays" / m.overlay / "kustomization.yaml").read_text())
     wired: dict[str, set[str]] = {}
     for replacement in kustomization.get("replacements", []):
@@ -179,8 +179,8 @@ def test_overlays_wire_both_kinds_of_trigger(m: Manifests) -> None:
 
 
 def test_list_names_are_exactly_the_queues_the_group_serves(lists: Manifests) -> None:
-    """With Celery's Redis transport each queue is two Redis lists (normal and low priority):
-    one trigger per list, for every list of every queue the group serves, and nothing else."""
+    """With Celery's Redis transport each queue is one Redis list per kombu priority step: one
+    trigger per list, for every list of every queue the group serves, and nothing else."""
     by_target = scaled_objects_by_target(lists)
     for worker in lists.workers():
         name = worker["metadata"]["name"]
@@ -208,7 +208,7 @@ def test_keda_reads_the_redis_and_database_the_workers_use(lists: Manifests) -> 
 
 
 def test_a_group_with_several_lists_scales_on_their_sum(lists: Manifests) -> None:
-    """Every group reads at least two lists (a queue's normal and low-priority ones), and KEDA
+    """Every group reads at least two lists (a queue's priority lists), and KEDA
     would otherwise size it for the longest list: the formula must add every trigger."""
     for scaled in lists.of("ScaledObject"):
         triggers = scaled["spec"]["triggers"]

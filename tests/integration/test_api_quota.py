@@ -30,6 +30,9 @@ ZERO_USAGE = {
     "canceled": 0,
     "images_submitted": 0,
     "images_succeeded": 0,
+    "gpu_seconds": 0.0,
+    "cost": None,
+    "by_mode": {},
 }
 
 

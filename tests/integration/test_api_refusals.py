@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from kandinsky_batch.errors import NotFound
-from kandinsky_batch.keys import queue_lists
 from kandinsky_batch.schema import Mode
 from kandinsky_batch.settings import Settings
 from producer.cli import main
@@ -47,7 +46,7 @@ def sdk(api_settings: Settings) -> Iterator[Client]:
 
 
 def queued(sdk: Client) -> int:
-    return sum(int(sdk.redis.llen(name)) for name in queue_lists(sdk.settings.queue_for(Mode.TEXT2IMG)))  # type: ignore[arg-type]
+    return sdk.status_store.queue_length(sdk.settings.queue_for(Mode.TEXT2IMG))
 
 
 def assert_refused_naming_webhook(answer: httpx.Response) -> None:

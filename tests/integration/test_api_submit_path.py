@@ -15,13 +15,14 @@ import httpx
 import pytest
 
 from kandinsky_batch.batch_ids import batch_id_for_key, new_batch_id
-from kandinsky_batch.keys import JobRef, queue_lists
+from kandinsky_batch.keys import JobRef, queue_list_of
 from kandinsky_batch.schema import JobState, Mode, Priority
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.store.apikeys import ApiKeys
 from kandinsky_batch.submit_one import ROOM_POLL_S, OneJob, submit_one
 from kandinsky_batch.wire import validate_spec
 from producer.client import Client
+from tests.helpers.tenants import clear
 from tests.integration.conftest import auth, free_port
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ def api_settings(module_settings: Settings) -> Settings:
 def client(api_settings: Settings) -> Iterator[Client]:
     with Client(api_settings) as sdk:
         yield sdk
-        sdk.redis.delete(*queue_lists(api_settings.queue_for(Mode.TEXT2IMG)))  # room for the next test
+        clear(sdk.status_store, api_settings.queue_for(Mode.TEXT2IMG))  # room for the next test
 
 
 @pytest.fixture
@@ -104,8 +105,8 @@ def test_a_key_over_its_rate_is_refused_on_the_one_round_trip_path(server: str, 
 def test_a_submit_at_the_high_water_mark_gets_429_and_queues_nothing(
     server: str, keys: ApiKeys, client: Client, api_settings: Settings
 ):
-    lists = queue_lists(api_settings.queue_for(Mode.TEXT2IMG))
-    client.redis.delete(*lists)
+    queue = api_settings.queue_for(Mode.TEXT2IMG)
+    clear(client.status_store, queue)
     _, secret = keys.create("flood")
     for _ in range(HIGH_WATER):
         assert post(server, secret).status_code == 202
@@ -115,7 +116,7 @@ def test_a_submit_at_the_high_water_mark_gets_429_and_queues_nothing(
         full.headers["content-type"] == "application/problem+json" and "high-water" in full.json()["detail"]
     )
     assert client.status_store.usage("flood")["queued"] == HIGH_WATER
-    assert client.redis.rpop(lists[0]) is not None  # a worker takes one message
+    assert client.redis.rpop(queue_list_of(queue, Priority.NORMAL)) is not None  # a worker takes one message
     assert post(server, secret).status_code == 202
 
 
@@ -124,7 +125,7 @@ def test_a_submit_at_the_high_water_mark_gets_429_and_queues_nothing(
 
 def test_a_one_job_answer_is_what_a_read_of_the_job_gives(client: Client, api_settings: Settings):
     """`OneJob.queued`, the API's answer to a new job, against a read of what `submit_one` wrote."""
-    for priority in (Priority.NORMAL, Priority.LOW):
+    for priority in (Priority.HIGH, Priority.NORMAL, Priority.LOW):
         job = OneJob.seeded(validate_spec(BODY, api_settings), priority)
         batch_id = new_batch_id()
         ref = submit_one(client.status_store, api_settings, job, batch_id)
@@ -134,23 +135,25 @@ def test_a_one_job_answer_is_what_a_read_of_the_job_gives(client: Client, api_se
 
 
 def test_an_sdk_idempotency_key_gives_the_same_job_and_sends_it_once(client: Client, api_settings: Settings):
-    lists = queue_lists(api_settings.queue_for(Mode.TEXT2IMG))
+    queue = api_settings.queue_for(Mode.TEXT2IMG)
     job = client.submit(BODY, idempotency_key="sdk-order-1")
     assert client.submit(BODY, idempotency_key="sdk-order-1") == job
     assert client.submit({**BODY, "idempotency_key": "sdk-order-1"}) == job  # the spec's field: the same key
     assert client.submit({**BODY, "idempotency_key": "other"}, idempotency_key="sdk-order-1") == job
     assert client.submit(BODY, idempotency_key="sdk-order-2") != job
-    assert sum(client.redis.llen(name) for name in lists) == 2  # one message per key
+    assert client.status_store.queue_length(queue) == 2  # one message per key
     assert JobRef.parse(job) == JobRef(batch_id_for_key("sdk-order-1"), 0)  # no tenant: the plain hash
 
 
 def test_the_sdk_waits_at_the_high_water_mark_where_the_api_refuses(client: Client, api_settings: Settings):
-    lists = queue_lists(api_settings.queue_for(Mode.TEXT2IMG))
+    queue = api_settings.queue_for(Mode.TEXT2IMG)
     for _ in range(HIGH_WATER):
         client.submit(BODY)
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(client.submit, BODY)
         time.sleep(3 * ROOM_POLL_S)
-        assert not waiting.done() and sum(client.redis.llen(name) for name in lists) == HIGH_WATER
-        assert client.redis.rpop(lists[0]) is not None  # a worker takes one message
+        assert not waiting.done() and client.status_store.queue_length(queue) == HIGH_WATER
+        assert (
+            client.redis.rpop(queue_list_of(queue, Priority.NORMAL)) is not None
+        )  # a worker takes one message
         assert client.status_store.job(waiting.result(timeout=10)).state is JobState.QUEUED

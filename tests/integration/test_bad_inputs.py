@@ -197,9 +197,9 @@ def probe(app: Celery, client: Client, worker: WorkerProcess, queue: str) -> Job
 
 def assert_drained(client: Client, queue: str) -> None:
     deadline = time.monotonic() + 5
-    while client.redis.llen(queue) or unacked_on(client, queue):
+    while (waiting := sum(client.status_store.fair.waiting(queue).values())) or unacked_on(client, queue):
         assert time.monotonic() < deadline, (
-            f"{queue}: {client.redis.llen(queue)} waiting, {unacked_on(client, queue)} unacknowledged"
+            f"{queue}: {waiting} waiting, {unacked_on(client, queue)} unacknowledged"
         )
         time.sleep(0.05)
 

@@ -19,7 +19,7 @@ import pytest
 
 from kandinsky_batch.batch_ids import batch_id_for_file
 from kandinsky_batch.envelope import call_kwargs
-from kandinsky_batch.keys import TASK_NAME, JobRef, queue_lists
+from kandinsky_batch.keys import TASK_NAME, JobRef
 from kandinsky_batch.schema import JobState, JobStatus, Mode
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.wire import parse_message
@@ -28,6 +28,7 @@ from producer.client import Client
 from producer.lines import read_lines
 from producer.submit import Submitter, submit_lines
 from tests.conftest import make_settings
+from tests.helpers.tenants import waiting_messages
 
 pytestmark = pytest.mark.integration
 
@@ -96,12 +97,11 @@ def index_of(job: JobStatus) -> int:
 def queued_seeds(client: Client, settings: Settings) -> list[tuple[str, int, int]]:
     """`(batch, index, seed)` of every job in every message on the text2img queue lists."""
     found = []
-    for name in queue_lists(settings.queue_for(Mode.TEXT2IMG)):
-        for raw in client.redis.lrange(name, 0, -1):
-            message = call_kwargs(raw, TASK_NAME)
-            assert message is not None
-            parsed = parse_message(message)
-            found += [(parsed.batch_id, e.index, e.seed) for e in parsed.entries]
+    for raw in waiting_messages(client.status_store, settings.queue_for(Mode.TEXT2IMG)):
+        message = call_kwargs(raw, TASK_NAME)
+        assert message is not None
+        parsed = parse_message(message)
+        found += [(parsed.batch_id, e.index, e.seed) for e in parsed.entries]
     return found
 
 

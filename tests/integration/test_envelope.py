@@ -11,13 +11,13 @@ import redis
 
 from kandinsky_batch.broker import make_celery
 from kandinsky_batch.envelope import task_envelope
-from kandinsky_batch.keys import TASK_NAME, queue_lists
+from kandinsky_batch.keys import TASK_NAME, kombu_list, queue_lists
 from kandinsky_batch.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("priority", [0, 9])
+@pytest.mark.parametrize("priority", [0, 1, 3, 9])
 def test_the_envelope_matches_what_celery_sends(redis_url: str, priority: int):
     prefix = f"kbt-env-{uuid.uuid4().hex[:8]}"
     settings = Settings(redis_url=redis_url, queue_prefix=prefix, key_prefix=prefix)
@@ -27,7 +27,7 @@ def test_the_envelope_matches_what_celery_sends(redis_url: str, priority: int):
     app = make_celery(settings)
     try:
         app.send_task(TASK_NAME, kwargs=kwargs, queue=queue, priority=priority, argsrepr="()", kwargsrepr="r")
-        target = queue_lists(queue)[1 if priority else 0]
+        target = kombu_list(queue, priority)
         theirs = json.loads(client.rpop(target) or b"{}")
         ours = json.loads(task_envelope(TASK_NAME, kwargs, queue, priority, kwargsrepr="r"))
         assert set(ours) == set(theirs)

@@ -30,21 +30,23 @@ TINY = {"height": 64, "width": 64, "num_inference_steps": 2, "prior_num_inferenc
 def store(redis_url: str):
     client = redis.Redis.from_url(redis_url)
     keys = Keys(f"kbt-{uuid.uuid4().hex[:8]}")
-    yield TakenStore(client, keys, ttl_s=60), client, keys, queue_lists(f"{keys.prefix}.text2img")
+    queue = f"{keys.prefix}.text2img"
+    _, normal, _, low = queue_lists(queue)  # the Celery lists of normal and of low priority
+    yield TakenStore(client, keys, ttl_s=60), client, keys, queue, normal, low
     client.close()
 
 
 def test_take_pops_normal_before_low_and_never_waits(store) -> None:
-    taken, client, keys, (normal, low) = store
+    taken, client, keys, queue, normal, low = store
     client.lpush(low, b"low-1")
     client.lpush(normal, b"normal-1", b"normal-2")
-    got = taken.take("w", [normal, low], most=2) + taken.take("w", [normal, low], most=5)
+    got = taken.take("w", queue, most=2) + taken.take("w", queue, most=5)
     assert [(t.queue_list, t.message) for t in got] == [
         (normal, b"normal-1"),
         (normal, b"normal-2"),
         (low, b"low-1"),
     ]
-    assert taken.take("w", [normal, low], most=3) == []  # empty lists: no wait
+    assert taken.take("w", queue, most=3) == []  # empty lists: no wait
     # every taken message is in the worker's hash, under its lease, and on no list
     assert client.hlen(keys.taken("w")) == 3
     assert client.zscore(keys.taking(), "w") > time.time()
@@ -52,9 +54,9 @@ def test_take_pops_normal_before_low_and_never_waits(store) -> None:
 
 
 def test_a_message_put_back_is_the_next_one_popped(store) -> None:
-    taken, client, keys, (normal, low) = store
+    taken, client, keys, queue, normal, _ = store
     client.lpush(normal, b"first", b"second")
-    [first] = taken.take("w", [normal, low])
+    [first] = taken.take("w", queue)
     assert taken.put_back("w", first.entry)
     assert client.rpop(normal) == b"first"  # where kombu pops next, ahead of "second"
     assert client.hlen(keys.taken("w")) == 0
@@ -62,10 +64,10 @@ def test_a_message_put_back_is_the_next_one_popped(store) -> None:
 
 
 def test_a_live_lease_keeps_the_messages_and_an_expired_one_returns_them(store) -> None:
-    taken, client, keys, (normal, low) = store
+    taken, client, keys, queue, normal, low = store
     client.lpush(normal, b"a")
     client.lpush(low, b"b")
-    assert len(taken.take("live", [normal, low], most=2)) == 2
+    assert len(taken.take("live", queue, most=2)) == 2
     assert taken.return_expired() == 0
     client.zadd(keys.taking(), {"live": time.time() - 1})  # its heartbeat stopped
     assert not taken.renew("live")  # an expired lease is never renewed
@@ -75,13 +77,13 @@ def test_a_live_lease_keeps_the_messages_and_an_expired_one_returns_them(store) 
 
 
 def test_give_back_and_drop(store) -> None:
-    taken, client, keys, (normal, low) = store
+    taken, client, keys, queue, normal, _ = store
     client.lpush(normal, b"x", b"y")
-    assert len(taken.take("w", [normal, low], most=2)) == 2
+    assert len(taken.take("w", queue, most=2)) == 2
     assert taken.renew("w")
     assert taken.give_back("w") == 2
     assert sorted(client.lrange(normal, 0, -1)) == [b"x", b"y"]
-    assert taken.take("w", [normal, low])
+    assert taken.take("w", queue)
     taken.drop("w")
     assert not client.exists(keys.taken("w")) and client.zscore(keys.taking(), "w") is None
 
@@ -109,7 +111,7 @@ def test_single_submits_run_in_micro_batches_larger_than_one(fault_settings, sta
         sizes = batch_sizes(settings, client, jobs)
         assert sorted(sizes) == [2, 2, 4, 4, 4, 4]
         assert all(client.status_store.job(j).attempts == 1 for j in jobs)
-        assert client.redis.llen(settings.queue_for(Mode.TEXT2IMG)) == 0
+        assert sum(client.status_store.fair.waiting(settings.queue_for(Mode.TEXT2IMG)).values()) == 0
 
 
 def test_incompatible_jobs_are_left_for_their_own_micro_batch(fault_settings, start_worker) -> None:
@@ -135,9 +137,9 @@ def test_a_worker_killed_right_after_it_took_a_message_loses_none_of_its_jobs(
         jobs = [client.submit({"prompt": f"kept {i}", **TINY, "seed": i}) for i in range(3)]
         victim = start_worker(settings, step_sleep=0.0, name="victim", env={"KB_TEST_KILL_AFTER_TAKE": "1"})
         wait_for(lambda: not victim.alive(), 60, "the worker to die after taking a message")
-        # Then the two messages it took are in its taken hash, on no list, with nothing lost yet
+        # Then the two messages it took are in its taken hash, nowhere else, with nothing lost yet
         assert client.redis.hlen(keys.taken("victim0")) == 2
-        assert client.redis.llen(settings.queue_for(Mode.TEXT2IMG)) == 0
+        assert sum(client.status_store.fair.waiting(settings.queue_for(Mode.TEXT2IMG)).values()) == 0
         # When another worker comes up, its reaper returns the message once the lease runs out
         start_worker(settings, step_sleep=0.0, name="survivor")
         finals = [client.wait(job, timeout=60) for job in jobs]

@@ -6,6 +6,7 @@ flag values and the hash fields from the Markdown, then reads what the real stor
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from pathlib import Path
@@ -13,11 +14,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from kandinsky_batch.keys import BatchField, JobField, JobRef
-from kandinsky_batch.schema import JobState, Priority
+from kandinsky_batch.broker import priority_from_kombu
+from kandinsky_batch.keys import BatchField, JobField, JobRef, kombu_list, queue_list_of, queue_lists
+from kandinsky_batch.schema import JobState, Mode, Priority
 from kandinsky_batch.store import records
 from kandinsky_batch.store.status import StatusStore
 from producer.client import Client
+from tests.helpers.tenants import drain, submit_as
 
 pytestmark = pytest.mark.integration
 
@@ -87,8 +90,8 @@ def read_as_documented(
         return "not found", {}
     flags, seed, created = struct.unpack(">BII", raw)
     if flags & flag("exists") and not flags & flag("received"):
-        low = bool(flags & flag("low"))
-        return "queued", {"sd": str(seed), "ct": str(created), "pr": "low" if low else "normal"}
+        priority = "low" if flags & flag("low") else "high" if flags & flag("high") else "normal"
+        return "queued", {"sd": str(seed), "ct": str(created), "pr": priority}
     return "not found", {}
 
 
@@ -97,6 +100,7 @@ def test_the_documented_tables_name_every_field_the_code_writes():
     assert {f.value for f in BatchField} <= set(BATCH_FIELDS)
     assert {s.value for s in JobState} <= set(BATCH_FIELDS)
     assert (flag("exists"), flag("received"), flag("low")) == (records.EXISTS, records.RECEIVED, records.LOW)
+    assert flag("high") == records.HIGH
     assert (SHARD_JOBS, RECORD_BYTES) == (records.SHARD_JOBS, records.RECORD_BYTES)
 
 
@@ -131,4 +135,55 @@ def test_a_client_following_the_doc_reads_queued_received_and_expired_jobs(setti
         }
         assert batch_hash["total"] == 3 and batch_hash["queued"] == 2 and batch_hash["succeeded"] == 1
         assert sum(batch_hash.get(s.value, 0) for s in JobState) == batch_hash["total"]
-        client.redis.delete(*[f"{settings.queue_for(m)}:9" for m in settings.modes])
+        client.redis.delete(*[queue_list_of(settings.queue_for(m), Priority.LOW) for m in settings.modes])
+
+
+def rows_after(heading: str) -> list[list[str]]:
+    """Every row of the first table below a heading, its header left out."""
+    section = DOC[DOC.index(heading) :].split("\n|", 1)[1]
+    rows = []
+    for line in ("|" + section).splitlines():
+        if not line.startswith("|"):
+            break
+        if not line.startswith("| ---"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows[1:]
+
+
+def documented_list(code: str, queue: str) -> str:
+    return code.replace("{queue}", queue).replace("\\x06\\x16", "\x06\x16")
+
+
+def test_messages_wait_where_the_doc_says_and_kombu_files_each_priority_as_documented(settings):
+    queue = settings.queue_for(Mode.TEXT2IMG)
+    lists = codes(NAMES["Celery lists of a queue, in the order workers pop them"])[:4]
+    assert [documented_list(c, queue) for c in lists] == queue_lists(queue)
+    for values, (code,), priority in [
+        (v, codes(lst), p) for v, lst, p in rows_after("## Priorities and the fair")
+    ]:
+        numbers = [0] if values == "none or 0" else [int(n) for n in re.findall(r"\d+", values)]
+        for n in range(numbers[0], numbers[-1] + 1):
+            assert kombu_list(queue, n) == documented_list(code, queue), n
+            assert priority_from_kombu(n) is Priority(priority), n
+    assert priority_from_kombu(None) is Priority.NORMAL
+    with Client(settings) as client:
+        r, prefix = client.redis, settings.key_prefix
+        first, second = (submit_as(client, "acme", [{"prompt": p}], Priority.HIGH) for p in ("a", "b"))
+        parts = {"queue": queue, "priority": "high"}
+        # the first message went onto the Celery list of its priority, the second waits its turn
+        assert r.llen(kombu_list(queue, 1)) == 1
+        waiting = r.lrange(
+            key("one tenant's waiting messages there (list)", prefix, **parts, tenant="acme"), 0, -1
+        )
+        [entry] = waiting
+        images, _, envelope = entry.partition(b"\n")
+        assert images == b"1" and json.loads(envelope)["headers"]["kb_tenant"] == "acme"
+        tenants = key("tenants with messages of a queue waiting at a priority (sorted set)", prefix, **parts)
+        assert r.zrange(tenants, 0, -1) == [b"acme"]
+        state = key("that structure's state (hash)", prefix, **parts)
+        assert r.hget(state, "@n") == b"1"
+        assert (
+            key("tenants' weights (hash: tenant to weight, 1 when absent)", prefix)
+            == client.status_store.keys.weights()
+        )
+        assert [first[0], second[0]] == [j for message in drain(client.status_store, queue) for j in message]

@@ -244,7 +244,9 @@ def test_resubmitting_the_same_file_runs_nothing_twice(worker, client: Client, t
     wait_done(client, first.batch_id)
     second = client.submit_batch(path)
     assert second.batch_id == first.batch_id and second.sent == 0 and second.skipped == 4
-    assert client.redis.llen(client.settings.queue_for(Mode.TEXT2IMG)) == 0  # no message went out
+    assert (
+        sum(client.status_store.fair.waiting(client.settings.queue_for(Mode.TEXT2IMG)).values()) == 0
+    )  # none went out
     final = assert_counters_exact(client, first.batch_id)
     assert final.total == 4 and final.counts[JobState.SUCCEEDED] == 4
     assert [j.attempts for j in client.jobs(first.batch_id)] == [1, 1, 1, 1]

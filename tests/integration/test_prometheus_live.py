@@ -1,4 +1,5 @@
-"""A real Prometheus scrapes a real worker and the real API; KEDA's own query is evaluated live.
+"""A real Prometheus scrapes a real worker and the real API; KEDA's own query is evaluated live,
+with jobs waiting at all three priorities.
 
 The query is read from k8s/base/keda.yaml (its namespace and queue prefix swapped for this
 test's), so the expression that scales the cluster is the one checked here mid-run.
@@ -19,9 +20,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kandinsky_batch.schema import Priority
 from kandinsky_batch.settings import Settings
 from producer.client import Client
 from tests.conftest import IN_CI, WorkerProcess, make_settings
+from tests.helpers.tenants import submit_as
 from tests.integration.conftest import free_port, slow_worker, wait_for
 
 pytestmark = pytest.mark.integration
@@ -124,9 +127,15 @@ def query(url: str, expr: str) -> list[float]:
 def test_keda_query_counts_queued_jobs_and_the_busy_worker_mid_run(prometheus, worker, module_settings):
     expr, per_pod = keda_query(module_settings)
     with Client(module_settings) as client:
-        batch = client.submit_batch([{"prompt": f"scaled {i}", **SLOW} for i in range(QUEUED)])
+        batch = client.submit_batch([{"prompt": f"scaled {i}", **SLOW} for i in range(QUEUED - 6)])
         first = f"{batch.batch_id}-0"
         wait_for(lambda: client.status_store.job(first).progress.step >= 1, 60, "the first job to run")
+        # Waiting at every priority, for two tenants and none: 3 normal, 3 high, 3 low.
+        others = [
+            submit_as(client, "acme", [{"prompt": f"high {i}", **SLOW} for i in range(3)], Priority.HIGH),
+            submit_as(client, "globex", [{"prompt": f"low {i}", **SLOW} for i in range(3)], Priority.LOW),
+        ]
+        # ceil(9 / 8) + 1 = 3: had any priority gone uncounted, 6 waiting jobs would give 2
         expected = math.ceil((QUEUED - 1) / per_pod) + 1  # the waiting jobs' pods, plus the busy one
         wait_for(lambda: query(prometheus, expr) == [expected], 30, f"the KEDA query to give {expected}")
         assert client.status_store.job(first).state.value == "running"  # still the same moment
@@ -134,6 +143,8 @@ def test_keda_query_counts_queued_jobs_and_the_busy_worker_mid_run(prometheus, w
         # Scraped off the worker itself (Prometheus adds new targets in its first few seconds).
         wait_for(lambda: query(prometheus, busy) == [1.0], 30, "the worker's own busy gauge")
         assert query(prometheus, expr) == [expected]  # and still the same moment
+        for job_ids in others:
+            client.cancel(job_ids[0].rsplit("-", 1)[0])
         client.cancel(batch.batch_id)
         client.wait(batch.batch_id, timeout=120)
         wait_for(lambda: query(prometheus, expr) == [0.0], 60, "the KEDA query to fall to 0")

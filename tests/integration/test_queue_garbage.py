@@ -165,4 +165,4 @@ def test_every_malformed_item_is_dropped_once_and_the_same_worker_goes_on(worker
         assert jobs[0].state is JobState.FAILED and jobs[0].error and jobs[0].error.code == "bad_message"
         spec_job = client.status_store.job(JobRef(bad_spec["batch_id"], 0))
         assert spec_job.error is not None and spec_job.error.code == "invalid_spec"
-        assert client.redis.llen(queue) == 0
+        assert sum(client.status_store.fair.waiting(queue).values()) == 0

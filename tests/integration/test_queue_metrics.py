@@ -18,7 +18,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kandinsky_batch.schema import Mode
+from kandinsky_batch.keys import queue_list_of
+from kandinsky_batch.schema import Mode, Priority
 from kandinsky_batch.settings import Settings
 from producer.api.metrics import QueueCollector
 from producer.client import Client
@@ -67,6 +68,7 @@ def test_queue_metrics_count_waiting_jobs_messages_and_busy_workers_then_drain(s
         low = client.submit({"prompt": "low", **SLOW, "num_inference_steps": 2}, priority="low")
         first = f"{batch.batch_id}-0"
         wait_for(lambda: client.status_store.job(first).progress.step >= 1, 60, "the first job to run")
+        high = client.submit({"prompt": "high", **SLOW, "num_inference_steps": 2}, priority="high")
 
         def settled() -> dict:
             found = scrape(server)
@@ -76,7 +78,8 @@ def test_queue_metrics_count_waiting_jobs_messages_and_busy_workers_then_drain(s
         assert client.status_store.job(first).state.value == "running"  # still holding it
         assert value(found, "kandinsky_batch_queue_messages", queue=queue, priority="normal") == 3
         assert value(found, "kandinsky_batch_queue_messages", queue=queue, priority="low") == 1
-        assert value(found, "kandinsky_batch_queue_jobs", queue=queue) == 4  # 3 normal + 1 low
+        assert value(found, "kandinsky_batch_queue_messages", queue=queue, priority="high") == 1
+        assert value(found, "kandinsky_batch_queue_jobs", queue=queue) == 5  # 3 normal + 1 low + 1 high
         assert value(found, "kandinsky_batch_jobs_in_flight", queue=queue) == 1
         assert value(found, "kandinsky_batch_queue_jobs", queue=other) == 0
         assert value(found, "kandinsky_batch_busy_workers", queue=other) == 0
@@ -87,6 +90,7 @@ def test_queue_metrics_count_waiting_jobs_messages_and_busy_workers_then_drain(s
 
         client.cancel(batch.batch_id)
         client.cancel(low)
+        client.cancel(high)
         client.wait(batch.batch_id, timeout=120)
 
         def drained() -> dict:
@@ -113,7 +117,8 @@ def test_garbage_on_a_queue_is_a_message_with_no_age(redis_url, tiny_models, tmp
     registry = CollectorRegistry(auto_describe=False)
     with Client(settings) as client:
         registry.register(QueueCollector(settings, client.status_store))
-        lst = settings.queue_for(Mode.INTERPOLATE)
+        queue = settings.queue_for(Mode.INTERPOLATE)
+        lst = queue_list_of(queue, Priority.NORMAL)
         client.redis.lpush(lst, b"\xff\x00 not json", b'{"body": 5}')
         client.redis.hset(client.status_store.keys.queue_counts(), mapping={f"in:{lst}": "junk"})
         try:
@@ -121,9 +126,9 @@ def test_garbage_on_a_queue_is_a_message_with_no_age(redis_url, tiny_models, tmp
             text = generate_latest(registry).decode()
             found = {(s.name, tuple(sorted(s.labels.items()))): s.value
                      for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
-            assert value(found, "kandinsky_batch_queue_messages", queue=lst, priority="normal") == 2
-            assert value(found, "kandinsky_batch_oldest_queued_seconds", queue=lst) == 0
-            assert value(found, "kandinsky_batch_queue_jobs", queue=lst) == 3
+            assert value(found, "kandinsky_batch_queue_messages", queue=queue, priority="normal") == 2
+            assert value(found, "kandinsky_batch_oldest_queued_seconds", queue=queue) == 0
+            assert value(found, "kandinsky_batch_queue_jobs", queue=queue) == 3
         finally:
             client.redis.delete(lst, client.status_store.keys.queue_counts())
 

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from kandinsky_batch.errors import NotFound
-from kandinsky_batch.keys import JobRef, Keys, job_id
+from kandinsky_batch.keys import NO_TENANT, JobRef, Keys, job_id, queue_lists
 from kandinsky_batch.schema import JobState, Priority
 from kandinsky_batch.store import records
 from kandinsky_batch.store.queues import Chunk, Created
@@ -228,36 +228,43 @@ def test_cancel_many_cancels_a_large_batch_in_chunks_and_reports_the_finish_once
 
 
 def test_submit_records_a_chunk_and_pushes_its_message_in_one_step_or_not_at_all(store: StatusStore):
-    lists = ["kbt-q-normal", "kbt-q-low"]
-    store.redis.delete(*lists)
-    store.redis.lpush(lists[1], "waiting")
+    queue = f"{store.keys.prefix}.q"
+    _, normal, _, low = queue_lists(queue)
+    behind = store.keys.fair_tenant(queue, Priority.NORMAL, NO_TENANT)  # the messages not fed yet
+    store.redis.lpush(low, "waiting")
+
+    def chunk(jobs: list[tuple[int, int]], message: str) -> Chunk:
+        return Chunk("s1", jobs, Priority.NORMAL, [(len(jobs), message)], queue)
+
     try:
-        [pushed] = store.submit([Chunk("s1", [(0, 1), (1, 2)], Priority.NORMAL, "message-1", lists)])
-        assert (pushed.sent, pushed.queue_length) == (True, 2)  # lengths of both lists
-        assert store.redis.lrange(lists[0], 0, -1) == [b"message-1"]
+        [pushed] = store.submit([chunk([(0, 1), (1, 2)], "message-1")])
+        assert (pushed.sent, pushed.queue_length) == (True, 2)  # every list of the queue counts
+        assert store.redis.lrange(normal, 0, -1) == [b"message-1"]  # fed at once: a worker may start
         assert store.batch("s1").total == 2
         # A chunk with a job already recorded pushes nothing and records nothing
         again, other = store.submit(
             [
-                Chunk("s1", [(1, 9), (2, 3)], Priority.NORMAL, "message-2", lists),
-                Chunk("s1", [(3, 6)], Priority.NORMAL, "message-3", lists),  # same pipeline, goes
+                chunk([(1, 9), (2, 3)], "message-2"),
+                chunk([(3, 6)], "message-3"),  # same pipeline, goes
             ]
         )
         assert (again.sent, again.created) == (False, [Created.EXISTS, Created.NEW])
-        assert other.sent and store.redis.lrange(lists[0], 0, -1) == [b"message-3", b"message-1"]
-        store.redis.lpop(lists[0])
-        assert store.redis.llen(lists[0]) == 1 and store.batch("s1").total == 3
+        assert other.sent and store.redis.lrange(normal, 0, -1) == [b"message-1"]
+        assert store.redis.lrange(behind, 0, -1) == [b"1\nmessage-3"]  # waiting its turn, fed next
+        assert store.redis.rpop(normal) == b"message-1"  # a worker takes it
+        assert store.fair.feed([queue]) == 1 and store.redis.lrange(normal, 0, -1) == [b"message-3"]
+        assert store.queue_length(queue) == 2 and store.batch("s1").total == 3
         assert store.state(job_id("s1", 2)) is None
         # A sparse chunk (rare-mode jobs far apart) is written record by record
-        [sparse] = store.submit([Chunk("s1", [(10, 4), (500, 5)], Priority.NORMAL, "message-4", lists)])
+        [sparse] = store.submit([chunk([(10, 4), (500, 5)], "message-4")])
         assert sparse.sent and [store.job(job_id("s1", i)).seed for i in (10, 500)] == [4, 5]
         assert store.job(job_id("s1", 0)).seed == 1 and store.state(job_id("s1", 11)) is None
         for bad in ([(20, 1), (20, 2)], [(21, 1), (20, 2)], [(0, 1), (records.SHARD_JOBS, 2)]):
             with pytest.raises(ValueError, match="distinct, ascending and in one shard"):
-                store.submit([Chunk("s1", bad, Priority.NORMAL, "never", lists)])
-        assert store.batch("s1").total == 5 and store.redis.llen(lists[0]) == 2
+                store.submit([chunk(bad, "never")])
+        assert store.batch("s1").total == 5 and store.fair.waiting(queue)[Priority.NORMAL] == 2
     finally:
-        store.redis.delete(*lists)
+        store.redis.delete(*queue_lists(queue), behind)
 
 
 def test_listing_a_sparse_batch_reads_only_where_its_jobs_are(store: StatusStore):

@@ -1,7 +1,91 @@
 -- Helpers and the record layout's constants, prepended to every status script.
 -- The __NAME__ tokens are filled in from kandinsky_batch/store/records.py at load time.
 local SHARD, REC = __SHARD__, __REC__
-local EXISTS, RECEIVED, LOW, COUNTED = __EXISTS__, __RECEIVED__, __LOW__, __COUNTED__
+local EXISTS, RECEIVED, LOW, COUNTED, HIGH = __EXISTS__, __RECEIVED__, __LOW__, __COUNTED__, __HIGH__
+local PRIORITY_FLAG = {high = HIGH, normal = 0, low = LOW}
+local HIGHER = {high = {}, normal = {'high'}, low = {'high', 'normal'}}  -- priorities taken first
+
+-- the priority a record's flags say its job was submitted at
+local function priority_of(flags)
+  if bit.band(flags, LOW) ~= 0 then return 'low' end
+  if bit.band(flags, HIGH) ~= 0 then return 'high' end
+  return 'normal'
+end
+
+-- jobs of the priorities above `priority` submitted and not yet taken (queue position estimates)
+local function waiting_above(counts, priority)
+  local ahead = 0
+  for _, p in ipairs(HIGHER[priority]) do
+    local c = redis.call('HMGET', counts, Q.added .. p, Q.taken .. p)
+    ahead = ahead + math.max(0, (tonumber(c[1]) or 0) - (tonumber(c[2]) or 0))
+  end
+  return ahead
+end
+
+-- The fair structures (store/fair.py). Per queue and priority: each tenant's waiting messages on
+-- a list of its own (`base .. FAIR_TENANT .. tenant`, entries `{images}\n{envelope}`, pushed on
+-- the left), the sorted set `base` of the tenants with messages waiting, scored by the virtual
+-- time of their next one, and the hash `base .. FAIR_STATE`: the clock, the messages waiting and
+-- where each idle tenant left off. Weighted fair queueing by images: the tenant furthest behind
+-- is served next, and its time grows by the images served over its weight.
+
+-- Queue `message` (of `images` images) behind `tenant`'s others.
+local function fair_push(base, tenant, images, message)
+  local state = base .. FAIR_STATE
+  redis.call('LPUSH', base .. FAIR_TENANT .. tenant, images .. '\n' .. message)
+  redis.call('HINCRBY', state, W.waiting, 1)
+  if not redis.call('ZSCORE', base, tenant) then
+    -- it starts at the clock, or where it left off if that is later: idling gains it nothing
+    local at = redis.call('HMGET', state, W.clock, tenant)
+    redis.call('ZADD', base, math.max(tonumber(at[1]) or 0, tonumber(at[2]) or 0), tenant)
+    redis.call('HDEL', state, tenant)
+  end
+end
+
+-- The next message by fair share (nil when none waits), taken off its tenant's list.
+local function fair_pop(base, weights)
+  local state = base .. FAIR_STATE
+  while true do
+    local head = redis.call('ZRANGE', base, 0, 0, 'WITHSCORES')
+    if #head == 0 then return nil end
+    local tenant, at = head[1], tonumber(head[2])
+    local waiting = base .. FAIR_TENANT .. tenant
+    local entry = redis.call('RPOP', waiting)
+    if entry then
+      local cut = string.find(entry, '\n', 1, true)
+      local images = math.max(1, tonumber(string.sub(entry, 1, cut - 1)) or 1)
+      local weight = tonumber(redis.call('HGET', weights, tenant) or '1') or 1
+      local after = at + images / math.max(weight, 0.001)
+      redis.call('HSET', state, W.clock, at)
+      redis.call('HINCRBY', state, W.waiting, -1)
+      if redis.call('LLEN', waiting) > 0 then
+        redis.call('ZADD', base, after, tenant)
+      else
+        redis.call('ZREM', base, tenant)
+        redis.call('HSET', state, tenant, after)
+      end
+      return string.sub(entry, cut + 1)
+    end
+    redis.call('ZREM', base, tenant)  -- its list is gone: it has nothing waiting
+  end
+end
+
+-- Feed the Celery list `list` from the fair structure `base` until it holds FEED_DEPTH messages.
+local function feed(list, base, weights)
+  local fed = 0
+  while redis.call('LLEN', list) < FEED_DEPTH do
+    local message = fair_pop(base, weights)
+    if not message then break end
+    redis.call('LPUSH', list, message)
+    fed = fed + 1
+  end
+  return fed
+end
+
+-- messages waiting in a fair structure
+local function fair_waiting(base)
+  return math.max(0, tonumber(redis.call('HGET', base .. FAIR_STATE, W.waiting) or '0') or 0)
+end
 
 local function each_shard(batch, rec_prefix, command, arg)
   local span = tonumber(redis.call('HGET', batch, B.span) or '0')
@@ -99,10 +183,11 @@ local function move(k, a)
   end
   if flags then
     redis.call('HSET', k.job, F.seed, seed, F.created, created)
-    if bit.band(flags, LOW) ~= 0 then redis.call('HSET', k.job, F.priority, 'low') end
+    local priority = priority_of(flags)
+    if priority ~= 'normal' then redis.call('HSET', k.job, F.priority, priority) end
     mark_received(k.rec, a.index, flags)
     -- off the queue's count of waiting jobs, as a worker's receive would take it
-    redis.call('HINCRBY', k.counts, Q.taken .. (bit.band(flags, LOW) ~= 0 and 'low' or 'normal'), 1)
+    redis.call('HINCRBY', k.counts, Q.taken .. priority, 1)
   end
   local to, finished = a.to, 0
   redis.call('HSET', k.job, F.state, to)

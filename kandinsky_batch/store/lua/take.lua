@@ -1,27 +1,40 @@
--- KEYS: taken (hash of this worker), taking (sorted set: worker -> lease expiry), then the queue's
---       lists, normal priority first
+-- KEYS: taken (hash of this worker), taking (sorted set: worker -> lease expiry), the weights,
+--       then pairs in the order to take from, highest priority first: a source (a Celery list,
+--       or a fair structure) and the Celery list its messages go back to (the list itself, or
+--       the list the structure feeds)
 -- ARGV: worker, lease expiry, most messages to take, entry id prefix
--- Pops up to that many messages, from the first list while it has any (so normal before low), and
--- records each in the worker's taken hash under its lease, in one step: at any instant a message
--- is on its list or in the hash, so a worker killed at any instant loses none; a reaper returns
--- what it held. Returns {list, message, entry, ...} in the order popped; empty when every list is
--- empty (nobody waits for one to fill).
+-- Takes up to that many messages, from each source while it has any (so a priority's Celery list,
+-- whose messages were fed first, then its fair structure in fair-share order, then the next
+-- priority's), and records each in the worker's taken hash under its lease, in one step: at any
+-- instant a message is on its list, in its fair structure or in the hash, so a worker killed at
+-- any instant loses none; a reaper returns what it held. Then feeds the Celery lists again for
+-- the other workers. Returns {list, message, entry, ...} in the order taken; empty when nothing
+-- waits (nobody waits for more).
 local out = {}
-local wanted = tonumber(ARGV[3])
-for i = 3, #KEYS do
+local weights, wanted = KEYS[3], tonumber(ARGV[3])
+for i = 4, #KEYS, 2 do
+  local source, home = KEYS[i], KEYS[i + 1]
   while #out < 3 * wanted do
-    local message = redis.call('RPOP', KEYS[i])
+    local message
+    if source == home then
+      message = redis.call('RPOP', source)
+    else
+      message = fair_pop(source, weights)
+    end
     if not message then
       break
     end
     local entry = ARGV[4] .. ':' .. (#out / 3)
-    redis.call('HSET', KEYS[1], entry, KEYS[i] .. '\n' .. message)
-    out[#out + 1] = KEYS[i]
+    redis.call('HSET', KEYS[1], entry, home .. '\n' .. message)
+    out[#out + 1] = home
     out[#out + 1] = message
     out[#out + 1] = entry
   end
 end
 if #out > 0 then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+end
+for i = 4, #KEYS, 2 do
+  if KEYS[i] ~= KEYS[i + 1] then feed(KEYS[i + 1], KEYS[i], weights) end
 end
 return out
