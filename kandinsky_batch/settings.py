@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     output_format: Literal["png", "webp", "jpeg"] = "png"
     output_quality: int = Field(95, ge=1, le=100)
     clip_score: bool = True  # score each image against its prompt with the prior's CLIP encoders
+    # What a GPU-hour of generation costs (any currency): each stored job's metadata, its batch,
+    # its tenant's usage and the worker's metrics then add a cost to its GPU-seconds.
+    cost_per_gpu_hour: float | None = Field(None, ge=0)
 
     # The HTTP API server.
     api_host: str = "127.0.0.1"

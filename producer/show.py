@@ -41,6 +41,11 @@ def print_status(st: JobStatus | BatchStatus, as_json: bool) -> None:
             table.add_row(state.value, str(n), f"{100 * n / st.total:.0f}" if st.total else "-")
         table.add_row("total", str(st.total), "100", style="bold")
         out.print(table)
+        if st.gpu_seconds:
+            spent = f"gpu {st.gpu_seconds:.3f} s"
+            if st.cost is not None:
+                spent += f" · cost {st.cost:.6f}"
+            out.print(spent, markup=False)
         if st.manifest:
             out.print(f"manifest {st.manifest}", markup=False, soft_wrap=True)
         return

@@ -3,7 +3,9 @@
 A plain object with its collaborators passed in (pipelines, storage, status, and in a worker its
 leases, stop deadline and where handed-back jobs go), so it is tested without Celery. Permanent
 errors fail one job; a storage outage hands the jobs still to do back to `queued` and to
-`on_storage_failure`, the one way such jobs leave the engine (worker/storing.py).
+`on_storage_failure`, the one way such jobs leave the engine (worker/storing.py). Each
+micro-batch's generate call is timed, and each job stored with its images' share of that time
+(kandinsky_batch/gpu_time.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from kandinsky_batch.errors import (
     PermanentError,
     StorageUnavailable,
 )
+from kandinsky_batch.gpu_time import US_PER_S, share
 from kandinsky_batch.logs import log_fields
 from kandinsky_batch.manifest import BatchDone
 from kandinsky_batch.schema import JobState
@@ -196,7 +199,7 @@ class Engine:
             generated = self._generate_micro_batch(running, items, progress)
         if generated is None:
             return
-        images, timing = generated
+        images, timing, micro_batch_us = generated
         batch_info = {"size": len(items), "jobs": [job.job_id for job in running]}
         finishing: Finishing = []
         for job in running:
@@ -205,7 +208,8 @@ class Engine:
                     log.warning("not storing %s: this worker lost its lease", job.job_id)
                 continue
             mine = [i for i, it in enumerate(items) if it.job_id == job.job_id]
-            made = Made([], inputs[job.job_id], timing, batch_info)  # its images once decoded
+            gpu = share(micro_batch_us, len(items), len(mine), self.settings.cost_per_gpu_hour)
+            made = Made([], inputs[job.job_id], timing, batch_info, gpu=gpu)  # its images once decoded
             finishing.append((job, made, mine))
         if finishing:
             ids = [job.job_id for job, _, _ in finishing]
@@ -221,10 +225,11 @@ class Engine:
 
     def _generate_micro_batch(
         self, jobs: list[Job], items: list[Item], progress: StepCheck
-    ) -> tuple[Images, dict[str, float]] | None:
-        """The micro-batch's images and timing, or None when it stopped (canceled, leases gone)."""
+    ) -> tuple[Images, dict[str, float], int] | None:
+        """The micro-batch's images, timing and generate call in micro-seconds (what its images'
+        GPU shares divide), or None when it stopped (canceled, leases gone)."""
         metrics.MICRO_BATCH.observe(len(items))
-        started = time.time()
+        started = time.perf_counter()
         try:
             images = generate_splitting(self.generate_fn, self.cache, items, progress)
         except Canceled:
@@ -241,6 +246,7 @@ class Engine:
             if len(canceled) < len(jobs):
                 log.warning("micro-batch stopped, its leases are gone: %s", [job.job_id for job in jobs])
             return None
-        timing = {"generate_s": round(time.time() - started, 3)}
+        elapsed = time.perf_counter() - started
+        timing = {"generate_s": round(elapsed, 3)}
         log.info("generated %d images for %d jobs in %.2f s", len(items), len(jobs), timing["generate_s"])
-        return images, timing
+        return images, timing, round(elapsed * US_PER_S)

@@ -46,6 +46,10 @@ Reason = Literal["shutdown", "storage_retry", "lease_expired", "orphaned"]
 OUTCOMES: tuple[Outcome, ...] = ("succeeded", "failed", "canceled", "handed_back")
 REASONS: tuple[Reason, ...] = ("shutdown", "storage_retry", "lease_expired", "orphaned")
 PIPELINES = ("prior", "decoder", "inpaint")
+# Tenants get a label of their own up to this many per worker process; any later one is counted
+# under OTHER_TENANT (no tenant name has parentheses), so a series count stays bounded.
+TENANT_LABELS_MAX = 50
+OTHER_TENANT = "(other)"
 
 disable_created_metrics()  # no `_created` twin of every series: nothing here reads them
 REGISTRY = CollectorRegistry()
@@ -102,6 +106,21 @@ REDELIVERIES = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+# The GPU-seconds of the batch view and /v1/usage, named for the device (GPU or CPU) that ran them:
+# the `gpu_*` series stay a CUDA device's own readings, absent on a CPU.
+DEVICE_SECONDS = Counter(
+    "kandinsky_batch_device_seconds",
+    "GPU-seconds of stored jobs: each job its images' share of its micro-batch's generate call "
+    f"(not idle or storing time); `tenant` is '' for none, {OTHER_TENANT!r} past {TENANT_LABELS_MAX} tenants.",
+    ["mode", "tenant"],
+    registry=REGISTRY,
+)
+COST = Counter(
+    "kandinsky_batch_cost",
+    "What those GPU-seconds cost at COST_PER_GPU_HOUR (absent without it); labels as device_seconds.",
+    ["mode", "tenant"],
+    registry=REGISTRY,
+)
 BUSY = Gauge("kandinsky_batch_worker_busy", "1 while a task runs, else 0.", registry=REGISTRY)
 INFO = Gauge(
     "kandinsky_batch_worker_info",
@@ -120,6 +139,27 @@ def job_done(mode: str, outcome: Outcome, code: str = "", n: int = 1) -> None:
     """`n` jobs of `mode` ended (or were given back) on this worker as `outcome`."""
     if n:
         JOBS.labels(mode, outcome, code if outcome == "failed" else "").inc(n)
+
+
+_TENANTS: set[str] = set()
+
+
+def tenant_label(tenant: str) -> str:
+    """A tenant as its own label while this worker has seen at most TENANT_LABELS_MAX of them."""
+    if tenant in _TENANTS or not tenant:
+        return tenant
+    if len(_TENANTS) < TENANT_LABELS_MAX:
+        _TENANTS.add(tenant)
+        return tenant
+    return OTHER_TENANT
+
+
+def spent(mode: str, tenant: str, gpu_seconds: float, cost: float | None) -> None:
+    """A stored job's GPU share, and its cost where there is one (as the store counted them)."""
+    label = tenant_label(tenant)
+    DEVICE_SECONDS.labels(mode, label).inc(gpu_seconds)
+    if cost is not None:
+        COST.labels(mode, label).inc(cost)
 
 
 def redelivered(reason: Reason, n: int = 1) -> None:
@@ -148,6 +188,7 @@ def describe_worker(name: str, modes: Iterable[Mode], device: torch.device, dtyp
         GENERATION.labels(mode)
         IMAGE.labels(mode)
         QUEUE_WAIT.labels(mode)
+        DEVICE_SECONDS.labels(mode, "")
         for outcome in OUTCOMES:
             if outcome != "failed":  # a failure's series appears with its code
                 JOBS.labels(mode, outcome, "")

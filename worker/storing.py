@@ -33,6 +33,7 @@ from kandinsky_batch.errors import (
     StorageUnavailable,
     compute_backoff,
 )
+from kandinsky_batch.gpu_time import GpuShare
 from kandinsky_batch.logs import log_fields
 from kandinsky_batch.manifest import BatchDone
 from kandinsky_batch.schema import JobState
@@ -62,12 +63,14 @@ def left_queued(jobs: list[Job], exc: StorageUnavailable) -> None:
 
 @dataclass(frozen=True)
 class Made:
-    """What a micro-batch made for one job: its images (or their errors), inputs, timing, scores."""
+    """What a micro-batch made for one job: its images (or their errors), inputs, timing, scores,
+    and its images' share of the micro-batch's generate call (`gpu`)."""
 
     images: list[Image.Image | KandinskyBatchError]
     inputs: Inputs
     timing: dict[str, float]
     batch: dict[str, Any]
+    gpu: GpuShare
     clip_score: float | list[float | None] | None = None
 
 
@@ -185,6 +188,8 @@ class Storer:
             "timings": {**made.timing, "upload_s": round(time.perf_counter() - started, 3)},
             "batch": made.batch,
             "clip_score": made.clip_score,
+            "gpu_seconds": made.gpu.seconds,
+            "cost": made.gpu.cost,
             "attempt": status.attempts,
             "worker": self.fence.worker,
             "queued_at": status.created_at,
@@ -195,9 +200,10 @@ class Storer:
         meta_uri = self._put(metadata_key(job.batch_id, job.job_id), body, "application/json")
         metrics.UPLOAD.observe(time.perf_counter() - started)
         mode = job.spec.mode.value
-        moved = self.status.succeed(job.ref, uris, meta_uri, fence=self.fence.name)
+        moved = self.status.succeed(job.ref, uris, meta_uri, fence=self.fence.name, spent=(mode, made.gpu))
         if moved:
             metrics.job_done(mode, "succeeded")
+            metrics.spent(mode, job.tenant, made.gpu.seconds, made.gpu.cost)
             log.info("job %s succeeded: %d images", job.job_id, len(uris))
             self._batch_done(job, moved)
             return

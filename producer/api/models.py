@@ -13,10 +13,16 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, computed_field
 from pydantic.json_schema import SkipJsonSchema
 
-from kandinsky_batch.schema import BatchStatus, JobSpec, JobStatus, is_finished
+from kandinsky_batch.schema import BatchStatus, GpuSpend, JobSpec, JobStatus, Mode, is_finished
 from kandinsky_batch.webhooks import MAX_URL_CHARS, WebhookEvent
 
 EPOCH = "Unix epoch seconds (UTC, a float)"
+GPU_SECONDS = (
+    "GPU-seconds its succeeded jobs took to generate: each job its images' share of its micro-batch's "
+    "generate call (not idle time, not storing)."
+)
+COST = "What those GPU-seconds cost at the workers' COST_PER_GPU_HOUR; null where none was set."
+BY_MODE = "GPU-seconds and cost per mode."
 # An answer always carries each of its fields (null when unknown): the document says so.
 ANSWER = ConfigDict(json_schema_serialization_defaults_required=True)
 
@@ -126,6 +132,9 @@ class BatchView(BatchStatus):
     finished_at: float | None = Field(None, description=f"When its last job finished: {EPOCH}.")
     manifest: str | None = Field(None, description="The storage URI of its manifest, once written.")
     tenant: str | None = Field(None, description="Its tenant; null for a batch sent on Redis.")
+    gpu_seconds: float = Field(0.0, description=GPU_SECONDS)
+    cost: float | None = Field(None, description=COST)
+    by_mode: dict[Mode, GpuSpend] = Field(default_factory=dict, description=BY_MODE)
     jobs_per_s: float | None = Field(description="Jobs finished per second lately; null before any.")
     eta_s: float | None = Field(description="Seconds until every job is finished, at that rate.")
     manifest_url: str | None = Field(description="Where to fetch its manifest, once written.")
@@ -185,7 +194,8 @@ class Retried(BaseModel):
 
 
 class Usage(BaseModel):
-    """A tenant's jobs by state and its images (counters the store may add to pass through)."""
+    """A tenant's jobs by state, its images, and what its succeeded jobs spent generating
+    (counters the store may add to pass through)."""
 
     model_config = ConfigDict(extra="allow", json_schema_serialization_defaults_required=True)
 
@@ -196,6 +206,9 @@ class Usage(BaseModel):
     canceled: int = 0
     images_submitted: int = 0
     images_succeeded: int = 0
+    gpu_seconds: float = Field(0.0, description=GPU_SECONDS)
+    cost: float | None = Field(None, description=COST)
+    by_mode: dict[Mode, GpuSpend] = Field(default_factory=dict, description=BY_MODE)
 
 
 class TenantsUsage(BaseModel):

@@ -42,6 +42,8 @@ NAMES = {
     "kandinsky_batch_worker_busy",
     "kandinsky_batch_worker_info",
     "kandinsky_batch_last_progress_timestamp_seconds",
+    "kandinsky_batch_device_seconds",
+    "kandinsky_batch_cost",
 }
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -162,6 +164,13 @@ def test_counters_and_histograms_equal_what_ran_and_busy_shows_during_a_job(mete
     assert after.value("kandinsky_batch_image_seconds_count", mode="text2img") == 4
     assert after.value("kandinsky_batch_image_seconds_sum", mode="text2img") == pytest.approx(generation_s)
     assert after.value("kandinsky_batch_generation_seconds_count", mode="img2img") == 0
+    # The stored jobs' GPU shares add up to their micro-batch's call; no rate is set, so no cost.
+    gpu_s = after.value("kandinsky_batch_device_seconds_total", mode="text2img", tenant="")
+    assert gpu_s == pytest.approx(generation_s, rel=0.01)
+    assert after.nonzero("kandinsky_batch_device_seconds_total").keys() == {
+        frozenset({("mode", "text2img"), ("tenant", "")})
+    }
+    assert not after.nonzero("kandinsky_batch_cost_total")
     assert after.value("kandinsky_batch_upload_seconds_count") == 3
     assert after.value("kandinsky_batch_upload_seconds_sum") > 0
     # Started jobs only: the invalid spec never started.
