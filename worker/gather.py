@@ -94,7 +94,9 @@ class Gatherer:
         if room == 0:
             return []
         key = compat_key(jobs[0].spec)
-        taken = self.taken.take(self.name, queue, most=room)  # one message per job is the usual case
+        taken = self.taken.take(
+            self.name, queue, most=room, room=room
+        )  # one message per job is the usual case
         received: list[Job] = []
         for n, item in enumerate(taken):
             call = call_and_priority(item.message, TASK_NAME)

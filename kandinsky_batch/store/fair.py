@@ -12,7 +12,9 @@ Within a tenant, messages keep their order.
 
 The feed runs in the script that queues a message (so an idle worker starts at once), after a
 worker takes messages (`feed.lua`, and `take.lua` itself), and in every reaper pass. A worker
-filling its micro-batch takes straight from the structures in the same order (store/taken.py).
+filling its micro-batch takes straight from the structures in the same order, and only while the
+next message fits the room left (store/taken.py): one taken that does not fit goes back to the
+front of the Celery list, ahead of every tenant.
 Priorities stay strict: each has its own Celery list and structure, and workers take every
 `high` list and structure of their queues before any `normal` one, and `normal` before `low`.
 

@@ -21,6 +21,9 @@ from kandinsky_batch.store import scripts
 from kandinsky_batch.store.fair import take_sources
 
 
+NO_ROOM_LIMIT = 2**31  # images: a take that only counts messages
+
+
 @dataclass(frozen=True)
 class Taken:
     """One taken message: its entry in the worker's hash, the list it came from, its bytes."""
@@ -39,16 +42,26 @@ class TakenStore:
         self._return = client.register_script(scripts.lua("take_return"))
         self._renew = client.register_script(scripts.lua("take_renew"))
 
-    def take(self, worker: str, queue: str, most: int = 1) -> list[Taken]:
+    def take(self, worker: str, queue: str, most: int = 1, room: int | None = None) -> list[Taken]:
         """Up to `most` messages of `queue`, in the order workers are served them (high priority
-        first; within one, by fair share), leased to `worker`."""
+        first; within one, by fair share), leased to `worker`; from the fair structures, only while
+        the next message's images fit `room` (by default, any)."""
         keys = [
             self.keys.taken(worker),
             self.keys.taking(),
             self.keys.weights(),
             *take_sources(self.keys, queue),
         ]
-        got = self._take(keys=keys, args=[worker, time.time() + self.ttl_s, most, uuid.uuid4().hex])
+        got = self._take(
+            keys=keys,
+            args=[
+                worker,
+                time.time() + self.ttl_s,
+                most,
+                uuid.uuid4().hex,
+                NO_ROOM_LIMIT if room is None else room,
+            ],
+        )
         return [Taken(got[i + 2].decode(), got[i].decode(), got[i + 1]) for i in range(0, len(got), 3)]
 
     def put_back(self, worker: str, entry: str) -> bool:

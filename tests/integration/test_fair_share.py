@@ -217,3 +217,28 @@ def test_two_tenants_of_equal_weight_finish_equal_shares(
     shares = shares_at_half(order)
     print(f"equal weights on a worker, finished by half-way: {dict(shares)}")
     assert min(shares.values()) / max(shares.values()) >= 0.8
+
+
+def test_a_small_tenants_jobs_one_after_another_each_wait_at_most_two_micro_batches(
+    redis_url, tiny_models, tmp_path, start_worker
+) -> None:
+    """A lone job leaves room in its micro-batch; filling it must not take the big tenant's next
+    messages past that room (those would go back ahead of every tenant, for the next small job)."""
+    settings = make_settings(redis_url, tiny_models, tmp_path, max_batch_size=4)
+    with Client(settings) as client:
+        big = submit_as(client, "big", jobs(120))
+        start_worker(settings, step_sleep=0.1)
+        wait_for(
+            lambda: client.status_store.job(big[8]).state is not JobState.QUEUED, 60, "the backlog to run"
+        )
+        ahead_of_each = []
+        for n in range(3):
+            sent = time.time()
+            [small] = submit_as(client, "small", jobs(1, f"small {n}"))
+            done = client.wait(small, timeout=60, poll_s=0.05)
+            assert done.state is JobState.SUCCEEDED
+            started = [client.status_store.job(j).started_at for j in big]
+            ahead_of_each.append(sum(1 for s in started if s and sent < s < (done.started_at or 0)))
+        client.cancel(big[0].rsplit("-", 1)[0])
+    print(f"big jobs started before each small one: {ahead_of_each}")
+    assert max(ahead_of_each) <= 2 * settings.max_batch_size

@@ -70,6 +70,15 @@ local function fair_pop(base, weights)
   end
 end
 
+-- The images of the message `fair_pop` would take next (nil when none waits).
+local function fair_next_images(base)
+  local head = redis.call('ZRANGE', base, 0, 0)
+  if #head == 0 then return nil end
+  local entry = redis.call('LINDEX', base .. FAIR_TENANT .. head[1], -1)
+  if not entry then return 1 end  -- a tenant whose list is gone: fair_pop skips it
+  return math.max(1, tonumber(string.sub(entry, 1, (string.find(entry, '\n', 1, true) or 2) - 1)) or 1)
+end
+
 -- Feed the Celery list `list` from the fair structure `base` until it holds FEED_DEPTH messages.
 local function feed(list, base, weights)
   local fed = 0
