@@ -4,8 +4,8 @@ Three parts, each on a fresh queue prefix, a real `kandinsky-batch api` process 
 (tiny model, CPU, 64x64, 2 + 2 steps, micro-batches of `--batch`):
 
 1. Tenant A uploads `--backlog` jobs. Once they run, tenant B sends `--singles` single jobs, one every
-   `--every` seconds. B's queue wait is each job's `started_at - created_at` (the store's own
-   times), in seconds and in A's micro-batches that started meanwhile; a micro-batch's time is
+   `--every` seconds. B's queue wait is from the moment its submit was answered to the job's
+   `started_at` (the store keeps `created_at` in whole seconds, too coarse here), in seconds and in A's micro-batches that started meanwhile; a micro-batch's time is
    the median gap between A's successive micro-batch starts in the same run. Target: B's longest wait is at
    most 2 micro-batches (first in, first out: the whole backlog).
 2. Two tenants of equal weight upload `--pair` jobs each at once. When half of all are done, each
@@ -121,11 +121,13 @@ def small_behind_big(work: Path, models: Path, args: argparse.Namespace) -> None
     try:
         big = stack.upload("a", args.backlog, seed=1)
         wait_until(lambda: stack.counts("a", big).get("succeeded", 0) > 0, 300, "A's first jobs to run")
-        singles = []
+        singles: list[str] = []
+        queued: list[float] = []  # when each submit was answered: the job was queued by then
         with stack.http("b") as http:
             for i in range(args.singles):
                 answer = http.post("/v1/jobs", json={**SPEC, "prompt": f"a single job {i}", "seed": 7 + i})
                 singles.append(answer.json()["job_id"])
+                queued.append(time.time())
                 time.sleep(args.every)
 
             def all_done() -> bool:
@@ -133,10 +135,12 @@ def small_behind_big(work: Path, models: Path, args: argparse.Namespace) -> None
 
             wait_until(all_done, 600, "B's jobs")
             views = [http.get(f"/v1/jobs/{j}").json() for j in singles]
-        waits = [v["started_at"] - v["created_at"] for v in views]
+        waits = [v["started_at"] - at for v, at in zip(views, queued, strict=True)]
         # A's micro-batches that started while each of B's jobs waited (its jobs share a start).
         a_starts = sorted({round(t, 2) for t in stack.starts("a", big)})
-        ahead = [sum(1 for t in a_starts if v["created_at"] < t < v["started_at"]) for v in views]
+        ahead = [
+            sum(1 for t in a_starts if at < t < v["started_at"]) for v, at in zip(views, queued, strict=True)
+        ]
         # One of A's micro-batches takes the median gap between A's successive starts.
         per_batch = statistics.median(b - a for a, b in itertools.pairwise(a_starts) if b - a > 0.05)
         left = args.backlog - stack.counts("a", big).get("succeeded", 0)
