@@ -67,6 +67,7 @@ def _run(ctx: WorkerContext, task: Task, message: dict[str, Any]) -> None:
             _drop_taken(ctx)
         ctx.leases.release(ctx.name, sorted(ctx.current - ctx.store_pool.pending()))
         ctx.current, ctx.task_started = set(), None  # `queue` stays: its jobs may still be storing
+        _feed(ctx, queue)  # the next message, chosen now: a take may have left the Celery list empty
 
 
 def _feed(ctx: WorkerContext, queue: str) -> None:

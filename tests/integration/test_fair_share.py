@@ -24,6 +24,7 @@ from kandinsky_batch.enqueue import enqueue
 from kandinsky_batch.keys import NO_TENANT, TENANT_HEADER, kombu_list, queue_list_of
 from kandinsky_batch.schema import JobState, Mode, Priority
 from kandinsky_batch.store.apikeys import ApiKeys
+from kandinsky_batch.store.taken import TakenStore
 from kandinsky_batch.wire import validate_spec
 from producer.cli import main
 from producer.client import Client
@@ -88,6 +89,23 @@ def test_a_newcomer_is_served_next_and_each_tenant_keeps_its_order(client: Clien
     taken_big = [job for message in order for job in message if tenant_of(job) == "big"]
     assert taken_big == big  # first in, first out within a tenant
     assert all(len(message) <= client.settings.max_batch_size for message in order)
+
+
+def test_a_take_that_does_not_fit_leaves_one_message_on_the_celery_list(client: Client) -> None:
+    """A lone job's micro-batch has room for 7 images; the big tenant's fed message has 8. Put back,
+    it must be alone on the Celery list: a message fed in the meantime would wait there too, ahead
+    of any tenant that comes next."""
+    queue = client.settings.queue_for(Mode.TEXT2IMG)
+    big = submit_as(client, "big", jobs(24))  # three messages of 8: one fed onto the Celery list
+    store = client.status_store
+    taken = TakenStore(store.redis, store.keys, ttl_s=60)
+    [fed] = taken.take("w", queue, most=7, room=7)  # the Celery list's message, whatever its size
+    assert fed.queue_list == queue_list_of(queue, Priority.NORMAL)
+    assert store.redis.llen(fed.queue_list) == 0  # nothing fed behind the worker's back
+    assert taken.put_back("w", fed.entry)
+    assert store.redis.llen(fed.queue_list) == 1
+    order = [job for message in drain(store, queue) for job in message]
+    assert order == big  # and first in, first out, none lost
 
 
 def test_priorities_stay_strict_between_tenants(client: Client) -> None:
