@@ -20,7 +20,6 @@ from kandinsky_batch.keys import Keys
 from kandinsky_batch.store import scripts
 from kandinsky_batch.store.fair import take_sources
 
-
 NO_ROOM_LIMIT = 2**31  # images: a take that only counts messages
 
 
