@@ -5,12 +5,17 @@ The producer only sends by task name, so it never imports the worker (or torch).
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
 from kandinsky_batch.keys import KOMBU_PRIORITY, PRIORITY_SEP, PRIORITY_STEPS, TASK_NAME
 from kandinsky_batch.redis_client import normalized
 from kandinsky_batch.schema import Mode, Priority
 from kandinsky_batch.settings import Settings
+
+BRPOP_TIMEOUT_S = 10  # an idle worker's BRPOP returns empty this often; a message ends it at once
+RESTORE_CHECK_S = 60  # kombu looks for unacked messages past the visibility timeout every 10th check
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -36,9 +41,11 @@ def make_celery(settings: Settings) -> Celery:
         worker_soft_shutdown_timeout=settings.shutdown_grace_s,
         worker_enable_soft_shutdown_on_idle=False,
         worker_hijack_root_logger=False,
-        # Task and worker events (a Redis PUBLISH each), so Flower shows workers and tasks.
+        # Task and worker events (a Redis PUBLISH each) and remote control (a pub/sub connection
+        # per worker), so Flower shows workers and tasks and can inspect, revoke and shut down.
         worker_send_task_events=settings.celery_events,
         task_send_sent_event=settings.celery_events,
+        worker_enable_remote_control=settings.celery_events,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
@@ -53,6 +60,22 @@ def make_celery(settings: Settings) -> Celery:
         enable_utc=True,
     )
     return app
+
+
+def worker_transport_options(name: str) -> dict[str, Any]:
+    """kombu's options for a worker's consumer, on top of `make_celery`'s: an idle worker's cost.
+
+    An idle worker waits in one BRPOP on all its lists, which a message ends at once: it comes back
+    empty every `BRPOP_TIMEOUT_S` (kombu's default is every second). Unacked messages older than
+    the visibility timeout (hours) are looked for every ~10 minutes, not every ~100 s. `name` is
+    the connections' `CLIENT SETNAME`. Producers and Flower keep kombu's defaults: for a client
+    that drains events, `polling_interval` is also a sleep.
+    """
+    return {
+        "polling_interval": BRPOP_TIMEOUT_S,
+        "unacked_restore_interval": RESTORE_CHECK_S,
+        "client_name": name,
+    }
 
 
 def kombu_priority(priority: Priority) -> int:

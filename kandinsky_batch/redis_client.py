@@ -28,6 +28,9 @@ REFUSED = (AuthenticationError, AuthorizationError)
 # Query parameters redis-py reads as credentials (it decodes their names; we also ignore case).
 CREDENTIAL_PARAMS = frozenset({"password", "username"})
 MASK = "***"
+# How long a call waits for a connection of a capped pool: longer than the retries of the calls
+# holding them (~45 s of backoff over a Redis restart), so waiting never fails a call they survive.
+POOL_WAIT_S = 120.0
 
 
 def _unless_refused(is_retryable: Callable[[Exception], bool] | None) -> Callable[[Exception], bool]:
@@ -72,10 +75,38 @@ def _client_options(socket_timeout: float, connect_timeout: float = 5.0) -> dict
     }
 
 
-def connect(url: str, socket_timeout: float = 30.0, retries: int = 12) -> redis.Redis:
-    """A client for `url` (`redis://`, `rediss://`, with a password if the URL has one)."""
+def connect(
+    url: str,
+    socket_timeout: float = 30.0,
+    retries: int = 12,
+    *,
+    name: str | None = None,
+    max_connections: int = 0,
+) -> redis.Redis:
+    """A client for `url` (`redis://`, `rediss://`, with a password if the URL has one).
+
+    The client is thread-safe: its pool opens a connection per call in flight at once. With
+    `max_connections`, a call made while that many are in use waits for one (up to
+    `POOL_WAIT_S`) instead of opening another. `name` is its connections' `CLIENT SETNAME`.
+    """
     retry = _RetryUnlessRefused(ExponentialBackoff(cap=5.0, base=0.1), retries=retries)
-    return redis.Redis.from_url(normalized(url), retry=retry, **_client_options(socket_timeout))
+    options: dict[str, Any] = {"retry": retry, **_client_options(socket_timeout)}
+    if name:
+        options["client_name"] = name
+    if not max_connections:
+        return redis.Redis.from_url(normalized(url), **options)
+    pool = redis.BlockingConnectionPool.from_url(
+        normalized(url), max_connections=max_connections, timeout=POOL_WAIT_S, **options
+    )
+    return redis.Redis.from_pool(pool)
+
+
+def client_name(role: str, name: str) -> str:
+    """The name a process gives its Redis connections (`CLIENT LIST` shows it): `kb-<role>:<name>`.
+
+    Redis refuses names with spaces or characters outside printable ASCII; those become `_`.
+    """
+    return "".join(c if "!" <= c <= "~" else "_" for c in f"kb-{role}:{name}")
 
 
 def ping_once(url: str, timeout_s: float = 3.0) -> None:

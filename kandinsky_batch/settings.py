@@ -101,7 +101,11 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(120.0, ge=0)
 
     # Delivery.
-    celery_events: bool = True  # Celery task and worker events, for Flower
+    # Celery's task and worker events and its remote control: what Flower shows and does. Off, a
+    # worker holds 4 Redis connections at most and sends under one command a second while idle.
+    celery_events: bool = False
+    celery_gossip: bool = False  # Celery's gossip between workers (needs CELERY_EVENTS): unused here
+    celery_mingle: bool = False  # Celery's start-up sync of revoked tasks with the other workers
     chunk_size: int = Field(64, ge=1, le=10_000)
     queue_high_water: int = Field(10_000, ge=1)
     max_attempts: int = Field(3, ge=1)

@@ -4,6 +4,10 @@ Each part is given what it uses when it is built, in dependency order: the store
 shutdown clock, the log fields and the storing pool, then delivery (claim, recover, reap, retry),
 then the engine (which hands delivery the jobs a storage outage gave back), then the gatherer.
 Nothing is wired in after the fact.
+
+Every part shares one Redis client: it is thread-safe, and its pool is capped at
+`STATUS_CONNECTIONS`, so the task, the storing thread, the heartbeat and the reaper together hold
+at most that many connections (a call waits a moment for one rather than opening another).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import redis
 
 from kandinsky_batch.keys import Keys
 from kandinsky_batch.manifest import BatchDone, manifest_writer
-from kandinsky_batch.redis_client import REFUSED, connect, describe, ping_once
+from kandinsky_batch.redis_client import REFUSED, client_name, connect, describe, ping_once
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import Storage, open_storage
 from kandinsky_batch.store.status import StatusStore
@@ -34,6 +38,7 @@ from worker.shutdown import Shutdown
 from worker.store_pool import StorePool
 
 log = logging.getLogger(__name__)
+STATUS_CONNECTIONS = 2  # the worker's own Redis connections; Celery's consumer holds two more
 
 
 @dataclass
@@ -65,7 +70,9 @@ class WorkerContext:
         name = worker_name(settings)
         cache = PipelineCache(settings)
         cache.check_sources(list(settings.modes))  # a wrong model path is told before any wait on Redis
-        client = connect(settings.redis_url)
+        client = connect(
+            settings.redis_url, name=client_name("worker", name), max_connections=STATUS_CONNECTIONS
+        )
         try:
             ping_once(settings.redis_url)
         except REFUSED:

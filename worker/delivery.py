@@ -5,11 +5,9 @@
 - A job found `running` with an expired lease lost its worker: it is handed back
   (`crashes` + 1), or failed as `attempts_exhausted` once it has crashed
   `max_attempts` times, and listed as a dead letter (one store script).
-- The reaper does the same for every expired lease and re-sends the job at once,
-  so a killed worker's job runs again within about two lease TTLs, not after
-  Celery's visibility timeout. Every second it also queues delayed re-sends that are
-  due, moves messages outside senders pushed straight onto a Celery list into the fair
-  share, and feeds every queue's Celery lists (kandinsky_batch/store/fair.py).
+- The reaper (worker/reaper.py) does the same for every expired lease and re-sends the
+  job at once, so a killed worker's job runs again within about two lease TTLs, not after
+  Celery's visibility timeout.
 - Jobs handed back by a storage outage go out again after a backoff, as a delayed
   re-send that any worker's reaper releases (it survives this worker).
 
@@ -20,7 +18,6 @@ stop deadline), before the engine, which hands it the jobs a storage outage gave
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -31,10 +28,9 @@ from kandinsky_batch.errors import AttemptsExhausted, InternalError, StorageUnav
 from kandinsky_batch.keys import JobField, JobRef
 from kandinsky_batch.logs import log_fields
 from kandinsky_batch.manifest import BatchDone
-from kandinsky_batch.schema import JobSpec, JobState, Mode
+from kandinsky_batch.schema import JobSpec, JobState
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.store.status import Moved, Recovered, StatusStore
-from kandinsky_batch.store.taken import TakenStore
 from worker import metrics
 from worker.jobs import Job, JobLog
 from worker.leases import Lease, LeaseStore
@@ -42,7 +38,6 @@ from worker.shutdown import StopDeadline
 from worker.store_pool import StorePool
 
 log = logging.getLogger(__name__)
-RELEASE_INTERVAL_S = 1.0  # how often the reaper pushes due delayed re-sends
 
 
 class Delivery:
@@ -236,33 +231,3 @@ class Delivery:
         self.leases.release(self.name, pending)
         metrics.redelivered("shutdown", handed)
         log.warning("shutting down: %d jobs still storing after the grace period were handed back", handed)
-
-
-class Reaper:
-    """Every second: queues due delayed re-sends, adopts outside senders' messages into the fair
-    share, feeds the queues; every half lease TTL, hands back what dead workers held."""
-
-    def __init__(self, delivery: Delivery, taken: TakenStore) -> None:
-        self.delivery = delivery
-        self.taken = taken
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
-
-    def _loop(self) -> None:
-        last_reap = time.monotonic()
-        while not self.stopped.wait(RELEASE_INTERVAL_S):
-            try:
-                self.delivery.status.release_due()
-                fair = self.delivery.status.fair
-                queues = [self.delivery.settings.queue_for(mode) for mode in Mode]
-                if adopted := fair.adopt(queues):
-                    log.info("moved %d messages sent straight onto a queue into the fair share", adopted)
-                fair.feed(queues)
-                if time.monotonic() - last_reap >= self.delivery.settings.lease_ttl_s / 2:
-                    last_reap = time.monotonic()
-                    self.delivery.reap_once()
-                    returned = self.taken.return_expired()
-                    if returned:
-                        log.warning("returned %d taken messages of dead workers to their queues", returned)
-            except Exception:  # a Redis blip must not kill the thread
-                log.exception("reaper pass failed")

@@ -36,8 +36,9 @@ STEP_SLEEP_S = 0.5  # a job holds the worker ~15 s
 def module_settings(redis_url: str, tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     # One job per message and micro-batches of one image: the worker takes no extra messages, so
     # what waits stays on the lists to be counted, and every job is a Celery task Flower lists.
+    # Flower sees workers and tasks only through Celery's events, which are off by default.
     root = tmp_path_factory.mktemp("queue-metrics")
-    return make_settings(redis_url, tiny_models, root, chunk_size=1, max_batch_size=1)
+    return make_settings(redis_url, tiny_models, root, chunk_size=1, max_batch_size=1, celery_events=True)
 
 
 @pytest.fixture(scope="module")
