@@ -19,7 +19,7 @@ from typing import Any
 import worker.engine as engine_module
 from kandinsky_batch.errors import StorageUnavailable
 from kandinsky_batch.store.taken import TakenStore
-from producer.cli import main
+from producer.cli.main import main
 
 STEP_SLEEP_S = float(os.environ.get("KB_TEST_STEP_SLEEP_S", "0"))
 KILL_PROMPT = os.environ.get("KB_TEST_KILL_PROMPT")

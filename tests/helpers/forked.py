@@ -46,7 +46,7 @@ def _run(module: str, env: dict[str, str], log_path: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     if module == "producer.cli":
-        from producer.cli import main
+        from producer.cli.main import main
 
         sys.exit(main(["worker"]))
     sys.argv = [module]

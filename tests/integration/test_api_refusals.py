@@ -14,7 +14,7 @@ import pytest
 from kandinsky_batch.errors import NotFound
 from kandinsky_batch.schema import Mode
 from kandinsky_batch.settings import Settings
-from producer.cli import main
+from producer.cli.main import main
 from producer.client import Client
 from tests.integration.conftest import auth, free_port
 

@@ -29,7 +29,7 @@ from kandinsky_batch.keys import TASK_NAME, job_id
 from kandinsky_batch.schema import JobState, JobStatus, Mode
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage.file import file_root
-from producer.cli import main
+from producer.cli.main import main
 from producer.client import Client
 from tests.conftest import WorkerProcess, make_settings, settings_env
 from tests.helpers.corpus import (

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kandinsky_batch.settings import DEFAULT_DECODER, DEFAULT_INPAINT, DEFAULT_PRIOR
-from producer.cli import main
+from producer.cli.main import main
 from producer.client import Client
 from tests.conftest import WorkerProcess, make_settings
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kandinsky_batch.keys import job_id
-from producer.cli import main
+from producer.cli.main import main
 
 pytestmark = pytest.mark.integration
 

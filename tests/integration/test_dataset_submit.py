@@ -23,7 +23,7 @@ from kandinsky_batch.keys import TASK_NAME, JobRef
 from kandinsky_batch.schema import JobState, JobStatus, Mode
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.wire import parse_message
-from producer.cli import main
+from producer.cli.main import main
 from producer.client import Client
 from producer.lines import read_lines
 from producer.submit import Submitter, submit_lines

@@ -13,7 +13,7 @@ from PIL import Image
 from kandinsky_batch.broker import make_celery
 from kandinsky_batch.keys import TASK_NAME, job_id
 from kandinsky_batch.schema import JobState, Mode
-from producer.cli import main
+from producer.cli.main import main
 from producer.client import Client
 
 pytestmark = pytest.mark.integration

@@ -26,7 +26,7 @@ from kandinsky_batch.schema import JobState, Mode, Priority
 from kandinsky_batch.store.apikeys import ApiKeys
 from kandinsky_batch.store.taken import TakenStore
 from kandinsky_batch.wire import validate_spec
-from producer.cli import main
+from producer.cli.main import main
 from producer.client import Client
 from tests.conftest import make_settings
 from tests.helpers.tenants import drain, submit_as

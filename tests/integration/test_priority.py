@@ -20,7 +20,7 @@ from kandinsky_batch.keys import TASK_NAME, JobRef, kombu_list, queue_list_of, q
 from kandinsky_batch.manifest import manifest_writer
 from kandinsky_batch.schema import JobState, Mode, Priority
 from kandinsky_batch.wire import build_message, validate_spec
-from producer.cli import main
+from producer.cli.main import main
 from producer.client import Client
 from tests.conftest import WorkerProcess, make_settings
 from tests.helpers.tenants import drain, submit_as

@@ -29,7 +29,7 @@ from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import manifest_key
 from kandinsky_batch.storage.file import file_root
 from kandinsky_batch.wire import build_message, validate_spec
-from producer.cli import main
+from producer.cli.main import main
 from producer.client import Client
 from producer.submit import Submitter, submit_lines
 from producer.watch import EventCounter, watch

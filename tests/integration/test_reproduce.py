@@ -28,7 +28,7 @@ from kandinsky_batch.schema import JobSpec, JobState, Mode
 from kandinsky_batch.settings import Settings
 from kandinsky_batch.storage import Storage, open_storage
 from kandinsky_batch.store.status import StatusStore
-from producer.cli import main
+from producer.cli.main import main
 from tests.conftest import make_settings, settings_env
 from tests.helpers.images import data_url, image_bytes
 from tests.helpers.s3server import create_bucket, running_s3_server

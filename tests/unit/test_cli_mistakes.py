@@ -15,8 +15,8 @@ import pytest
 from pydantic import ValidationError
 
 from kandinsky_batch.settings import Settings, describe_settings_error, load_settings
-from producer.cli import main
 from producer.cli.base import CliContext
+from producer.cli.main import main
 from producer.lines import LineError, read_csv
 
 PASSWORD = "hunter2"

@@ -22,16 +22,15 @@ def module_name(path: Path) -> str:
 
 
 def imported_modules(path: Path, known: set[str]) -> set[str]:
-    """The project's modules that `path` imports (`from package import module` names the module)."""
+    """The project's modules that `path` imports (`from package import module` names both)."""
     tree = ast.parse(path.read_text(), str(path))
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            for alias in node.names:
-                submodule = f"{node.module}.{alias.name}"
-                found.add(submodule if submodule in known else node.module)
+            found.add(node.module)  # a package's __init__ runs before any of its modules
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
     return found & known
 
 
@@ -86,7 +85,7 @@ def test_lazy_and_type_only_imports_count(tmp_path: Path):
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\ndef f():\n    from b import c\n"
     )
     (tmp_path / "m.py").write_text(source)
-    assert imported_modules(tmp_path / "m.py", {"a", "b", "b.c"}) == {"a", "b.c"}
+    assert imported_modules(tmp_path / "m.py", {"a", "b", "b.c"}) == {"a", "b", "b.c"}
     assert import_graph()["producer.client"], "the graph reads the project's real imports"
 
 

@@ -292,7 +292,7 @@ def test_crash_while_rebuilding_keeps_the_old_folder(
 
 def test_make_tiny_prints_the_settings_that_point_a_worker_at_it(tmp_path: pathlib.Path, capsys):
     # Given `models make-tiny DIR` run as a person would
-    from producer.cli import main
+    from producer.cli.main import main
 
     assert main(["models", "make-tiny", str(tmp_path / "m")]) == 0
     exports = dict(
