@@ -10,7 +10,8 @@ answer while the threads are stuck, and a hop to the pool costs every request.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -27,6 +28,7 @@ from producer.api.slots import Limits
 from producer.client import Client
 
 OVER_QUOTA_RETRY_S = 30
+T = TypeVar("T")
 
 bearer = HTTPBearer(auto_error=False, description="An API key made with `kandinsky-batch keys create`.")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -35,48 +37,24 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 # The process's handles, made once by `create_app` and kept on `app.state`.
 
 
-async def client_of(request: Request) -> Client:
-    client: Client = request.app.state.client
-    return client
+def on_state(name: str, kind: type[T]) -> Callable[[Request], Awaitable[T]]:
+    """A dependency that gives `app.state.<name>` (a `kind`): no I/O, no thread."""
+
+    async def handle(request: Request) -> T:
+        value: T = getattr(request.app.state, name)
+        return value
+
+    handle.__name__ = f"{name}_of"
+    return handle
 
 
-async def store_of(request: Request) -> AsyncStore:
-    store: AsyncStore = request.app.state.store
-    return store
-
-
-async def limits_of(request: Request) -> Limits:
-    limits: Limits = request.app.state.limits
-    return limits
-
-
-async def drain_of(request: Request) -> DrainRate:
-    drain: DrainRate = request.app.state.drain
-    return drain
-
-
-async def batch_ids_of(request: Request) -> KeyedBatchIds:
-    batch_ids: KeyedBatchIds = request.app.state.batch_ids
-    return batch_ids
-
-
-async def webhooks_of(request: Request) -> WebhookStore:
-    webhooks: WebhookStore = request.app.state.webhooks
-    return webhooks
-
-
-async def registry_of(request: Request) -> CollectorRegistry:
-    registry: CollectorRegistry = request.app.state.registry
-    return registry
-
-
-Sdk = Annotated[Client, Depends(client_of)]
-StoreDep = Annotated[AsyncStore, Depends(store_of)]
-LimitsDep = Annotated[Limits, Depends(limits_of)]
-DrainDep = Annotated[DrainRate, Depends(drain_of)]
-BatchIdsDep = Annotated[KeyedBatchIds, Depends(batch_ids_of)]
-WebhooksDep = Annotated[WebhookStore, Depends(webhooks_of)]
-RegistryDep = Annotated[CollectorRegistry, Depends(registry_of)]
+Sdk = Annotated[Client, Depends(on_state("client", Client))]
+StoreDep = Annotated[AsyncStore, Depends(on_state("store", AsyncStore))]
+LimitsDep = Annotated[Limits, Depends(on_state("limits", Limits))]
+DrainDep = Annotated[DrainRate, Depends(on_state("drain", DrainRate))]
+BatchIdsDep = Annotated[KeyedBatchIds, Depends(on_state("batch_ids", KeyedBatchIds))]
+WebhooksDep = Annotated[WebhookStore, Depends(on_state("webhooks", WebhookStore))]
+RegistryDep = Annotated[CollectorRegistry, Depends(on_state("registry", CollectorRegistry))]
 
 
 # The calling key: `Authorization: Bearer ...`.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import queue
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -79,8 +80,7 @@ def _submit(submitter: Submitter, inbox: Inbox, defaults: dict[str, Any]) -> Sub
     try:
         return submit_lines(submitter, lines, defaults)
     finally:
-        for _ in inbox.chunks():  # drain, so the reader is never left blocked on a full queue
-            pass
+        deque(inbox.chunks(), maxlen=0)  # drain, so the reader is never left blocked on a full queue
 
 
 def submit_source(submitter: Submitter, chunks: Iterator[bytes], defaults: dict[str, Any]) -> SubmitResult:
